@@ -1,0 +1,235 @@
+"""The vector-quantization layer: lookup, codebook update, estimator, losses and metrics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from . import codebook as cb
+from .estimators import ESTIMATORS, GammaLike, get_estimator
+
+UPDATES = ("ema", "learned")
+
+
+@dataclass
+class QuantizeLosses:
+    """Loss terms of the layer, already weighted: add ``total`` to the training loss."""
+
+    commitment: Tensor  # β · mean (e − sg(q))²
+    codebook: Tensor  # mean (sg(e) − q)² for a learned codebook, 0 with EMA updates
+
+    @property
+    def total(self) -> Tensor:
+        return self.commitment + self.codebook
+
+
+@dataclass
+class QuantizeMetrics:
+    """Batch statistics (0-dim tensors, no gradient). In training under torch.distributed they
+    are computed from the assignments of every rank."""
+
+    usage: Tensor  # fraction of the K codes chosen at least once in the batch
+    perplexity: Tensor  # exp(entropy) of the batch's code distribution
+    quant_error: Tensor  # mean over elements of (e − q)², in code space
+    fallbacks: Tensor  # rows that took the estimator's degenerate-row fallback
+    restarted: Tensor  # dead codes restarted in this step
+
+    def as_dict(self) -> dict[str, float]:
+        return {k: float(v) for k, v in vars(self).items()}
+
+
+@dataclass
+class QuantizeOutput:
+    quantized: Tensor  # (B, D, *spatial), same layout and dtype as the input
+    indices: Tensor  # (B, *spatial), int64
+    losses: QuantizeLosses
+    metrics: QuantizeMetrics
+
+    @property
+    def loss(self) -> Tensor:
+        return self.losses.total
+
+
+def _choice(name: str, value: str, valid: tuple[str, ...]) -> str:
+    if value not in valid:
+        raise ValueError(f"unknown {name} {value!r}; valid: {', '.join(valid)}")
+    return value
+
+
+class VectorQuantizer(nn.Module):
+    """Nearest-neighbour vector quantizer with a selectable gradient estimator.
+
+    Args:
+        dim: channels D of the input (B, D, *spatial).
+        codebook_size: number of codes K.
+        estimator: name in :data:`ESTIMATORS` ("rotation" is the paper's default).
+        gamma: γ(e) of the rotation family (A.9.2), only with ``estimator="rotation"``.
+        lookup: "euclidean", or "cosine" (inputs and codes l2-normalised, as in ViT-VQGAN).
+        update: "ema" (moving averages, no gradient to the codebook) or "learned" (codebook loss).
+        decay, eps: EMA decay (paper: 0.8) and Laplace smoothing.
+        beta: commitment weight β.
+        codebook_dim: code dimension d; when it differs from D, linear projections D→d→D
+            factorise the codes (ViT-VQGAN).
+        init: "kaiming_uniform", "normal", "uniform" or "kmeans" (k-means on the first
+            training batch, over all ranks, ``kmeans_iters`` iterations).
+        dead_code_threshold: restart codes whose EMA usage count falls below this (0: never).
+        chunk: elements per block of the nearest-code search (bounds its peak memory).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        codebook_size: int,
+        estimator: str = "rotation",
+        lookup: str = "euclidean",
+        update: str = "ema",
+        decay: float = 0.8,
+        beta: float = 1.0,
+        *,
+        gamma: GammaLike | None = None,
+        eps: float = 1e-5,
+        codebook_dim: int | None = None,
+        init: str = "kaiming_uniform",
+        kmeans_iters: int = 10,
+        dead_code_threshold: float = 0.0,
+        chunk: int = cb.DEFAULT_CHUNK,
+    ) -> None:
+        super().__init__()
+        if dim < 1 or codebook_size < 2:
+            raise ValueError(f"need dim >= 1 and codebook_size >= 2, got dim={dim}, codebook_size={codebook_size}")
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"decay must be in [0, 1), got {decay}")
+        self.estimator = get_estimator(estimator, gamma=gamma)
+        self.lookup = _choice("lookup", lookup, cb.LOOKUPS)
+        self.update = _choice("update", update, UPDATES)
+        self.init = _choice("init", init, cb.INITS)
+        self.dim, self.codebook_size = dim, codebook_size
+        self.codebook_dim = codebook_dim or dim
+        self.decay, self.eps, self.beta = decay, eps, beta
+        self.kmeans_iters, self.dead_code_threshold, self.chunk = kmeans_iters, dead_code_threshold, chunk
+
+        factorised = self.codebook_dim != dim
+        self.project_in = nn.Linear(dim, self.codebook_dim) if factorised else nn.Identity()
+        self.project_out = nn.Linear(self.codebook_dim, dim) if factorised else nn.Identity()
+
+        codes = cb.init_codebook(codebook_size, self.codebook_dim, init)
+        if lookup == "cosine":
+            codes = F.normalize(codes, dim=-1)
+        if update == "ema":
+            self.register_buffer("codebook", codes)
+            self.register_buffer("embed_sum", codes.clone())
+        else:
+            self.codebook = nn.Parameter(codes)
+            self.embed_sum = None
+        # EMA of per-code counts: drives the EMA update and dead-code detection in both modes.
+        self.register_buffer("cluster_size", torch.ones(codebook_size))
+        self.register_buffer("initialized", torch.tensor(init != "kmeans"))
+
+    def extra_repr(self) -> str:
+        return (f"dim={self.dim}, codebook_size={self.codebook_size}, codebook_dim={self.codebook_dim}, "
+                f"estimator={self.estimator.name}, lookup={self.lookup}, update={self.update}, "
+                f"decay={self.decay}, beta={self.beta}")
+
+    def codes(self) -> Tensor:
+        """The (K, d) code vectors as used for lookup (l2-normalised for cosine lookup)."""
+        c = self.codebook.float()
+        return F.normalize(c, dim=-1) if self.lookup == "cosine" else c
+
+    def _flatten(self, z: Tensor) -> tuple[Tensor, tuple[int, ...]]:
+        if z.dim() < 3 or z.shape[1] != self.dim:
+            raise ValueError(f"expected input (B, {self.dim}, *spatial) with at least one spatial axis, "
+                             f"got shape {tuple(z.shape)}")
+        x = z.float().movedim(1, -1)  # (B, *spatial, D)
+        grid = tuple(x.shape[:-1])
+        return x.reshape(-1, self.dim), grid  # (N, D)
+
+    def _unflatten(self, x: Tensor, grid: tuple[int, ...]) -> Tensor:
+        # (N, D) -> (B, *spatial, D) -> (B, D, *spatial)
+        return x.reshape(*grid, self.dim).movedim(-1, 1).contiguous()
+
+    def forward(self, z: Tensor) -> QuantizeOutput:
+        """Quantize channel-first features ``z`` (B, D, *spatial)."""
+        with torch.autocast(device_type=z.device.type, enabled=False):  # quantizer math in fp32
+            x, grid = self._flatten(z)
+            e = self.project_in(x)  # (N, d)
+            if self.lookup == "cosine":
+                e = F.normalize(e, dim=-1)
+            if self.init == "kmeans" and self.training and not bool(self.initialized):
+                self._kmeans_init(e.detach())
+            codes = self.codes()  # (K, d)
+            indices = cb.nearest_codes(e.detach(), codes.detach(), self.lookup, self.chunk)  # (N,)
+            q = F.embedding(indices, codes)  # (N, d); carries gradient to a learned codebook
+
+            sq_err = F.mse_loss(e, q.detach())
+            losses = QuantizeLosses(
+                commitment=self.beta * sq_err,
+                codebook=F.mse_loss(q, e.detach()) if self.update == "learned" else sq_err.new_zeros(()),
+            )
+            q_tilde = self.estimator(e, q)  # forward value: q, bit for bit
+            out = self._unflatten(self.project_out(q_tilde), grid)
+            metrics = self._statistics(e.detach(), q.detach(), indices, sq_err.detach())
+        return QuantizeOutput(out.to(z.dtype), indices.reshape(grid), losses, metrics)
+
+    @torch.no_grad()
+    def _statistics(self, e: Tensor, q: Tensor, indices: Tensor, sq_err: Tensor) -> QuantizeMetrics:
+        """Count assignments (over all ranks in training), update the codebook, measure."""
+        k, d = self.codebook_size, self.codebook_dim
+        fallbacks = self.estimator.count_fallbacks(e, q).float()
+        # One buffer, one collective: [counts (K) | fallbacks | Σ(e − q)² | sums (K·d) for EMA].
+        ema = self.training and self.update == "ema"
+        stats = torch.zeros(k + 2 + (k * d if ema else 0), device=e.device)
+        stats[:k] = torch.bincount(indices, minlength=k).float()
+        stats[k] = fallbacks
+        stats[k + 1] = sq_err * e.numel()
+        if ema:
+            stats[k + 2 :].view(k, d).index_add_(0, indices, e)
+        if self.training:
+            cb.all_reduce_sum(stats)
+        counts = stats[:k]
+        restarted = 0
+        if self.training:
+            if ema:
+                cb.ema_update(self.codebook, self.cluster_size, self.embed_sum, counts,
+                              stats[k + 2 :].view(k, d), self.decay, self.eps)
+            else:
+                self.cluster_size.mul_(self.decay).add_(counts, alpha=1.0 - self.decay)
+            if self.dead_code_threshold > 0:
+                restarted = cb.restart_dead_codes(self.codebook.data, self.cluster_size, self.embed_sum, e,
+                                                  self.dead_code_threshold)
+        total = counts.sum()
+        p = counts / total
+        entropy = -(p * torch.log(p.clamp_min(1e-30))).sum()
+        return QuantizeMetrics(
+            usage=(counts > 0).float().mean(),
+            perplexity=entropy.exp(),
+            quant_error=stats[k + 1] / (total * d),
+            fallbacks=stats[k],
+            restarted=torch.tensor(float(restarted)),
+        )
+
+    @torch.no_grad()
+    def _kmeans_init(self, e: Tensor) -> None:
+        centroids = cb.kmeans(e, self.codebook_size, self.kmeans_iters, self.lookup)
+        self.codebook.data.copy_(centroids)
+        if self.embed_sum is not None:
+            self.embed_sum.copy_(centroids)
+        self.initialized.fill_(True)
+
+    def indices_to_codes(self, indices: Tensor) -> Tensor:
+        """Codes for ``indices`` (B, *spatial) in the layer's output layout (B, D, *spatial):
+        exactly what ``forward`` returned as ``quantized`` for inputs that chose these indices."""
+        if indices.dtype.is_floating_point or indices.dtype == torch.bool:
+            raise ValueError(f"indices must be an integer tensor, got {indices.dtype}")
+        if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= self.codebook_size):
+            raise ValueError(f"indices out of range: expected 0..{self.codebook_size - 1}, got "
+                             f"{int(indices.min())}..{int(indices.max())}")
+        grid = tuple(indices.shape)
+        with torch.autocast(device_type=indices.device.type, enabled=False):
+            q = F.embedding(indices.reshape(-1).long(), self.codes())  # (N, d)
+            return self._unflatten(self.project_out(q), grid)
+
+
+__all__ = ["VectorQuantizer", "QuantizeOutput", "QuantizeLosses", "QuantizeMetrics", "ESTIMATORS", "UPDATES"]
