@@ -38,30 +38,71 @@ def broadcast_from_rank0(x: Tensor) -> Tensor:
     return x
 
 
+_F32_EPS = 2.0**-24
+
+
 @torch.no_grad()
 def nearest_codes(x: Tensor, codes: Tensor, lookup: str = "euclidean", chunk: int = DEFAULT_CHUNK) -> Tensor:
     """Index of the nearest code for every row of ``x`` (N, d) among ``codes`` (K, d).
 
-    Euclidean: argmin ‖c‖² − 2 x·c (‖x‖² is the same for every code). Cosine: argmax x·c, with x
-    and codes already l2-normalised by the caller. Rows are processed in blocks of at most
-    ``chunk`` scores, so peak memory is bounded whatever N and K are; each row's scores are
-    computed by the same kernel whatever the block, so the result equals the unblocked search.
+    Euclidean: argmin ‖x − c‖²; cosine: argmax x·c, with x and codes already l2-normalised by
+    the caller. Ties go to the lowest index. Scores are computed in blocks of at most ``chunk``
+    entries of the N×K matrix (one matrix product each: ‖c‖² − 2x·c, or x·c), so peak memory is
+    bounded whatever N and K are. A matrix product's rounding depends on the block's shape, so
+    rows whose best scores are within that rounding of each other (near ties) are decided again
+    from exact float64 distances of their candidate codes: the answer is the exact nearest code,
+    the same for every block size and batch composition.
     """
+    if lookup not in LOOKUPS:
+        raise ValueError(f"unknown lookup {lookup!r}; valid: {', '.join(LOOKUPS)}")
     n, k = x.shape[0], codes.shape[0]
     rows = max(1, chunk // k)
     out = torch.empty(n, dtype=torch.long, device=x.device)
-    codes_t = codes.t()  # (d, K)
-    if lookup == "euclidean":
-        c2 = (codes * codes).sum(-1)  # (K,)
-        for i in range(0, n, rows):
-            scores = torch.addmm(c2, x[i : i + rows], codes_t, alpha=-2.0)  # (rows, K)
-            out[i : i + rows] = scores.argmin(dim=1)
-    elif lookup == "cosine":
-        for i in range(0, n, rows):
-            out[i : i + rows] = (x[i : i + rows] @ codes_t).argmax(dim=1)  # (rows, K)
-    else:
-        raise ValueError(f"unknown lookup {lookup!r}; valid: {', '.join(LOOKUPS)}")
+    c2 = (codes * codes).sum(-1)  # (K,)
+    c_max = c2.max().sqrt()
+    if lookup == "euclidean":  # [x, 1]·[−2c, ‖c‖²] = ‖c‖² − 2x·c in one product, no extra pass
+        codes_t = torch.cat([-2.0 * codes, c2.unsqueeze(1)], dim=1).t()  # (d + 1, K)
+    else:  # −x·c, so that smaller is better for both lookups
+        codes_t = -codes.t()  # (d, K)
+    ones = torch.ones(min(rows, n), 1, dtype=x.dtype, device=x.device)
+    for i in range(0, n, rows):
+        xb = x[i : i + rows]  # (rows, d)
+        x_norm = xb.norm(dim=-1)  # (rows,)
+        # bound on the rounding error of one score, |Σ_d| ≤ d·eps·Σ|terms| (generous constant)
+        tol = 4.0 * (x.shape[1] + 2) * _F32_EPS * (c_max * c_max + 2.0 * x_norm * c_max)
+        xa = torch.cat([xb, ones[: xb.shape[0]]], dim=1) if lookup == "euclidean" else xb
+        scores = xa @ codes_t  # (rows, K)
+        best, idx = scores.min(dim=1)
+        thresh = best + tol
+        if k > 1:  # a near tie: the runner-up is within rounding of the best
+            scores.scatter_(1, idx.unsqueeze(1), float("inf"))
+            ambiguous = scores.min(dim=1).values <= thresh  # (rows,)
+            if bool(ambiguous.any()):
+                amb = ambiguous.nonzero().squeeze(1)
+                near = scores[amb] <= thresh[amb].unsqueeze(1)  # (M, K) runner-up candidates
+                near.scatter_(1, idx[amb].unsqueeze(1), True)  # and the best itself
+                idx[amb] = _exact_nearest(xb[amb], codes, near, lookup, chunk)
+        out[i : i + rows] = idx
     return out
+
+
+def _exact_nearest(x: Tensor, codes: Tensor, candidates: Tensor, lookup: str, chunk: int) -> Tensor:
+    """Exact winner among each row's candidate codes (float64, lowest index on ties).
+    ``candidates`` is (M, K) bool; work is done in pieces of at most ``chunk`` numbers."""
+    row, code = candidates.nonzero(as_tuple=True)  # (P,) pairs, ordered by row then code
+    score = torch.empty(row.numel(), dtype=torch.float64, device=x.device)
+    step = max(1, chunk // max(1, x.shape[1]))
+    for j in range(0, row.numel(), step):
+        xr = x[row[j : j + step]].double()  # (p, d)
+        cr = codes[code[j : j + step]].double()
+        # smaller is better: squared distance, or minus the dot product for cosine
+        score[j : j + step] = ((xr - cr) ** 2).sum(-1) if lookup == "euclidean" else -(xr * cr).sum(-1)
+    m = x.shape[0]
+    best = torch.full((m,), float("inf"), dtype=torch.float64, device=x.device)
+    best.scatter_reduce_(0, row, score, reduce="amin")
+    winner = torch.where(score == best[row], code, torch.full_like(code, codes.shape[0]))
+    out = torch.full((m,), codes.shape[0], dtype=torch.long, device=x.device)
+    return out.scatter_reduce_(0, row, winner, reduce="amin")
 
 
 @torch.no_grad()

@@ -80,22 +80,21 @@ def _rotation_vjp_kernel(e: Tensor, q: Tensor, g: Tensor, gamma_code: int, gamma
     u = (e * g).sum(-1, keepdim=True)  # e·g
     v = (q * g).sum(-1, keepdim=True)  # q·g
     ok = (a2 > NORM_EPS**2) & (b2 > NORM_EPS**2)
-    a = a2.clamp_min(NORM_EPS**2).sqrt()
-    b = b2.clamp_min(NORM_EPS**2).sqrt()
-    opc = 1.0 + p / (a * b)  # 1 + cos θ = ‖ê + q̂‖²/2
+    ia = a2.clamp_min(NORM_EPS**2).rsqrt()  # 1/‖e‖
+    ib = b2.clamp_min(NORM_EPS**2).rsqrt()  # 1/‖q‖
+    opc = 1.0 + p * ia * ib  # 1 + cos θ = ‖ê + q̂‖²/2
     ok = ok & (opc > ANGLE_EPS) & torch.isfinite(a2 + b2 + p)
-    opc = opc.clamp_min(ANGLE_EPS)
-    t = (u / a + v / b) / opc  # 2 r (r·g) = (ê + q̂) t
-    alpha = (2.0 * v / b - t) / a
-    beta = -t / b
+    t = (u * ia + v * ib) / opc.clamp_min(ANGLE_EPS)  # 2 r (r·g) = (ê + q̂) t
+    alpha = (2.0 * v * ib - t) * ia
+    beta = -t * ib
     if gamma_code == 0:  # λ = ‖q‖/‖e‖
-        gamma = b / a
+        gamma = b2 * ib * ia
     elif gamma_code == 1:
-        gamma = torch.ones_like(a)
+        gamma = torch.ones_like(ia)
     elif gamma_code == 2:  # 1 / (8‖q − e‖²)
         gamma = 1.0 / (8.0 * (a2 + b2 - 2.0 * p).clamp_min(INV_SQ_DIST_FLOOR))
     else:
-        gamma = torch.full_like(a, gamma_const)
+        gamma = torch.full_like(ia, gamma_const)
     lam = torch.where(ok, gamma, 1.0)
     alpha = torch.where(ok, gamma * alpha, 0.0)
     beta = torch.where(ok, gamma * beta, 0.0)
@@ -108,14 +107,14 @@ def _reflection_vjp_kernel(e: Tensor, q: Tensor, g: Tensor) -> Tensor:
     u = (e * g).sum(-1, keepdim=True)
     v = (q * g).sum(-1, keepdim=True)
     ok = (a2 > NORM_EPS**2) & (b2 > NORM_EPS**2) & torch.isfinite(a2 + b2 + p)
-    a = a2.clamp_min(NORM_EPS**2).sqrt()
-    b = b2.clamp_min(NORM_EPS**2).sqrt()
-    omc = 1.0 - p / (a * b)  # 1 − cos θ = ‖ê − q̂‖²/2
+    ia = a2.clamp_min(NORM_EPS**2).rsqrt()
+    ib = b2.clamp_min(NORM_EPS**2).rsqrt()
+    omc = 1.0 - p * ia * ib  # 1 − cos θ = ‖ê − q̂‖²/2
     mirror = ok & (omc > ANGLE_EPS)
-    w = (u / a - v / b) / omc.clamp_min(ANGLE_EPS)  # 2 s (s·g) = (ê − q̂) w
-    lam = torch.where(ok, b / a, 1.0)
-    alpha = torch.where(mirror, -lam * w / a, 0.0)
-    beta = torch.where(mirror, lam * w / b, 0.0)
+    w = (u * ia - v * ib) / omc.clamp_min(ANGLE_EPS)  # 2 s (s·g) = (ê − q̂) w
+    lam = torch.where(ok, b2 * ib * ia, 1.0)
+    alpha = torch.where(mirror, -lam * w * ia, 0.0)
+    beta = torch.where(mirror, lam * w * ib, 0.0)
     return lam * g + alpha * e + beta * q
 
 
@@ -123,7 +122,7 @@ def _fallback_kernel(e: Tensor, q: Tensor, parallel: bool) -> Tensor:
     """Boolean (N,) mask of rows whose estimator falls back."""
     a2, b2, p = _row_stats(e, q)
     bad = (a2 <= NORM_EPS**2) | (b2 <= NORM_EPS**2) | ~torch.isfinite(a2 + b2 + p)
-    cos = p / (a2.clamp_min(NORM_EPS**2).sqrt() * b2.clamp_min(NORM_EPS**2).sqrt())
+    cos = p * a2.clamp_min(NORM_EPS**2).rsqrt() * b2.clamp_min(NORM_EPS**2).rsqrt()
     near = (1.0 - cos) <= ANGLE_EPS if parallel else (1.0 + cos) <= ANGLE_EPS
     return (bad | near).squeeze(-1)
 
@@ -136,7 +135,7 @@ _compile_failed = False
 
 def set_compile(mode: str) -> None:
     """Choose how estimator kernels run: "auto" (compile for tensors of ≥ 65,536 elements),
-    "always", or "never". The environment variable RVQ_COMPILE sets the initial mode."""
+    "always", or "never". Each D (and each constant of a kernel) compiles once. The environment variable RVQ_COMPILE sets the initial mode."""
     global _COMPILE_MODE
     if mode not in ("auto", "always", "never"):
         raise ValueError(f"compile mode must be 'auto', 'always' or 'never', got {mode!r}")
@@ -164,7 +163,9 @@ def _run(kernel: Callable, *tensors: Tensor, **consts):
         fn = _compiled.get(key)
         if fn is None:
             logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # "no CUDA runtime" noise
-            fn = _compiled[key] = torch.compile(functools.partial(kernel, **consts), dynamic=True)
+            fn = _compiled[key] = torch.compile(functools.partial(kernel, **consts), dynamic=False)
+        for t in tensors:  # one graph for every N; D stays static so short rows unroll
+            torch._dynamo.maybe_mark_dynamic(t, 0)
         try:
             return fn(*tensors)
         except Exception as err:  # no C++ compiler, unsupported backend, ...

@@ -1,0 +1,111 @@
+"""Forward+backward time of the rotation estimator against its alternatives.
+
+For N rows of dimension D (default N = 65,536, D in 3, 4, 32, 256), times one forward and one
+backward of:
+  rvq rotation (compiled)   the default for tensors this size (RVQ_COMPILE=auto)
+  rvq rotation (eager)      RVQ_COMPILE=never
+  autograd §4.2             the straightforward formula λ[e − 2r(rᵀe) + 2q̂(êᵀe)] with λ, r, ê, q̂
+                            detached, differentiated by autograd
+  vqp rotate_to             vector-quantize-pytorch's rotation trick (pip install -e ".[bench]")
+  rvq ste                   our STE (returns q as a view, passes g as-is)
+  ste e+sg(q-e)             the textbook STE expression
+  copy N×D                  one clone of g: the 2-pass memory bound that an STE "only copies"
+and prints the ratios the project tracks. Run:  python benchmarks/bench_estimators.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from rvq_cli.quantize import get_estimator, set_compile
+
+
+def autograd_rotation(e: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """§4.2 written directly with autograd (constants detached)."""
+    a, b = e.norm(dim=-1, keepdim=True), q.norm(dim=-1, keepdim=True)
+    eh, qh = (e / a).detach(), (q / b).detach()
+    r = ((eh + qh) / (eh + qh).norm(dim=-1, keepdim=True)).detach()
+    lam = (b / a).detach()
+    return lam * (e - 2 * r * (r * e).sum(-1, keepdim=True) + 2 * qh * (eh * e).sum(-1, keepdim=True))
+
+
+def textbook_ste(e: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    return e + (q - e).detach()
+
+
+def timeit(fn, e, q, g, repeat: int, warmup: int = 3) -> float:
+    """Median seconds of fn(e, q).backward(g) over `repeat` runs."""
+    times = []
+    for i in range(warmup + repeat):
+        e.grad = None
+        t0 = time.perf_counter()
+        fn(e, q).backward(g)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times[warmup:])
+
+
+def copy_time(g, repeat: int) -> float:
+    times = []
+    for _ in range(repeat + 3):
+        t0 = time.perf_counter()
+        g.clone()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times[3:])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rows", type=int, default=65536)
+    parser.add_argument("--dims", type=int, nargs="+", default=[3, 4, 32, 256])
+    parser.add_argument("--repeat", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        from vector_quantize_pytorch.vector_quantize_pytorch import rotate_to
+    except ImportError:
+        rotate_to = None
+        print("vector-quantize-pytorch is not installed (pip install -e '.[bench]'): skipping its column")
+
+    rot = get_estimator("rotation")
+    ste = get_estimator("ste")
+
+    def compiled(e, q):
+        set_compile("always")
+        return rot(e, q)
+
+    def eager(e, q):
+        set_compile("never")
+        return rot(e, q)
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, N={args.rows}, median of {args.repeat}")
+    header = (f"{'D':>4} {'rvq rot':>9} {'rvq eager':>9} {'autograd':>9} {'vqp':>9} {'rvq ste':>9} {'ste expr':>9} "
+              f"{'copy':>9} | {'rot/autograd':>12} {'rot/vqp':>8} {'rot/copy':>8} {'rot/ste expr':>12}")
+    print(header)
+    gen = torch.Generator().manual_seed(0)
+    for d in args.dims:
+        e, q, g = (torch.randn(args.rows, d, generator=gen) for _ in range(3))
+        e.requires_grad_(True)
+        t = {
+            "rot": timeit(compiled, e, q, g, args.repeat),
+            "eager": timeit(eager, e, q, g, args.repeat),
+            "autograd": timeit(autograd_rotation, e, q, g, args.repeat),
+            "vqp": timeit(rotate_to, e, q, g, args.repeat) if rotate_to else float("nan"),
+            "ste": timeit(ste, e, q, g, args.repeat),
+            "ste_expr": timeit(textbook_ste, e, q, g, args.repeat),
+            "copy": copy_time(g, args.repeat),
+        }
+        ms = {k: v * 1e3 for k, v in t.items()}
+        print(f"{d:>4} {ms['rot']:>9.3f} {ms['eager']:>9.3f} {ms['autograd']:>9.3f} {ms['vqp']:>9.3f} "
+              f"{ms['ste']:>9.3f} {ms['ste_expr']:>9.3f} {ms['copy']:>9.3f} | {t['rot'] / t['autograd']:>12.3f} "
+              f"{t['rot'] / t['vqp']:>8.3f} {t['rot'] / t['copy']:>8.2f} {t['rot'] / t['ste_expr']:>12.2f}")
+    print("times in ms; ratios < 1 mean rvq's rotation is faster")
+
+
+if __name__ == "__main__":
+    main()
