@@ -172,7 +172,19 @@ def _run(kernel: Callable, *tensors: Tensor, **consts):
             _compile_failed = True
             warnings.warn(f"rvq: torch.compile of the estimator kernels failed ({err.__class__.__name__}: "
                           f"{err}); using the eager kernels. Set RVQ_COMPILE=never to silence this.")
-    return kernel(*tensors, **consts)
+    return _run_eager(kernel, *tensors, **consts)
+
+
+_EAGER_BLOCK = 1 << 18  # elements per row block: the eager kernel's temporaries stay in cache
+
+
+def _run_eager(kernel: Callable, *tensors: Tensor, **consts):
+    """The kernel eagerly, over blocks of rows (every kernel here is row-wise)."""
+    n, d = tensors[0].shape
+    rows = max(1, _EAGER_BLOCK // max(1, d))
+    if n <= rows:
+        return kernel(*tensors, **consts)
+    return torch.cat([kernel(*(t[i : i + rows] for t in tensors), **consts) for i in range(0, n, rows)])
 
 
 # --------------------------------------------------------------------------------------------

@@ -320,3 +320,16 @@ def test_compiled_kernels_match_eager():
 def test_set_compile_rejects_unknown_mode():
     with pytest.raises(ValueError, match="auto"):
         set_compile("sometimes")
+
+
+def test_eager_kernels_in_row_blocks_equal_one_block(monkeypatch):
+    from rvq_cli.quantize import estimators as est_mod
+
+    e, q, g = (rand(1000, 7, dtype=torch.float32, seed=s) for s in (1, 2, 3))
+    e[3] = 0
+    whole = {n: grad_of(n, e, q, g)[0] for n in ALL}
+    count = ESTIMATORS["rotation"].count_fallbacks(e, q)
+    monkeypatch.setattr(est_mod, "_EAGER_BLOCK", 7 * 33)  # 33 rows a block, a ragged last block
+    for n in ALL:
+        assert torch.equal(grad_of(n, e, q, g)[0], whole[n])
+    assert torch.equal(ESTIMATORS["rotation"].count_fallbacks(e, q), count) and int(count) == 1
