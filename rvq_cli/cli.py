@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -67,6 +68,58 @@ def estimators(
         console.print(f"  [bold]{row.name}[/]: {row.summary}", highlight=False)
     console.print("λ = ‖q‖/‖e‖. Pick one with VectorQuantizer(..., estimator=NAME); docs/estimators.md "
                   "says when to use which.", highlight=False)
+
+
+def _recipes_dir() -> Path:
+    """recipes/ of the current folder, else the one beside the installed source tree."""
+    here = Path("recipes")
+    return here if here.is_dir() else Path(__file__).resolve().parent.parent / "recipes"
+
+
+def _recipe_summary(path: Path) -> str:
+    """The first comment line of a recipe: what it reproduces."""
+    for line in path.read_text().splitlines():
+        if line.startswith("#"):
+            return line.lstrip("# ").strip()
+        if line.strip():
+            break
+    return ""
+
+
+@app.command()
+def recipes() -> None:
+    """List the shipped recipes, one line each."""
+    folder = _recipes_dir()
+    paths = sorted(folder.rglob("*.yaml")) if folder.is_dir() else []
+    if not paths:
+        raise UserError(f"no recipes found in {folder}; run rvq from the rvq source folder or pass a recipe path.")
+    table = Table(title=f"recipes in {folder}")
+    table.add_column("recipe")
+    table.add_column("what it is")
+    for p in paths:
+        table.add_row(str(p.relative_to(folder.parent)) if folder.parent != Path(".") else str(p), _recipe_summary(p))
+    console.print(table)
+
+
+@app.command()
+def validate(
+    recipe: Path = typer.Argument(..., help="Recipe YAML file."),
+    overrides: list[str] = typer.Argument(None, help="key=value overrides, e.g. train.steps=200"),
+    show: bool = typer.Option(False, "--show", help="Print the fully resolved recipe."),
+) -> None:
+    """Check a recipe (and overrides) without running anything; list every problem found."""
+    from .config import RecipeError, load_recipe, recipe_to_yaml
+
+    try:
+        resolved = load_recipe(recipe, overrides or [])
+    except RecipeError as err:
+        raise UserError(str(err)) from None
+    q, t = resolved.model.quantizer, resolved.train
+    console.print(f"[green]{recipe}: valid.[/] model {resolved.model.name}, estimator {q.estimator}, "
+                  f"{q.codebook_size} codes, {t.steps} steps, batch {t.batch_size} × accumulation {t.grad_accum} "
+                  "per process.", highlight=False)
+    if show:
+        console.print(recipe_to_yaml(resolved), highlight=False, markup=False)
 
 
 def main() -> None:

@@ -1,0 +1,291 @@
+"""Recipes: the typed schema (every default lives here), YAML loading, key=value overrides,
+and validation that reports every problem at once with its dotted path."""
+
+from __future__ import annotations
+
+import copy
+import glob
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .quantize.codebook import INITS
+from .quantize.estimators import ESTIMATORS, GAMMAS
+
+DEMO = "demo"  # data source name: the photographs shipped inside scikit-image, cut into shards
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    train: str = Field(DEMO, description="webdataset shards (brace patterns allowed, e.g. data/train-{000..099}.tar) or 'demo'")
+    val: Optional[str] = Field(DEMO, description="validation shards, 'demo', or null for none")
+    image_size: int = Field(64, ge=8, description="square crop fed to the model, in pixels")
+    random_flip: bool = Field(True, description="horizontal flips for training samples")
+    num_workers: int = Field(2, ge=0, description="data loader worker processes per training process")
+    shuffle_buffer: int = Field(1000, ge=0, description="samples held for shuffling (0: no shuffle)")
+
+
+class EncoderConfig(_Section):
+    """The convolutional encoder/decoder of Esser et al. (taming-transformers, latent-diffusion)."""
+
+    in_channels: int = Field(3, ge=1)
+    ch: int = Field(128, ge=1, description="base channels")
+    ch_mult: list[int] = Field([1, 1, 2, 2, 4], min_length=1, description="channel multiplier per level; f = 2^(levels-1)")
+    num_res_blocks: int = Field(2, ge=1)
+    attn_resolutions: list[int] = Field([16], description="feature-map sizes that get attention blocks")
+    z_channels: int = Field(256, ge=1, description="encoder output / decoder input channels")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    norm_groups: int = Field(32, ge=1, description="GroupNorm groups (32 in the published models)")
+
+
+class QuantizerConfig(_Section):
+    estimator: str = Field("rotation", description="gradient estimator: " + ", ".join(ESTIMATORS))
+    gamma: Optional[Union[float, str]] = Field(None, description="γ(e) of the rotation family (A.9.2): " + ", ".join(GAMMAS) + " or a number")
+    codebook_size: int = Field(1024, ge=2)
+    dim: int = Field(256, ge=1, description="channels entering the quantizer (pre-quant conv output)")
+    codebook_dim: Optional[int] = Field(None, ge=1, description="factorised code dimension (null: same as dim)")
+    lookup: Literal["euclidean", "cosine"] = "euclidean"
+    update: Literal["ema", "learned"] = "ema"
+    decay: float = Field(0.8, ge=0.0, lt=1.0, description="EMA decay (paper: 0.8)")
+    beta: float = Field(1.0, ge=0.0, description="commitment weight")
+    init: Literal[INITS] = "kaiming_uniform"  # type: ignore[valid-type]
+    kmeans_iters: int = Field(10, ge=0)
+    dead_code_threshold: float = Field(0.0, ge=0.0)
+
+    @field_validator("estimator")
+    @classmethod
+    def _known_estimator(cls, v: str) -> str:
+        if v not in ESTIMATORS:
+            raise ValueError(f"unknown estimator {v!r}; valid: {', '.join(ESTIMATORS)}")
+        return v
+
+    @field_validator("gamma")
+    @classmethod
+    def _known_gamma(cls, v):
+        if isinstance(v, str) and v not in GAMMAS:
+            raise ValueError(f"unknown gamma {v!r}; valid: {', '.join(GAMMAS)}, or a number")
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ValueError("gamma must be finite")
+        return v
+
+
+class ModelConfig(_Section):
+    name: Literal["conv"] = Field("conv", description="model family")
+    encoder: EncoderConfig = EncoderConfig()
+    quantizer: QuantizerConfig = QuantizerConfig()
+
+
+class LossConfig(_Section):
+    reconstruction: Literal["l2", "l1"] = "l2"
+    rec_weight: float = Field(1.0, ge=0.0)
+
+
+class OptimConfig(_Section):
+    name: Literal["adamw", "adam"] = "adamw"
+    lr: float = Field(1e-4, gt=0.0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = Field(0.0, ge=0.0)
+    eps: float = Field(1e-8, gt=0.0)
+    schedule: Literal["constant", "cosine"] = "constant"
+    warmup_steps: int = Field(0, ge=0)
+    min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0, description="cosine floor as a fraction of lr")
+
+
+class TrainConfig(_Section):
+    steps: int = Field(1000, ge=1, description="optimizer steps")
+    batch_size: int = Field(16, ge=1, description="per process, per micro-batch")
+    grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    precision: Literal["no", "fp16", "bf16"] = "no"
+    grad_clip: float = Field(1.0, ge=0.0, description="max gradient norm (0: no clipping)")
+    log_every: int = Field(10, ge=1)
+    sample_every: int = Field(500, ge=1, description="steps between reconstruction grids")
+    ckpt_every: int = Field(1000, ge=1)
+    keep_last: int = Field(3, ge=1, description="checkpoints kept")
+    seed: int = 0
+
+
+class OutputConfig(_Section):
+    dir: str = Field("runs/run", description="run directory")
+    tensorboard: bool = False
+
+
+class Recipe(_Section):
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    loss: LossConfig = LossConfig()
+    optim: OptimConfig = OptimConfig()
+    train: TrainConfig = TrainConfig()
+    output: OutputConfig = OutputConfig()
+
+
+# --------------------------------------------------------------------------------------------
+# Problems, loading, overrides
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: str  # dotted path in the recipe ("" for the whole file)
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+
+class RecipeError(Exception):
+    """One or more problems with a recipe; ``str()`` lists them all, one per line."""
+
+    def __init__(self, source: str, problems: list[Problem]):
+        self.source, self.problems = source, problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"{source} has {len(problems)} problem{'s' * (len(problems) != 1)}:\n{lines}")
+
+
+def _fields_at(loc: tuple) -> list[str]:
+    """Field names of the section reached by following ``loc`` from Recipe."""
+    model: Any = Recipe
+    for key in loc:
+        field = getattr(model, "model_fields", {}).get(key)
+        if field is None:
+            break
+        model = field.annotation
+    return list(getattr(model, "model_fields", {}))
+
+
+def _problems_from(err: ValidationError) -> list[Problem]:
+    out = []
+    for e in err.errors():
+        path = ".".join(str(x) for x in e["loc"])
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = f"unknown key; valid keys here: {', '.join(_fields_at(tuple(e['loc'][:-1])))}"
+        elif e["type"] not in ("value_error", "missing") and "input" in e and not isinstance(e["input"], (dict, list)):
+            msg = f"{msg} (got {e['input']!r})"
+        out.append(Problem(path, msg))
+    return out
+
+
+def parse_overrides(overrides: list[str]) -> tuple[dict, list[Problem]]:
+    """``["model.quantizer.estimator=ste", "train.steps=200"]`` -> a nested dict of values parsed
+    as YAML (numbers, booleans, lists, null), plus problems for malformed items."""
+    tree: dict = {}
+    problems = []
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or not all(parts):
+            problems.append(Problem("", f"override {item!r} is not KEY=VALUE with a dotted key (e.g. train.steps=200)"))
+            continue
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        node = tree
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                problems.append(Problem(key, f"override {item!r} conflicts with another override"))
+                break
+        else:
+            node[parts[-1]] = value
+    return tree, problems
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in extra.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def read_yaml(path: str | os.PathLike) -> dict:
+    """The YAML mapping in ``path``; a RecipeError says where it fails to parse."""
+    p = Path(path)
+    if not p.is_file():
+        raise RecipeError(str(path), [Problem("", "no such file; `rvq recipes` lists the shipped recipes")])
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(err, "problem", None) or str(err)
+        raise RecipeError(str(path), [Problem("", f"YAML does not parse: {where}{problem}")]) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise RecipeError(str(path), [Problem("", f"a recipe is a YAML mapping of sections, got {type(data).__name__}")])
+    return data
+
+
+def _shard_files(pattern: str) -> list[str]:
+    import braceexpand  # installed with webdataset
+
+    return [f for part in braceexpand.braceexpand(pattern) for f in (glob.glob(part) or [part])]
+
+
+def check_recipe(recipe: Recipe, check_paths: bool = True) -> list[Problem]:
+    """Checks across fields, which the per-field schema cannot express."""
+    problems = []
+    enc, q = recipe.model.encoder, recipe.model.quantizer
+    f = 2 ** (len(enc.ch_mult) - 1)
+    if recipe.data.image_size % f:
+        problems.append(Problem("data.image_size", f"{recipe.data.image_size} is not divisible by the encoder's "
+                                f"downsampling factor {f} (2^(len(model.encoder.ch_mult) - 1))"))
+    sizes = {recipe.data.image_size // 2**i for i in range(len(enc.ch_mult))}
+    for r in enc.attn_resolutions:
+        if r not in sizes:
+            problems.append(Problem("model.encoder.attn_resolutions", f"{r} is not a feature-map size of this "
+                                    f"encoder at image_size {recipe.data.image_size}; sizes are {sorted(sizes, reverse=True)}"))
+    for m in sorted({enc.ch * m for m in enc.ch_mult} | {enc.ch}):
+        if m % enc.norm_groups:
+            problems.append(Problem("model.encoder.norm_groups", f"{enc.norm_groups} groups do not divide {m} channels "
+                                    "(every ch × ch_mult must be divisible by norm_groups)"))
+            break
+    if q.gamma is not None and q.estimator != "rotation":
+        problems.append(Problem("model.quantizer.gamma", f"gamma is an option of the rotation estimator, not of {q.estimator!r}"))
+    if check_paths:
+        problems += check_data_paths(recipe.data.model_dump())
+    return problems
+
+
+def check_data_paths(data: Any) -> list[Problem]:
+    """Missing shard files named by ``data.train`` / ``data.val`` (a raw or validated mapping)."""
+    problems = []
+    for key in ("train", "val"):
+        pattern = data.get(key) if isinstance(data, dict) else None
+        if not isinstance(pattern, str) or pattern == DEMO:
+            continue
+        missing = [p for p in _shard_files(pattern) if not os.path.exists(p)]
+        if missing:
+            more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+            problems.append(Problem(f"data.{key}", f"missing shard files: {', '.join(missing[:3])}{more}"))
+    return problems
+
+
+def load_recipe(path: str | os.PathLike, overrides: list[str] = (), check_paths: bool = True) -> Recipe:
+    """Read, override and validate a recipe; raise RecipeError listing every problem found."""
+    data = read_yaml(path)
+    extra, problems = parse_overrides(list(overrides))
+    merged = _merge(data, extra)
+    try:
+        recipe = Recipe.model_validate(merged)
+    except ValidationError as err:
+        paths = check_data_paths(merged.get("data")) if check_paths else []
+        raise RecipeError(str(path), problems + _problems_from(err) + paths) from None
+    problems += check_recipe(recipe, check_paths)
+    if problems:
+        raise RecipeError(str(path), problems)
+    return recipe
+
+
+def recipe_to_yaml(recipe: Recipe) -> str:
+    """The fully resolved recipe (every default filled in) as YAML."""
+    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,145 @@
+"""Recipes: schema defaults, every problem reported with its dotted path, overrides, CLI."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rvq_cli.config import DEMO, Recipe, RecipeError, load_recipe, parse_overrides, recipe_to_yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+RECIPES = sorted((ROOT / "recipes").rglob("*.yaml"))
+RVQ = shutil.which("rvq") or os.path.join(os.path.dirname(sys.executable), "rvq")
+
+
+def write(tmp_path, text, name="r.yaml"):
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def problems_of(path, overrides=(), check_paths=True):
+    with pytest.raises(RecipeError) as info:
+        load_recipe(path, overrides, check_paths)
+    return {p.path: p.message for p in info.value.problems}
+
+
+def test_there_are_shipped_recipes():
+    assert any(p.name == "quickstart.yaml" for p in RECIPES)
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_shipped_recipe_validates(path):
+    recipe = load_recipe(path, check_paths=False)  # datasets named by paper recipes are not on this machine
+    assert isinstance(recipe, Recipe)
+    assert path.read_text().startswith("#"), "a recipe starts with a comment saying what it reproduces"
+
+
+def test_empty_recipe_is_all_defaults(tmp_path):
+    recipe = load_recipe(write(tmp_path, ""))
+    assert recipe == Recipe()
+    assert recipe.model.quantizer.estimator == "rotation" and recipe.model.quantizer.decay == 0.8
+    assert recipe.data.train == DEMO
+
+
+def test_resolved_yaml_round_trips(tmp_path):
+    recipe = load_recipe(ROOT / "recipes" / "quickstart.yaml", ["train.steps=7"])
+    again = load_recipe(write(tmp_path, recipe_to_yaml(recipe)))
+    assert again == recipe and again.train.steps == 7
+
+
+def test_all_problems_reported_together_with_paths(tmp_path):
+    path = write(tmp_path, """
+data: {train: '/nowhere/shard-{0..1}.tar'}
+model:
+  encoder: {colour: red}
+  quantizer: {estimator: rotate, codebook_size: many, lookup: manhattan}
+train: {steps: 0, precision: fp8}
+""")
+    found = problems_of(path)
+    assert set(found) == {"model.encoder.colour", "model.quantizer.estimator", "model.quantizer.codebook_size",
+                          "model.quantizer.lookup", "train.steps", "train.precision", "data.train"}
+    assert "ch_mult" in found["model.encoder.colour"]  # lists the valid keys
+    assert "ste" in found["model.quantizer.estimator"] and "rotation_unscaled" in found["model.quantizer.estimator"]
+    assert "'euclidean' or 'cosine'" in found["model.quantizer.lookup"]
+    assert "'bf16'" in found["train.precision"]
+    assert "/nowhere/shard-0.tar" in found["data.train"]
+
+
+def test_cross_field_problems(tmp_path):
+    path = write(tmp_path, """
+data: {image_size: 66}
+model:
+  encoder: {ch: 16, ch_mult: [1, 2, 4], attn_resolutions: [5], norm_groups: 32}
+  quantizer: {estimator: ste, gamma: one}
+""")
+    found = problems_of(path)
+    assert "divisible" in found["data.image_size"]
+    assert "feature-map size" in found["model.encoder.attn_resolutions"]
+    assert "norm_groups" in found["model.encoder.norm_groups"] or "divide" in found["model.encoder.norm_groups"]
+    assert "rotation" in found["model.quantizer.gamma"]
+
+
+def test_existing_shards_pass_the_path_check(tmp_path):
+    for i in range(2):
+        (tmp_path / f"s-{i}.tar").write_bytes(b"")
+    recipe = load_recipe(write(tmp_path, f"data: {{train: '{tmp_path}/s-{{0..1}}.tar', val: null}}"))
+    assert recipe.data.val is None
+
+
+def test_yaml_syntax_error_says_where(tmp_path):
+    found = problems_of(write(tmp_path, "data:\n  train: [1\n"))
+    assert "line" in found[""] and "column" in found[""]
+
+
+def test_non_mapping_and_missing_file(tmp_path):
+    assert "mapping" in problems_of(write(tmp_path, "- 1\n- 2\n"))[""]
+    assert "no such file" in problems_of(tmp_path / "absent.yaml")[""]
+
+
+def test_overrides_are_typed_and_validated(tmp_path):
+    path = write(tmp_path, "")
+    r = load_recipe(path, ["model.quantizer.estimator=ste", "train.steps=200", "optim.lr=3e-4",
+                           "model.encoder.ch_mult=[1, 2]", "model.encoder.attn_resolutions=[]", "data.val=null", "data.random_flip=false"])
+    assert r.model.quantizer.estimator == "ste" and r.train.steps == 200 and r.optim.lr == 3e-4
+    assert r.model.encoder.ch_mult == [1, 2] and r.data.val is None and r.data.random_flip is False
+    found = problems_of(path, ["model.quantizer.estimator=nope", "train.stepz=3", "garbage"])
+    assert "model.quantizer.estimator" in found and "train.stepz" in found
+    assert any("KEY=VALUE" in m for m in found.values())
+
+
+def test_parse_overrides():
+    tree, problems = parse_overrides(["a.b=1", "a.c=x", "d=[1, 2]"])
+    assert tree == {"a": {"b": 1, "c": "x"}, "d": [1, 2]} and not problems
+
+
+def rvq(*args):
+    env = dict(os.environ, COLUMNS="200", RVQ_COMPILE="never")
+    return subprocess.run([RVQ, *args], capture_output=True, text=True, env=env, timeout=60, cwd=ROOT)
+
+
+def test_cli_validate_ok_and_show():
+    res = rvq("validate", "recipes/quickstart.yaml", "train.steps=5", "--show")
+    assert res.returncode == 0, res.stderr
+    assert "valid" in res.stdout and yaml.safe_load(res.stdout.split("\n", 1)[1])["train"]["steps"] == 5
+
+
+def test_cli_validate_errors_exit_nonzero_without_traceback(tmp_path):
+    path = write(tmp_path, "model: {quantizer: {estimator: rotate}}\ntrain: {steps: x}\n")
+    res = rvq("validate", str(path), "optim.lr=-1")
+    assert res.returncode == 2
+    for fragment in ("model.quantizer.estimator", "train.steps", "optim.lr", "3 problems"):
+        assert fragment in res.stderr
+    assert "Traceback" not in res.stderr + res.stdout
+
+
+def test_cli_recipes_lists_every_recipe():
+    res = rvq("recipes")
+    assert res.returncode == 0, res.stderr
+    for p in RECIPES:
+        assert p.stem in res.stdout
+    assert "Quickstart" in res.stdout
