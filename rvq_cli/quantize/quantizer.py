@@ -133,6 +133,22 @@ class VectorQuantizer(nn.Module):
                 f"estimator={self.estimator.name}, lookup={self.lookup}, update={self.update}, "
                 f"decay={self.decay}, beta={self.beta}")
 
+    def _apply(self, fn, recurse=True):
+        """``.to(dtype)`` / ``.half()`` move the layer but keep its codebook statistics in fp32:
+        EMA counts and sums lose too much in 16-bit formats (DESIGN: quantizer math in fp32)."""
+        super()._apply(fn, recurse)
+        for name in ("codebook", "embed_sum", "cluster_size"):
+            buf = self._buffers.get(name)
+            if buf is not None and buf.is_floating_point() and buf.dtype != torch.float32:
+                self._buffers[name] = buf.float()
+        return self
+
+    def _project(self, layer: nn.Module, x: Tensor) -> Tensor:
+        """A factorising projection applied in fp32, whatever dtype the module was cast to."""
+        if isinstance(layer, nn.Identity):
+            return x
+        return F.linear(x, layer.weight.float(), layer.bias.float() if layer.bias is not None else None)
+
     def codes(self) -> Tensor:
         """The (K, d) code vectors as used for lookup (l2-normalised for cosine lookup)."""
         c = self.codebook.float()
@@ -154,7 +170,7 @@ class VectorQuantizer(nn.Module):
         """Quantize channel-first features ``z`` (B, D, *spatial)."""
         with torch.autocast(device_type=z.device.type, enabled=False):  # quantizer math in fp32
             x, grid = self._flatten(z)
-            e = self.project_in(x)  # (N, d)
+            e = self._project(self.project_in, x)  # (N, d)
             if self.lookup == "cosine":
                 e = F.normalize(e, dim=-1)
             if self.init == "kmeans" and self.training and not bool(self.initialized):
@@ -169,7 +185,7 @@ class VectorQuantizer(nn.Module):
                 codebook=F.mse_loss(q, e.detach()) if self.update == "learned" else sq_err.new_zeros(()),
             )
             q_tilde = self.estimator(e, q)  # forward value: q, bit for bit
-            out = self._unflatten(self.project_out(q_tilde), grid)
+            out = self._unflatten(self._project(self.project_out, q_tilde), grid)
             metrics = self._statistics(e.detach(), q.detach(), indices, sq_err.detach())
         return QuantizeOutput(out.to(z.dtype), indices.reshape(grid), losses, metrics)
 
@@ -218,9 +234,10 @@ class VectorQuantizer(nn.Module):
             self.embed_sum.copy_(centroids)
         self.initialized.fill_(True)
 
-    def indices_to_codes(self, indices: Tensor) -> Tensor:
+    def indices_to_codes(self, indices: Tensor, dtype: torch.dtype | None = None) -> Tensor:
         """Codes for ``indices`` (B, *spatial) in the layer's output layout (B, D, *spatial):
-        exactly what ``forward`` returned as ``quantized`` for inputs that chose these indices."""
+        exactly what ``forward`` returned as ``quantized`` for inputs of ``dtype`` (default fp32)
+        that chose these indices."""
         if indices.dtype.is_floating_point or indices.dtype == torch.bool:
             raise ValueError(f"indices must be an integer tensor, got {indices.dtype}")
         if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= self.codebook_size):
@@ -229,7 +246,8 @@ class VectorQuantizer(nn.Module):
         grid = tuple(indices.shape)
         with torch.autocast(device_type=indices.device.type, enabled=False):
             q = F.embedding(indices.reshape(-1).long(), self.codes())  # (N, d)
-            return self._unflatten(self.project_out(q), grid)
+            out = self._unflatten(self._project(self.project_out, q), grid)
+        return out if dtype is None else out.to(dtype)
 
 
 __all__ = ["VectorQuantizer", "QuantizeOutput", "QuantizeLosses", "QuantizeMetrics", "ESTIMATORS", "UPDATES"]

@@ -552,3 +552,16 @@ def test_distributed_ema_matches_single_process(tmp_path):
         assert torch.equal(torch.cat([r0["indices"][s], r1["indices"][s]]), indices[s])
     assert torch.equal(r0["usage"], torch.stack(usage))  # metrics are over the union batch
     assert torch.equal(r1["usage"], r0["usage"])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_cast_layer_keeps_fp32_statistics_and_runs(dtype):
+    vq = VectorQuantizer(8, 16, codebook_dim=4).to(dtype)
+    assert vq.codebook.dtype == vq.embed_sum.dtype == vq.cluster_size.dtype == torch.float32
+    z = torch.randn(2, 8, 4, 4).to(dtype)
+    out = vq(z)
+    assert out.quantized.dtype == dtype and torch.isfinite(out.quantized.float()).all()
+    assert vq.cluster_size.dtype == torch.float32
+    vq.eval()
+    out = vq(z)
+    assert torch.equal(vq.indices_to_codes(out.indices, dtype=dtype), out.quantized)

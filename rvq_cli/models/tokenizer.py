@@ -1,0 +1,158 @@
+"""VQ tokenizer: encoder → 1×1 conv → VectorQuantizer → 1×1 conv → decoder (VQGAN, Esser et al. 2021).
+
+Tokens are the quantizer's code indices on the latent grid (B, H/f, W/f). Decoding tokens runs
+exactly the operations the forward pass runs after the quantizer, on exactly the values it saw
+(the estimators' forward value is the code vector, bit for bit), so in eval mode
+``decode_indices(encode(x))`` equals ``forward(x).reconstruction`` bit for bit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..quantize import QuantizeOutput, VectorQuantizer
+from .conv import Decoder, Encoder
+
+__all__ = ["TokenizerOutput", "VQTokenizer", "build_conv_tokenizer"]
+
+
+@dataclass
+class TokenizerOutput:
+    reconstruction: Tensor  # (B, C, H, W)
+    quantize: QuantizeOutput  # quantized (B, embed_dim, h, w), indices (B, h, w), losses, metrics
+
+    @property
+    def indices(self) -> Tensor:
+        """The tokens, (B, h, w) int64."""
+        return self.quantize.indices
+
+
+@contextmanager
+def _lookup_only(quantizer: VectorQuantizer) -> Iterator[None]:
+    """Run the quantizer in eval mode: a lookup that updates no codebook statistics."""
+    was_training = quantizer.training
+    quantizer.train(False)
+    try:
+        yield
+    finally:
+        quantizer.train(was_training)
+
+
+class VQTokenizer(nn.Module):
+    """Image tokenizer: ``encoder`` → ``quant_conv`` (1×1, z_channels → embed_dim) → ``quantize`` →
+    ``post_quant_conv`` (1×1, embed_dim → z_channels) → ``decoder``. Submodule names are taming's.
+
+    ``encoder`` maps (B, C, H, W) to (B, z_channels, H/f, W/f) and ``decoder`` maps back; both
+    must expose ``downsample_factor`` (f) and ``z_channels``, the encoder also ``in_channels``.
+    """
+
+    def __init__(self, encoder: nn.Module, decoder: nn.Module, quantizer: VectorQuantizer, *,
+                 embed_dim: int, z_channels: int) -> None:
+        super().__init__()
+        if quantizer.dim != embed_dim:
+            raise ValueError(f"the quantizer's input dim ({quantizer.dim}) must equal embed_dim ({embed_dim})")
+        for name, module in (("encoder", encoder), ("decoder", decoder)):
+            if module.z_channels != z_channels:
+                raise ValueError(f"the {name} has z_channels={module.z_channels}, expected {z_channels}")
+        if encoder.downsample_factor != decoder.downsample_factor:
+            raise ValueError(f"encoder and decoder down-sampling factors differ: "
+                             f"{encoder.downsample_factor} vs {decoder.downsample_factor}")
+        self.encoder, self.decoder = encoder, decoder
+        self.quant_conv = nn.Conv2d(z_channels, embed_dim, 1)
+        self.quantize = quantizer
+        self.post_quant_conv = nn.Conv2d(embed_dim, z_channels, 1)
+        self.embed_dim, self.z_channels = embed_dim, z_channels
+        self.in_channels: int = encoder.in_channels
+        self.downsample_factor: int = encoder.downsample_factor
+
+    def latent_shape(self, image_size: int | Sequence[int]) -> tuple[int, int]:
+        """Token grid (h, w) for images of ``image_size`` (an int for square images, or (H, W))."""
+        hw = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+        f = self.downsample_factor
+        if len(hw) != 2 or any(s < 1 or s % f for s in hw):
+            raise ValueError(f"image size {image_size} must be (H, W) with both divisible by the "
+                             f"down-sampling factor f = {f}")
+        return hw[0] // f, hw[1] // f
+
+    def _check_image(self, x: Tensor) -> None:
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"expected images (B, {self.in_channels}, H, W), got shape {tuple(x.shape)}")
+        self.latent_shape(tuple(x.shape[2:]))
+
+    @property
+    def last_layer(self) -> Tensor:
+        """Weight of the decoder's last layer (VQGAN's adaptive GAN weight differentiates to it)."""
+        return self.decoder.conv_out.weight
+
+    def encode_latents(self, x: Tensor) -> Tensor:
+        """Continuous latents before quantization: (B, C, H, W) -> (B, embed_dim, H/f, W/f)."""
+        self._check_image(x)
+        return self.quant_conv(self.encoder(x))
+
+    def decode_codes(self, quantized: Tensor) -> Tensor:
+        """Image from quantized latents (B, embed_dim, h, w) -> (B, C, h·f, w·f); the one decode
+        path shared by ``forward`` and ``decode_indices``."""
+        return self.decoder(self.post_quant_conv(quantized))
+
+    @torch.no_grad()
+    def encode(self, x: Tensor) -> Tensor:
+        """Tokens of images ``x`` (B, C, H, W): (B, H/f, W/f) int64. The lookup never updates
+        the codebook, whatever the mode; the encoder runs in the module's mode (use eval)."""
+        z = self.encode_latents(x)
+        with _lookup_only(self.quantize):
+            return self.quantize(z).indices
+
+    def decode_indices(self, indices: Tensor) -> Tensor:
+        """Images from tokens ``indices`` (B, h, w) -> (B, C, h·f, w·f)."""
+        if indices.dim() != 3:
+            raise ValueError(f"expected token indices (B, h, w), got shape {tuple(indices.shape)}")
+        codes = self.quantize.indices_to_codes(indices)  # fp32; forward hands codes on in the model's dtype
+        return self.decode_codes(codes.to(self.post_quant_conv.weight.dtype))
+
+    def forward(self, x: Tensor) -> TokenizerOutput:
+        """Reconstruct ``x`` (B, C, H, W) through the quantizer; in training mode the quantizer
+        updates its codebook and the gradient reaches the encoder through its estimator."""
+        out = self.quantize(self.encode_latents(x))
+        return TokenizerOutput(reconstruction=self.decode_codes(out.quantized), quantize=out)
+
+
+def build_conv_tokenizer(
+    *,
+    ch: int,
+    ch_mult: Sequence[int],
+    attn_resolutions: Sequence[int],
+    resolution: int,
+    z_channels: int,
+    embed_dim: int,
+    quantizer: VectorQuantizer | Mapping[str, Any],
+    in_channels: int = 3,
+    out_channels: int | None = None,
+    num_res_blocks: int = 2,
+    dropout: float = 0.0,
+    norm_groups: int = 32,
+) -> VQTokenizer:
+    """A :class:`VQTokenizer` with the convolutional :class:`Encoder`/:class:`Decoder`.
+
+    ``quantizer`` is a built :class:`VectorQuantizer` with ``dim == embed_dim``, or its keyword
+    arguments without ``dim`` (e.g. ``{"codebook_size": 1024, "estimator": "rotation"}``).
+    ``out_channels`` defaults to ``in_channels``. Taming's f16 VQGAN: ch=128,
+    ch_mult=(1, 1, 2, 2, 4), attn_resolutions=(16,), resolution=256, z_channels=256, embed_dim=256.
+    """
+    if isinstance(quantizer, Mapping):
+        if "dim" in quantizer:
+            raise ValueError("the quantizer's dim is set by embed_dim; leave 'dim' out of its arguments")
+        quantizer = VectorQuantizer(embed_dim, **quantizer)
+    elif not isinstance(quantizer, VectorQuantizer):
+        raise TypeError(f"quantizer must be a VectorQuantizer or a mapping of its arguments, "
+                        f"got {type(quantizer).__name__}")
+    common = dict(ch=ch, ch_mult=ch_mult, attn_resolutions=attn_resolutions, resolution=resolution,
+                  z_channels=z_channels, num_res_blocks=num_res_blocks, dropout=dropout, norm_groups=norm_groups)
+    encoder = Encoder(in_channels=in_channels, **common)
+    decoder = Decoder(out_channels=in_channels if out_channels is None else out_channels, **common)
+    return VQTokenizer(encoder, decoder, quantizer, embed_dim=embed_dim, z_channels=z_channels)
