@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Optional
 
 import typer
 from rich.console import Console
@@ -120,6 +121,63 @@ def validate(
                   "per process.", highlight=False)
     if show:
         console.print(recipe_to_yaml(resolved), highlight=False, markup=False)
+
+
+@app.command()
+def train(
+    recipe: Path = typer.Argument(..., help="Recipe YAML file (rvq recipes lists the shipped ones)."),
+    overrides: list[str] = typer.Argument(None, help="key=value overrides, e.g. model.quantizer.estimator=ste"),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this run directory."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar: one log line per log interval."),
+) -> None:
+    """Train a tokenizer: checkpoints, metrics.jsonl and reconstruction grids go to output.dir."""
+    from .config import RecipeError, load_recipe
+    from .data import DataError
+    from .train import TrainingError
+    from .train import train as run_training
+
+    try:
+        resolved = load_recipe(recipe, overrides or [])
+        result = run_training(resolved, run_dir=resume, resume=resume is not None, quiet=quiet)
+    except (RecipeError, TrainingError, DataError) as err:
+        raise UserError(str(err)) from None
+    if not result.interrupted:
+        console.print(f"done: {result.step} steps; checkpoints, metrics.jsonl and samples/ in {result.run_dir}",
+                      highlight=False)
+
+
+data_app = typer.Typer(help="Prepare datasets as webdataset shards.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("shards")
+def data_shards(
+    src: Path = typer.Argument(..., help="Folder of images; class sub-folders give labels."),
+    out: Path = typer.Argument(..., help="Output folder for shard-NNNNNN.tar files."),
+    per_shard: int = typer.Option(1000, "--per-shard", help="Samples per shard."),
+    workers: int = typer.Option(0, "--workers", help="Reader threads (0: up to 4, by CPU count)."),
+) -> None:
+    """Turn a folder of images into webdataset shards for data.train / data.val."""
+    from .data import DataError, folder_to_shards
+
+    if not src.is_dir():
+        raise UserError(f"{src} is not a folder. Give a folder of images (optionally in class sub-folders).")
+    if per_shard < 1:
+        raise UserError(f"--per-shard must be at least 1, got {per_shard}.")
+    kwargs = {"workers": workers} if workers > 0 else {}
+    try:
+        with console.status(f"writing shards from {src} ..."):
+            report = folder_to_shards(src, out, max_count=per_shard, **kwargs)
+    except (DataError, ValueError) as err:
+        raise UserError(str(err)) from None
+    labels = f", {len(report.classes)} classes" if report.classes else ", no labels (flat folder)"
+    console.print(f"{report.count} images in {len(report.shards)} shard(s){labels}: {report.pattern}", highlight=False)
+    if report.skipped:
+        console.print(f"[yellow]{len(report.skipped)} file(s) skipped[/], listed in {out / 'skipped.txt'}:",
+                      highlight=False)
+        for item in report.skipped[:10]:
+            console.print(f"  {item.path}: {item.reason}", highlight=False, markup=False)
+    console.print(f"use it in a recipe as  data.train={report.pattern}", highlight=False, markup=False)
 
 
 def main() -> None:

@@ -266,7 +266,8 @@ def check_data_paths(data: Any) -> list[Problem]:
         missing = [p for p in _shard_files(pattern) if not os.path.exists(p)]
         if missing:
             more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
-            problems.append(Problem(f"data.{key}", f"missing shard files: {', '.join(missing[:3])}{more}"))
+            problems.append(Problem(f"data.{key}", f"missing shard files: {', '.join(missing[:3])}{more}; "
+                                    "`rvq data shards FOLDER OUT` writes shards from a folder of images"))
     return problems
 
 

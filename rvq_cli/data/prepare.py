@@ -1,0 +1,165 @@
+"""A folder of images -> webdataset shards (what ``rvq prepare`` runs).
+
+Layout rules (as torchvision's ImageFolder):
+
+- class folders: when ``src`` holds no images itself and its sub-folders do, each first-level
+  sub-folder is a class; labels ``cls`` are 0..C-1 in sorted folder-name order (images deeper
+  down belong to their first-level folder), and ``classes.json`` maps names to labels;
+- otherwise the folder is unlabelled: every image found (recursively) is a sample without
+  ``cls`` and ``classes.json`` is ``{}``.
+
+Every sample carries ``json = {"path": relative path, "class": name (labelled only)}``. Files
+are taken in sorted relative-path order; keys are the relative paths with ``/`` and ``.``
+replaced by ``_`` (``cats/a.b.jpg`` -> ``cats_a_b_jpg``; a clash gets ``_2``, ``_3``, ...).
+JPEG and PNG files are stored as their original bytes; other formats (WebP, BMP, GIF, TIFF, ...)
+are converted to PNG. Files that do not decode are skipped and listed in the report and in
+``out/skipped.txt`` (``path<TAB>reason`` per line).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Optional
+
+from PIL import Image
+
+from .images import decode_rgb
+from .shards import DataError, shard_pattern, write_shards
+
+IMAGE_SUFFIXES = frozenset(".jpg .jpeg .png .webp .bmp .gif .tif .tiff .ppm .pgm .pbm".split())
+_WINDOW = 1024  # files in flight at once (bounds memory with many workers)
+
+
+@dataclass(frozen=True)
+class SkippedFile:
+    path: str  # relative to the source folder
+    reason: str
+
+
+@dataclass
+class PrepareReport:
+    """What ``folder_to_shards`` wrote."""
+
+    out: Path
+    pattern: str  # brace pattern of the shards, for data.train / data.val
+    shards: list[Path]
+    count: int  # samples written
+    classes: Optional[dict[str, int]]  # None for an unlabelled folder
+    converted: int  # files re-encoded as PNG (not JPEG/PNG originally)
+    skipped: list[SkippedFile] = field(default_factory=list)
+
+
+def _list_images(src: Path) -> list[str]:
+    """Relative POSIX paths of image files under ``src`` (hidden files and folders excluded), sorted."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(src):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for f in filenames:
+            if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_SUFFIXES:
+                found.append(Path(dirpath, f).relative_to(src).as_posix())
+    return sorted(found)
+
+
+def _load(path: str) -> tuple[str, bytes] | str:
+    """(field, bytes) ready to store, or the reason the file is unusable. Runs in worker processes."""
+    try:
+        data = Path(path).read_bytes()
+        decode_rgb(data)  # the same decoding the training stream uses
+        with Image.open(io.BytesIO(data)) as im:
+            fmt = im.format
+            if fmt in ("JPEG", "PNG"):
+                return ("jpg" if fmt == "JPEG" else "png"), data
+            im.seek(0)  # first frame of animations
+            im.load()
+            if im.mode not in ("1", "L", "LA", "P", "RGB", "RGBA", "I;16", "I"):
+                im = im.convert("RGBA" if "A" in im.mode else "RGB")
+            buf = io.BytesIO()
+            im.save(buf, format="PNG")
+            return "png", buf.getvalue()
+    except Exception as exn:  # anything PIL or the OS raises for this file
+        return f"{type(exn).__name__}: {exn}".replace("\n", " ")
+
+
+def _keys(paths: list[str]) -> list[str]:
+    keys, used = [], set()
+    for p in paths:
+        base = p.replace("/", "_").replace(".", "_")
+        key, i = base, 1
+        while key in used:
+            i += 1
+            key = f"{base}_{i}"
+        used.add(key)
+        keys.append(key)
+    return keys
+
+
+def _loaded(src: Path, paths: list[str], workers: int) -> Iterator[tuple[str, tuple[str, bytes] | str]]:
+    full = [str(src / p) for p in paths]
+    if workers <= 1:
+        yield from zip(paths, map(_load, full))
+        return
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        for i in range(0, len(full), _WINDOW):
+            yield from zip(paths[i : i + _WINDOW], pool.map(_load, full[i : i + _WINDOW], chunksize=16))
+
+
+def _class_layout(paths: list[str]) -> Optional[dict[str, int]]:
+    """Class name -> label when every image sits inside a first-level sub-folder, else None."""
+    if not paths or any("/" not in p for p in paths):
+        return None
+    return {name: i for i, name in enumerate(sorted({p.split("/", 1)[0] for p in paths}))}
+
+
+def folder_to_shards(src: str | os.PathLike, out: str | os.PathLike, *, max_count: int = 1000,
+                     workers: int = min(4, os.cpu_count() or 1), prefix: str = "shard") -> PrepareReport:
+    """Convert the images under ``src`` into shards ``out/PREFIX-NNNNNN.tar`` (written
+    atomically by ``write_shards``), ``out/classes.json`` and ``out/skipped.txt``.
+    ``workers`` processes read and check the files (1: in this process)."""
+    src, out = Path(src).expanduser(), Path(out).expanduser()
+    if not src.is_dir():
+        raise DataError(f"{src} is not a folder. `rvq prepare` takes a folder of images (optionally one "
+                        "sub-folder per class) and writes webdataset shards.")
+    paths = _list_images(src)
+    if not paths:
+        raise DataError(f"No image files under {src} (looked for {', '.join(sorted(IMAGE_SUFFIXES))}).")
+    classes = _class_layout(paths)
+    skipped: list[SkippedFile] = []
+    counts = {"converted": 0}
+
+    def samples() -> Iterator[dict]:
+        for key, (rel, got) in zip(_keys(paths), _loaded(src, paths, workers)):
+            if isinstance(got, str):
+                skipped.append(SkippedFile(rel, got))
+                continue
+            ext, data = got
+            counts["converted"] += Path(rel).suffix.lower() not in (".jpg", ".jpeg", ".png")
+            meta = {"path": rel}
+            sample = {"__key__": key, ext: data, "json": meta}
+            if classes is not None:
+                meta["class"] = rel.split("/", 1)[0]
+                sample["cls"] = classes[meta["class"]]
+            yield sample
+
+    try:
+        shards = write_shards(samples(), out, prefix=prefix, max_count=max_count)
+    except ValueError as err:
+        if skipped and "no samples" in str(err):
+            raise DataError(f"None of the {len(paths)} images under {src} could be decoded "
+                            f"(e.g. {skipped[0].path}: {skipped[0].reason}).") from None
+        raise
+    _write_text(out / "classes.json", json.dumps(classes or {}, indent=1) + "\n")
+    _write_text(out / "skipped.txt", "".join(f"{s.path}\t{s.reason}\n" for s in skipped))
+    return PrepareReport(out=out, pattern=shard_pattern(out, prefix, len(shards)), shards=shards,
+                         count=len(paths) - len(skipped), classes=classes, converted=counts["converted"],
+                         skipped=skipped)
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

@@ -1,0 +1,51 @@
+"""One ``build_*`` per component: the only place where the recipe tree meets the modules."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ..config import ModelConfig, OptimConfig
+from ..models import VQTokenizer, build_conv_tokenizer
+
+
+def build_tokenizer(model: ModelConfig, image_size: int) -> VQTokenizer:
+    """The tokenizer a recipe's ``model`` section describes, for images of ``image_size``."""
+    enc, q = model.encoder, model.quantizer
+    quantizer = dict(
+        codebook_size=q.codebook_size, estimator=q.estimator, gamma=q.gamma, lookup=q.lookup, update=q.update,
+        decay=q.decay, beta=q.beta, codebook_dim=q.codebook_dim, init=q.init, kmeans_iters=q.kmeans_iters,
+        dead_code_threshold=q.dead_code_threshold,
+    )
+    return build_conv_tokenizer(
+        ch=enc.ch, ch_mult=tuple(enc.ch_mult), attn_resolutions=tuple(enc.attn_resolutions), resolution=image_size,
+        z_channels=enc.z_channels, embed_dim=q.dim, quantizer=quantizer, in_channels=enc.in_channels,
+        num_res_blocks=enc.num_res_blocks, dropout=enc.dropout, norm_groups=enc.norm_groups,
+    )
+
+
+def build_optimizer(params, optim: OptimConfig) -> torch.optim.Optimizer:
+    cls = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}[optim.name]
+    return cls(params, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps, weight_decay=optim.weight_decay)
+
+
+def lr_factor(step: int, optim: OptimConfig, total_steps: int) -> float:
+    """Multiplier of the base lr at optimizer step ``step``: linear warmup, then constant or a
+    cosine decay to ``min_lr_ratio`` at ``total_steps``."""
+    if optim.warmup_steps and step < optim.warmup_steps:
+        return (step + 1) / optim.warmup_steps
+    if optim.schedule == "constant":
+        return 1.0
+    span = max(1, total_steps - optim.warmup_steps)
+    progress = min(1.0, (step - optim.warmup_steps) / span)
+    return optim.min_lr_ratio + (1.0 - optim.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, optim: OptimConfig, total_steps: int):
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, optim, total_steps))
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

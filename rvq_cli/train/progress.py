@@ -1,0 +1,67 @@
+"""Training progress on the terminal: a rich progress bar, or plain log lines (quiet mode)."""
+
+from __future__ import annotations
+
+import time
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+
+def format_metrics(m: dict) -> str:
+    parts = [f"step {m['step']}", f"loss {m['loss']:.4f}", f"rec {m['rec_loss']:.4f}", f"usage {m['usage']:.1%}",
+             f"perplexity {m['perplexity']:.1f}", f"qerr {m['quant_error']:.2e}", f"lr {m['lr']:.2e}",
+             f"{m['images_per_s']:.1f} img/s"]
+    if "val_rec_loss" in m:
+        parts.append(f"val rec {m['val_rec_loss']:.4f}")
+    if m.get("fallbacks"):
+        parts.append(f"fallbacks {int(m['fallbacks'])}")
+    if m.get("skipped"):
+        parts.append(f"skipped samples {int(m['skipped'])}")
+    return "  ".join(parts)
+
+
+class TrainProgress:
+    """``with TrainProgress(total, start): ... advance(metrics) ... log(averaged_metrics)``."""
+
+    def __init__(self, total: int, start: int = 0, quiet: bool = False, silent: bool = False):
+        self.quiet, self.silent = quiet, silent
+        self.console = Console()
+        self._last_time, self._rate = None, None
+        self.bar = None if quiet or silent else Progress(
+            TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(), TimeRemainingColumn(), console=self.console, transient=False,
+        )
+        self.total, self.start = total, start
+        self.task = None
+
+    def __enter__(self):
+        if self.bar is not None:
+            self.bar.__enter__()
+            self.task = self.bar.add_task("train", total=self.total, completed=self.start, info="")
+        return self
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+
+    def advance(self, m: dict) -> None:
+        now = time.perf_counter()
+        if self._last_time is not None:
+            rate = 1.0 / max(now - self._last_time, 1e-9)
+            self._rate = rate if self._rate is None else 0.9 * self._rate + 0.1 * rate
+        self._last_time = now
+        if self.bar is not None:
+            speed = f" {self._rate:.2f} it/s" if self._rate else ""
+            info = f"loss {m['loss']:.4f} usage {m['usage']:.0%} qerr {m['quant_error']:.1e}{speed}"
+            self.bar.update(self.task, advance=1, info=info)
+
+    def log(self, m: dict) -> None:
+        """A line per log interval: printed above the bar, or alone in quiet mode."""
+        if self.silent:
+            return
+        line = format_metrics(m)
+        if self.bar is not None:
+            self.bar.console.print(line, highlight=False)
+        else:
+            print(line, flush=True)

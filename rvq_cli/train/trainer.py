@@ -1,0 +1,316 @@
+"""The training engine: one loop for every tokenizer, on Accelerate.
+
+Single process on CPU or GPU; several processes through ``accelerate launch`` or ``torchrun``
+(``torchrun --nproc_per_node 2 -m rvq_cli train RECIPE``). Each optimizer step draws
+``grad_accum`` micro-batches per process; gradients are synchronised once per step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+
+from ..config import DEMO, Recipe, recipe_to_yaml
+from .build import build_optimizer, build_scheduler, build_tokenizer, count_parameters
+from .checkpoint import CheckpointState, latest_checkpoint, load_checkpoint, save_checkpoint, save_rng
+from .progress import TrainProgress
+
+# Keys a resumed run may change; anything else must match the checkpoint's recipe.
+RESUMABLE_CHANGES = {"train.steps", "train.log_every", "train.sample_every", "train.ckpt_every", "train.keep_last",
+                     "data.num_workers", "output.tensorboard"}
+
+
+class TrainingError(Exception):
+    """A run that cannot start or continue; the message says why and what to do."""
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int
+    interrupted: bool = False
+    last_metrics: dict = field(default_factory=dict)
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        out.update(_flatten(v, key + ".") if isinstance(v, dict) else {key: v})
+    return out
+
+
+def _check_resume_recipe(saved: Recipe, now: Recipe) -> None:
+    a, b = _flatten(saved.model_dump(mode="json")), _flatten(now.model_dump(mode="json"))
+    changed = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k) and k not in RESUMABLE_CHANGES)
+    if changed:
+        diffs = "; ".join(f"{k}: {a.get(k)!r} in the checkpoint, {b.get(k)!r} now" for k in changed)
+        raise TrainingError(f"the recipe differs from the one the run was started with ({diffs}). Resume with the "
+                            "same recipe (only the step count and logging/checkpoint intervals may change), or start "
+                            "a new run in another output.dir.")
+
+
+def _data_patterns(recipe: Recipe) -> tuple[str, str | None]:
+    train, val = recipe.data.train, recipe.data.val
+    if DEMO in (train, val):
+        from ..data import demo_shards
+
+        demo = demo_shards()
+        train = demo.train if train == DEMO else train
+        val = demo.val if val == DEMO else val
+    return train, val
+
+
+def _loader(pattern: str, recipe: Recipe, acc: Accelerator, train: bool, start_batch: int = 0):
+    from ..data import image_batches
+
+    d = recipe.data
+    return image_batches(pattern, image_size=d.image_size, batch_size=recipe.train.batch_size, train=train,
+                         seed=recipe.train.seed, rank=acc.process_index, world_size=acc.num_processes,
+                         num_workers=d.num_workers, random_flip=d.random_flip, shuffle_buffer=d.shuffle_buffer,
+                         start_batch=start_batch)
+
+
+def _check_batch(x: torch.Tensor, step: int) -> None:
+    """Range and dtype of the first batch: catches 0–255 data fed as −1..1 (USERS.md)."""
+    if not x.is_floating_point():
+        raise TrainingError(f"training batch at step {step} has dtype {x.dtype}; images must be float in [-1, 1]")
+    lo, hi = float(x.min()), float(x.max())
+    if lo < -1.001 or hi > 1.001:
+        raise TrainingError(f"training batch at step {step} has values in [{lo:.3g}, {hi:.3g}]; images must be in "
+                            "[-1, 1]. Check the data pipeline's normalisation.")
+
+
+def _main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+def reconstruction_loss(x: torch.Tensor, rec: torch.Tensor, kind: str) -> torch.Tensor:
+    return F.mse_loss(rec.float(), x.float()) if kind == "l2" else F.l1_loss(rec.float(), x.float())
+
+
+class Trainer:
+    """Holds the run's objects; :meth:`run` trains to ``recipe.train.steps``."""
+
+    def __init__(self, recipe: Recipe, run_dir: Path, resume: bool = False, quiet: bool = False):
+        self.recipe, self.run_dir, self.quiet = recipe, Path(run_dir), quiet
+        t = recipe.train
+        self.acc = Accelerator(mixed_precision=t.precision, cpu=not torch.cuda.is_available(),
+                               log_with="tensorboard" if recipe.output.tensorboard else None,
+                               project_dir=str(self.run_dir))
+        self._prepare_run_dir(resume)
+        set_seed(t.seed)
+        self.model = build_tokenizer(recipe.model, recipe.data.image_size)
+        self.optimizer = build_optimizer(self.model.parameters(), recipe.optim)
+        self.scheduler = build_scheduler(self.optimizer, recipe.optim, t.steps)
+        self.state = CheckpointState(step=0, micro_batches=0, world_size=self.acc.num_processes,
+                                     num_workers=recipe.data.num_workers)
+        if resume:
+            self._resume()
+        self.model, self.optimizer = self.acc.prepare(self.model, self.optimizer)
+        with self.acc.main_process_first():  # the demo set is built once, by the main process
+            self.train_pattern, self.val_pattern = _data_patterns(recipe)
+        self.recipe_yaml = recipe_to_yaml(recipe)
+        self._checked = False
+        self._stop = False
+
+    # ---------------------------------------------------------------- setup
+
+    def _prepare_run_dir(self, resume: bool) -> None:
+        has_ckpt = latest_checkpoint(self.run_dir) is not None
+        if resume and not has_ckpt:
+            raise TrainingError(f"--resume {self.run_dir}: no checkpoint there to resume from (checkpoints are "
+                                f"folders named ckpt-NNNNNNNN with a state.json).")
+        if not resume and has_ckpt:
+            raise TrainingError(f"{self.run_dir} already holds checkpoints of a run. Continue it with "
+                                f"--resume {self.run_dir}, or set output.dir=OTHER_DIR for a new run; nothing was changed.")
+        if self.acc.is_main_process:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+
+    def _resume(self) -> None:
+        from ..config import load_recipe
+
+        ckpt = latest_checkpoint(self.run_dir)
+        _check_resume_recipe(load_recipe(ckpt / "recipe.yaml", check_paths=False), self.recipe)
+        state = load_checkpoint(ckpt, self.model, self.optimizer, self.scheduler, rank=self.acc.process_index)
+        if state.world_size != self.acc.num_processes or state.num_workers != self.recipe.data.num_workers:
+            raise TrainingError(f"{ckpt} was written by {state.world_size} process(es) with {state.num_workers} data "
+                                f"workers each; resume with the same numbers so every process continues its own data "
+                                f"stream (now: {self.acc.num_processes} process(es), {self.recipe.data.num_workers} workers).")
+        self.state = state
+
+    # ---------------------------------------------------------------- steps
+
+    def _micro_step(self, x: torch.Tensor, last: bool) -> dict[str, torch.Tensor]:
+        """Forward and backward of one micro-batch; gradients sync only on the last one."""
+        sync = contextlib.nullcontext() if last else self.acc.no_sync(self.model)
+        with sync, self.acc.autocast():
+            out = self.model(x)
+            rec = reconstruction_loss(x, out.reconstruction, self.recipe.loss.reconstruction)
+            loss = self.recipe.loss.rec_weight * rec + out.quantize.loss
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss is {loss.item()}")
+        self.acc.backward(loss / self.recipe.train.grad_accum)
+        m = out.quantize.metrics
+        return {"loss": loss.detach(), "rec_loss": rec.detach(), "commitment": out.quantize.losses.commitment.detach(),
+                "usage": m.usage, "perplexity": m.perplexity, "quant_error": m.quant_error, "fallbacks": m.fallbacks}
+
+    def _optimizer_step(self, batches) -> dict[str, float]:
+        t = self.recipe.train
+        sums: dict[str, float] = {}
+        skipped = 0
+        for i in range(t.grad_accum):
+            batch = next(batches)
+            skipped += int(batch.get("skipped", 0))
+            x = batch["image"].to(self.acc.device)
+            if not self._checked:
+                _check_batch(x, self.state.step)
+                self._checked = True
+            for k, v in self._micro_step(x, last=i == t.grad_accum - 1).items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+        if t.grad_clip > 0:
+            self.acc.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.state.step += 1
+        self.state.micro_batches = self.state.step * t.grad_accum  # the data position
+        out = {k: v / t.grad_accum for k, v in sums.items()}
+        out["fallbacks"] = sums["fallbacks"]
+        out.update(lr=lr, skipped=skipped)
+        return out
+
+    # ---------------------------------------------------------------- outputs
+
+    def save(self) -> Path | None:
+        ckpt = self.run_dir / f"ckpt-{self.state.step:08d}"
+        if self.acc.is_main_process:
+            save_checkpoint(self.run_dir, self.acc.unwrap_model(self.model), self.optimizer, self.scheduler,
+                            self.state, self.recipe_yaml, self.recipe.train.keep_last)
+        self.acc.wait_for_everyone()
+        if not self.acc.is_main_process:  # the main process's RNG is saved inside the checkpoint
+            save_rng(ckpt, self.acc.process_index)
+        self.acc.wait_for_everyone()
+        return ckpt
+
+    @torch.no_grad()
+    def sample(self, x: torch.Tensor) -> float:
+        """Reconstruction grid of a fixed validation batch (originals above, reconstructions
+        below) as samples/step-NNNNNNNN.png; returns that batch's reconstruction loss."""
+        from torchvision.utils import save_image
+
+        model = self.acc.unwrap_model(self.model)
+        was_training = model.training
+        model.eval()
+        rec = model(x.to(self.acc.device)).reconstruction.float().clamp(-1, 1)
+        model.train(was_training)
+        loss = reconstruction_loss(x.to(rec.device), rec, self.recipe.loss.reconstruction).item()
+        if self.acc.is_main_process:
+            out = self.run_dir / "samples" / f"step-{self.state.step:08d}.png"
+            out.parent.mkdir(exist_ok=True)
+            grid = torch.cat([x[:8].cpu(), rec[:8].cpu()])
+            save_image((grid + 1) / 2, out, nrow=min(8, len(x)))
+        return loss
+
+    def _val_batch(self) -> torch.Tensor | None:
+        if self.val_pattern is None:
+            return None
+        for batch in _loader(self.val_pattern, self.recipe, self.acc, train=False):
+            return batch["image"][:8]
+        return None
+
+    # ---------------------------------------------------------------- loop
+
+    def _on_sigint(self, signum, frame) -> None:
+        """First Ctrl-C: finish the current optimizer step, save, exit. Second: stop at once."""
+        if self._stop:
+            raise KeyboardInterrupt
+        self._stop = True
+        if self.acc.is_main_process:
+            print("\nCtrl-C: finishing this step and saving a checkpoint (press again to stop without saving)")
+
+    def run(self) -> TrainResult:
+        t = self.recipe.train
+        main = self.acc.is_main_process
+        if main:
+            (self.run_dir / "recipe.yaml").write_text(self.recipe_yaml)
+        if self.recipe.output.tensorboard:
+            self.acc.init_trackers("rvq")
+        val_x = self._val_batch()
+        batches = iter(_loader(self.train_pattern, self.recipe, self.acc, train=True,
+                               start_batch=self.state.micro_batches))
+        log = open(self.run_dir / "metrics.jsonl", "a") if main else None
+        progress = TrainProgress(t.steps, self.state.step, quiet=self.quiet, silent=not main)
+        window: list[dict] = []
+        t0, images, last = time.perf_counter(), 0, {}
+        interrupted = False
+        previous_handler = signal.signal(signal.SIGINT, self._on_sigint) if _main_thread() else None
+        try:
+            with progress:
+                while self.state.step < t.steps and not self._stop:
+                    try:
+                        metrics = self._optimizer_step(batches)
+                    except FloatingPointError as err:
+                        good = latest_checkpoint(self.run_dir)
+                        raise TrainingError(f"{err} at step {self.state.step + 1}; the run stopped. Last good "
+                                            f"checkpoint: {good or 'none'}. Lower optim.lr, set train.grad_clip, or use "
+                                            "train.precision=no to find the cause.") from None
+                    images += t.batch_size * t.grad_accum * self.acc.num_processes
+                    window.append(metrics)
+                    step = self.state.step
+                    if step % t.log_every == 0 or step == t.steps:
+                        last = {k: sum(m[k] for m in window) / len(window) for k in window[0]}
+                        last["fallbacks"] = sum(m["fallbacks"] for m in window)
+                        last["skipped"] = sum(m["skipped"] for m in window)
+                        last["lr"] = window[-1]["lr"]
+                        elapsed = time.perf_counter() - t0
+                        last.update(step=step, images_per_s=images / elapsed if elapsed > 0 else 0.0)
+                        window, t0, images = [], time.perf_counter(), 0
+                        if val_x is not None and (step % t.sample_every == 0 or step == t.steps):
+                            last["val_rec_loss"] = self.sample(val_x)
+                        if main:
+                            log.write(json.dumps(last) + "\n")
+                            log.flush()
+                            self.acc.log({k: v for k, v in last.items() if k != "step"}, step=step)
+                        progress.log(last)
+                    progress.advance(metrics)
+                    if step % t.ckpt_every == 0 or step == t.steps:
+                        self.save()
+            if self._stop:
+                interrupted = True
+                self.save()
+                if main:
+                    print(f"interrupted at step {self.state.step}: saved {self.run_dir / f'ckpt-{self.state.step:08d}'}; "
+                          f"continue with: rvq train RECIPE --resume {self.run_dir}")
+        finally:
+            if previous_handler is not None:
+                signal.signal(signal.SIGINT, previous_handler)
+            if log:
+                log.close()
+            if self.recipe.output.tensorboard:
+                self.acc.end_training()
+        return TrainResult(self.run_dir, self.state.step, interrupted, last)
+
+
+def train(recipe: Recipe, run_dir: str | Path | None = None, resume: bool = False, quiet: bool = False) -> TrainResult:
+    """Train the tokenizer a recipe describes; returns where the run is and its last metrics."""
+    trainer = Trainer(recipe, Path(run_dir or recipe.output.dir), resume=resume, quiet=quiet)
+    if trainer.acc.is_main_process and not quiet:
+        q = recipe.model.quantizer
+        print(f"rvq train: {count_parameters(trainer.acc.unwrap_model(trainer.model)) / 1e6:.2f}M parameters, "
+              f"estimator {q.estimator}, {q.codebook_size} codes, loss = {recipe.loss.rec_weight} × "
+              f"{recipe.loss.reconstruction} + {q.beta} × commitment"
+              f"{' + codebook' if q.update == 'learned' else ''}, {trainer.acc.num_processes} process(es) on "
+              f"{trainer.acc.device}, run dir {trainer.run_dir}")
+    return trainer.run()

@@ -1,0 +1,22 @@
+"""Run by torchrun from test_distributed.py: train, then dump this rank's weights and data keys."""
+
+import json
+import os
+import sys
+from pathlib import Path
+
+from safetensors.torch import save_file
+
+from rvq_cli.config import load_recipe
+from rvq_cli.train.trainer import Trainer, _loader
+
+recipe_path, out = sys.argv[1], Path(sys.argv[2])
+trainer = Trainer(load_recipe(recipe_path), Path(load_recipe(recipe_path).output.dir), quiet=True)
+result = trainer.run()
+rank = trainer.acc.process_index
+model = trainer.acc.unwrap_model(trainer.model)
+save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / f"rank{rank}.safetensors"))
+batches = iter(_loader(trainer.train_pattern, trainer.recipe, trainer.acc, train=True))
+keys = [k for _ in range(result.step * trainer.recipe.train.grad_accum) for k in next(batches)["key"]]
+(out / f"rank{rank}.json").write_text(json.dumps({"keys": keys, "world": trainer.acc.num_processes,
+                                                  "step": result.step, "pid": os.getpid()}))

@@ -1,0 +1,38 @@
+"""Real two-process training on the CPU (torchrun, gloo): identical weights and codebooks on
+both ranks afterwards, different data on each."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from test_train import recipe_file, shards  # noqa: F401  (fixture)
+
+
+def test_two_processes_stay_identical_and_read_different_data(tmp_path, shards):  # noqa: F811
+    path = recipe_file(tmp_path, shards, out="dist")
+    text = path.read_text().replace("steps: 3", "steps: 4").replace("batch_size: 4", "batch_size: 4, grad_accum: 2")
+    path.write_text(text)
+    worker = Path(__file__).with_name("dist_worker.py")
+    env = dict(os.environ, OMP_NUM_THREADS="1", RVQ_COMPILE="never")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+           str(worker), str(path), str(tmp_path)]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    info = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert all(i["world"] == 2 and i["step"] == 4 for i in info)
+    assert info[0]["pid"] != info[1]["pid"]
+    assert info[0]["keys"] != info[1]["keys"]  # each rank draws its own stream
+    a, b = (load_file(str(tmp_path / f"rank{r}.safetensors")) for r in (0, 1))
+    for k in a:
+        assert torch.equal(a[k], b[k]), k  # weights, EMA codebook and its statistics
+    assert "quantize.codebook" in a
+    # the checkpoint of the run holds those weights
+    ckpt = load_file(str(tmp_path / "dist" / "ckpt-00000004" / "model.safetensors"))
+    for k in a:
+        assert torch.equal(a[k], ckpt[k]), k

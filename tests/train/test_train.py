@@ -1,0 +1,120 @@
+"""Training end to end on shards the test writes: run directory, resume equivalence, errors."""
+
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+os.environ.setdefault("RVQ_COMPILE", "never")
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from rvq_cli.config import load_recipe
+from rvq_cli.data import write_shards
+from rvq_cli.train import TrainingError, train
+
+RVQ = shutil.which("rvq") or os.path.join(os.path.dirname(sys.executable), "rvq")
+
+TINY = """
+# tiny test recipe
+data: {{train: '{train}', val: '{val}', image_size: 16, num_workers: 0, shuffle_buffer: 8}}
+model:
+  encoder: {{ch: 8, ch_mult: [1, 2], num_res_blocks: 1, attn_resolutions: [], z_channels: 4, norm_groups: 4}}
+  quantizer: {{codebook_size: 16, dim: 4}}
+optim: {{lr: 1.0e-3}}
+train: {{steps: 3, batch_size: 4, log_every: 1, sample_every: 2, ckpt_every: 2, keep_last: 2}}
+output: {{dir: '{out}'}}
+"""
+
+
+def png(seed, size=20):
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shards")
+    write_shards(({"__key__": f"img{i:03d}", "png": png(i)} for i in range(24)), root / "train", max_count=8)
+    write_shards(({"__key__": f"val{i:03d}", "png": png(100 + i)} for i in range(8)), root / "val", max_count=8)
+    return {"train": str(root / "train" / "shard-{000000..000002}.tar"), "val": str(root / "val" / "shard-000000.tar")}
+
+
+def recipe_file(tmp_path, shards, out="run"):
+    p = tmp_path / "tiny.yaml"
+    p.write_text(TINY.format(train=shards["train"], val=shards["val"], out=tmp_path / out))
+    return p
+
+
+def test_cli_trains_three_steps(tmp_path, shards):
+    path = recipe_file(tmp_path, shards)
+    res = subprocess.run([RVQ, "train", str(path), "--quiet"], capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ, RVQ_COMPILE="never"))
+    assert res.returncode == 0, res.stderr + res.stdout
+    run = tmp_path / "run"
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in lines] == [1, 2, 3]
+    for key in ("loss", "rec_loss", "usage", "perplexity", "quant_error", "fallbacks", "lr", "images_per_s"):
+        assert all(np.isfinite(m[key]) for m in lines), key
+    assert "val_rec_loss" in lines[1]
+    assert sorted(p.name for p in run.glob("ckpt-*")) == ["ckpt-00000002", "ckpt-00000003"]
+    ckpt = run / "ckpt-00000003"
+    for f in ("model.safetensors", "optimizer.pt", "state.json", "recipe.yaml", "rng-0.safetensors"):
+        assert (ckpt / f).is_file(), f
+    assert (run / "samples" / "step-00000002.png").is_file()
+    assert load_recipe(run / "recipe.yaml", check_paths=False).train.steps == 3
+    assert "step 3" in res.stdout
+
+
+def test_resume_gives_identical_weights(tmp_path, shards):
+    path = recipe_file(tmp_path, shards, out="straight")
+    straight = train(load_recipe(path, ["train.steps=6", "train.ckpt_every=100"]), quiet=True)
+    path2 = recipe_file(tmp_path, shards, out="split")
+    first = train(load_recipe(path2, ["train.steps=3", "train.ckpt_every=100"]), quiet=True)
+    assert first.step == 3
+    second = train(load_recipe(path2, ["train.steps=6", "train.ckpt_every=100"]), run_dir=first.run_dir,
+                   resume=True, quiet=True)
+    assert second.step == 6
+    a = load_file(str(straight.run_dir / "ckpt-00000006" / "model.safetensors"))
+    b = load_file(str(second.run_dir / "ckpt-00000006" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_existing_run_is_never_overwritten(tmp_path, shards):
+    path = recipe_file(tmp_path, shards)
+    train(load_recipe(path, ["train.steps=1"]), quiet=True)
+    before = (tmp_path / "run" / "ckpt-00000001" / "model.safetensors").read_bytes()
+    with pytest.raises(TrainingError, match="--resume"):
+        train(load_recipe(path, ["train.steps=1"]), quiet=True)
+    assert (tmp_path / "run" / "ckpt-00000001" / "model.safetensors").read_bytes() == before
+
+
+def test_resume_refuses_a_different_recipe(tmp_path, shards):
+    path = recipe_file(tmp_path, shards)
+    first = train(load_recipe(path, ["train.steps=1"]), quiet=True)
+    with pytest.raises(TrainingError, match="model.quantizer.estimator"):
+        train(load_recipe(path, ["train.steps=2", "model.quantizer.estimator=ste"]), run_dir=first.run_dir,
+              resume=True, quiet=True)
+
+
+def test_resume_without_checkpoint_is_an_error(tmp_path, shards):
+    with pytest.raises(TrainingError, match="no checkpoint"):
+        train(load_recipe(recipe_file(tmp_path, shards)), run_dir=tmp_path / "empty", resume=True, quiet=True)
+
+
+def test_cli_reports_missing_shards_cleanly(tmp_path):
+    p = tmp_path / "r.yaml"
+    p.write_text("data: {train: '/nowhere/x-{0..1}.tar', val: null}\n")
+    res = subprocess.run([RVQ, "train", str(p)], capture_output=True, text=True, timeout=120)
+    assert res.returncode != 0 and "data.train" in res.stderr and "Traceback" not in res.stderr
