@@ -8,6 +8,7 @@ Single process on CPU or GPU; several processes through ``accelerate launch`` or
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import signal
 import threading
@@ -105,6 +106,9 @@ class Trainer:
     def __init__(self, recipe: Recipe, run_dir: Path, resume: bool = False, quiet: bool = False):
         self.recipe, self.run_dir, self.quiet = recipe, Path(run_dir), quiet
         t = recipe.train
+        if recipe.output.tensorboard and importlib.util.find_spec("tensorboard") is None:
+            raise TrainingError("output.tensorboard=true needs the tensorboard package: pip install tensorboard "
+                                "(or set output.tensorboard=false; metrics.jsonl is always written).")
         self.acc = Accelerator(mixed_precision=t.precision, cpu=not torch.cuda.is_available(),
                                log_with="tensorboard" if recipe.output.tensorboard else None,
                                project_dir=str(self.run_dir))

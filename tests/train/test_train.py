@@ -118,3 +118,30 @@ def test_cli_reports_missing_shards_cleanly(tmp_path):
     p.write_text("data: {train: '/nowhere/x-{0..1}.tar', val: null}\n")
     res = subprocess.run([RVQ, "train", str(p)], capture_output=True, text=True, timeout=120)
     assert res.returncode != 0 and "data.train" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_nan_loss_stops_with_step_and_last_checkpoint(tmp_path, shards):
+    from rvq_cli.train.trainer import Trainer
+
+    recipe = load_recipe(recipe_file(tmp_path, shards), ["train.steps=4", "train.ckpt_every=1"])
+    trainer = Trainer(recipe, tmp_path / "run", quiet=True)
+    trainer.run()  # 4 good steps, checkpoints at each
+    recipe2 = load_recipe(recipe_file(tmp_path, shards), ["train.steps=6", "train.ckpt_every=1"])
+    trainer = Trainer(recipe2, tmp_path / "run", resume=True, quiet=True)
+    with torch.no_grad():
+        trainer.acc.unwrap_model(trainer.model).decoder.conv_out.weight.fill_(float("nan"))
+    with pytest.raises(TrainingError, match=r"at step 5.*ckpt-00000004"):
+        trainer.run()
+
+
+def test_corrupt_samples_are_skipped_and_counted(tmp_path):
+    samples = [{"__key__": f"img{i:03d}", "png": png(i)} for i in range(12)]
+    samples[3]["png"] = b"not a png at all"
+    samples[7]["png"] = png(7)[:40]  # truncated
+    write_shards(iter(samples), tmp_path / "data", max_count=12)
+    pattern = str(tmp_path / "data" / "shard-000000.tar")
+    p = tmp_path / "r.yaml"
+    p.write_text(TINY.format(train=pattern, val=pattern, out=tmp_path / "run"))
+    result = train(load_recipe(p, ["train.steps=6", "train.log_every=6"]), quiet=True)
+    assert result.step == 6
+    assert result.last_metrics["skipped"] >= 2
