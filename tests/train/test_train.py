@@ -145,3 +145,28 @@ def test_corrupt_samples_are_skipped_and_counted(tmp_path):
     result = train(load_recipe(p, ["train.steps=6", "train.log_every=6"]), quiet=True)
     assert result.step == 6
     assert result.last_metrics["skipped"] >= 2
+
+
+def test_ctrl_c_saves_a_checkpoint_and_resumes(tmp_path, shards):
+    import signal
+    import time
+
+    path = recipe_file(tmp_path, shards)
+    cmd = [RVQ, "train", str(path), "train.steps=100000", "train.ckpt_every=100000", "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, RVQ_COMPILE="never"))
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (metrics.is_file() and metrics.read_text().count("\n") >= 2):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "interrupted at step" in out and "--resume" in out and "Traceback" not in err
+    ckpts = sorted((tmp_path / "run").glob("ckpt-*"))
+    assert len(ckpts) == 1
+    step = int(ckpts[0].name.split("-")[1])
+    assert step >= 2
+    res = train(load_recipe(path, [f"train.steps={step + 1}", "train.ckpt_every=100000"]),
+                run_dir=tmp_path / "run", resume=True, quiet=True)
+    assert res.step == step + 1
