@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from . import __version__
 
@@ -171,13 +172,14 @@ def data_shards(
     except (DataError, ValueError) as err:
         raise UserError(str(err)) from None
     labels = f", {len(report.classes)} classes" if report.classes else ", no labels (flat folder)"
-    console.print(f"{report.count} images in {len(report.shards)} shard(s){labels}: {report.pattern}", highlight=False)
+    console.print(f"{report.count} images in {len(report.shards)} shard(s){labels}: {report.pattern}", highlight=False,
+                  markup=False, soft_wrap=True)
     if report.skipped:
         console.print(f"[yellow]{len(report.skipped)} file(s) skipped[/], listed in {out / 'skipped.txt'}:",
                       highlight=False)
         for item in report.skipped[:10]:
             console.print(f"  {item.path}: {item.reason}", highlight=False, markup=False)
-    console.print(f"use it in a recipe as  data.train={report.pattern}", highlight=False, markup=False)
+    console.print(f"use it in a recipe as  data.train={report.pattern}", highlight=False, markup=False, soft_wrap=True)
 
 
 def main() -> None:
@@ -185,7 +187,8 @@ def main() -> None:
     try:
         app()
     except UserError as err:
-        err_console.print(f"[bold red]error:[/] {err}", highlight=False)
+        # user text may hold brackets ([1, 2]); never let rich read it as markup
+        err_console.print(Text.assemble(("error: ", "bold red"), str(err)), highlight=False, soft_wrap=True)
         sys.exit(2)
 
 

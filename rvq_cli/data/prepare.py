@@ -1,4 +1,4 @@
-"""A folder of images -> webdataset shards (what ``rvq prepare`` runs).
+"""A folder of images -> webdataset shards (what ``rvq data shards`` runs).
 
 Layout rules (as torchvision's ImageFolder):
 
@@ -122,7 +122,7 @@ def folder_to_shards(src: str | os.PathLike, out: str | os.PathLike, *, max_coun
     ``workers`` processes read and check the files (1: in this process)."""
     src, out = Path(src).expanduser(), Path(out).expanduser()
     if not src.is_dir():
-        raise DataError(f"{src} is not a folder. `rvq prepare` takes a folder of images (optionally one "
+        raise DataError(f"{src} is not a folder. `rvq data shards` takes a folder of images (optionally one "
                         "sub-folder per class) and writes webdataset shards.")
     paths = _list_images(src)
     if not paths:

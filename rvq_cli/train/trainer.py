@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 
 from ..config import DEMO, Recipe, recipe_to_yaml
@@ -109,6 +110,9 @@ class Trainer:
         if recipe.output.tensorboard and importlib.util.find_spec("tensorboard") is None:
             raise TrainingError("output.tensorboard=true needs the tensorboard package: pip install tensorboard "
                                 "(or set output.tensorboard=false; metrics.jsonl is always written).")
+        # Accelerate keeps one process-wide state; a second run in the same Python process (the
+        # library used from a notebook or a test) may ask for another precision.
+        AcceleratorState._reset_state(reset_partial_state=False)
         self.acc = Accelerator(mixed_precision=t.precision, cpu=not torch.cuda.is_available(),
                                log_with="tensorboard" if recipe.output.tensorboard else None,
                                project_dir=str(self.run_dir))

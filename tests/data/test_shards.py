@@ -100,7 +100,7 @@ def test_missing_shard_raises_data_error_naming_it(tmp_path, gen):
         expand_pattern(str(tmp_path / "shard-{000000..000003}.tar"))
     msg = str(err.value)
     assert "shard-000002.tar" in msg and "shard-000003.tar" in msg and "shard-000000.tar" not in msg
-    assert "rvq prepare" in msg and "\n" not in msg
+    assert "rvq data shards" in msg and "\n" not in msg
     with pytest.raises(DataError, match="nothing-here"):
         expand_pattern(str(tmp_path / "nothing-here-*.tar"))
     with pytest.raises(DataError, match="folder"):

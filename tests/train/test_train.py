@@ -170,3 +170,62 @@ def test_ctrl_c_saves_a_checkpoint_and_resumes(tmp_path, shards):
     res = train(load_recipe(path, [f"train.steps={step + 1}", "train.ckpt_every=100000"]),
                 run_dir=tmp_path / "run", resume=True, quiet=True)
     assert res.step == step + 1
+
+
+def test_accumulation_equals_one_big_batch(tmp_path, shards):
+    """k micro-batches of b equal one batch of k·b (learned codebook: no per-micro-batch EMA)."""
+    # optim.eps: Adam turns rounding noise on zero-gradient weights (attention key biases) into
+    # full-size steps; a larger eps keeps the comparison about the accumulation itself
+    common = ["train.steps=2", "model.quantizer.update=learned", "train.grad_clip=0", "optim.eps=1e-3"]
+    path = recipe_file(tmp_path, shards, out="big")
+    big = train(load_recipe(path, common + ["train.batch_size=8", "train.grad_accum=1"]), quiet=True)
+    path = recipe_file(tmp_path, shards, out="acc")
+    acc = train(load_recipe(path, common + ["train.batch_size=4", "train.grad_accum=2"]), quiet=True)
+    a = load_file(str(big.run_dir / "ckpt-00000002" / "model.safetensors"))
+    b = load_file(str(acc.run_dir / "ckpt-00000002" / "model.safetensors"))
+    for k in a:
+        if k != "quantize.cluster_size":  # a usage EMA updated per micro-batch, by design
+            torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_bf16_mixed_precision_trains(tmp_path, shards):
+    result = train(load_recipe(recipe_file(tmp_path, shards), ["train.precision=bf16", "train.steps=2"]), quiet=True)
+    assert result.step == 2 and np.isfinite(result.last_metrics["loss"])
+
+
+def test_failed_save_keeps_previous_checkpoint(tmp_path, shards, monkeypatch):
+    from rvq_cli.train import checkpoint
+
+    path = recipe_file(tmp_path, shards)
+    train(load_recipe(path, ["train.steps=1"]), quiet=True)
+    good = tmp_path / "run" / "ckpt-00000001"
+    before = {f.name: f.read_bytes() for f in good.iterdir()}
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoint.torch, "save", crash)  # dies after the weights, before the rest
+    with pytest.raises(OSError, match="disk full"):
+        train(load_recipe(path, ["train.steps=2"]), run_dir=tmp_path / "run", resume=True, quiet=True)
+    assert {f.name: f.read_bytes() for f in good.iterdir()} == before
+    assert not (tmp_path / "run" / "ckpt-00000002").exists()
+
+
+def test_cli_data_shards_then_train(tmp_path):
+    src = tmp_path / "pictures"
+    for cls in ("a", "b"):
+        (src / cls).mkdir(parents=True)
+        for i in range(4):
+            (src / cls / f"{i}.png").write_bytes(png(hash((cls, i)) % 1000))
+    (src / "a" / "broken.png").write_bytes(b"nope")
+    res = subprocess.run([RVQ, "data", "shards", str(src), str(tmp_path / "shards"), "--per-shard", "3"],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "8 images in 3 shard(s), 2 classes" in res.stdout and "1 file(s) skipped" in res.stdout
+    pattern = res.stdout.split("data.train=")[1].split()[0]
+    p = tmp_path / "r.yaml"
+    p.write_text(TINY.format(train=pattern, val=pattern, out=tmp_path / "run"))
+    assert train(load_recipe(p, ["train.steps=1"]), quiet=True).step == 1
+    bad = subprocess.run([RVQ, "data", "shards", str(tmp_path / "absent"), str(tmp_path / "o")],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "is not a folder" in bad.stderr and "Traceback" not in bad.stderr
