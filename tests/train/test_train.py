@@ -229,3 +229,10 @@ def test_cli_data_shards_then_train(tmp_path):
     bad = subprocess.run([RVQ, "data", "shards", str(tmp_path / "absent"), str(tmp_path / "o")],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "is not a folder" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_tensorboard_tracker_writes_events(tmp_path, shards):
+    pytest.importorskip("tensorboard")  # in the test extra; optional for users
+    train(load_recipe(recipe_file(tmp_path, shards), ["train.steps=2", "output.tensorboard=true"]), quiet=True)
+    events = list((tmp_path / "run").rglob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
