@@ -56,6 +56,14 @@ class TrainProgress:
             info = f"loss {m['loss']:.4f} usage {m['usage']:.0%} qerr {m['quant_error']:.1e}{speed}"
             self.bar.update(self.task, advance=1, info=info)
 
+    def warn(self, message: str) -> None:
+        if self.silent:
+            return
+        if self.bar is not None:
+            self.bar.console.print(f"[yellow]warning:[/] {message}", highlight=False, markup=True)
+        else:
+            print(f"warning: {message}", flush=True)
+
     def log(self, m: dict) -> None:
         """A line per log interval: printed above the bar, or alone in quiet mode."""
         if self.silent:

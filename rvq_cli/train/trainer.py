@@ -93,6 +93,28 @@ def _check_batch(x: torch.Tensor, step: int) -> None:
                             "[-1, 1]. Check the data pipeline's normalisation.")
 
 
+LOW_USAGE = 0.05  # fraction of the codebook used per batch below which a run is warned about
+
+
+def low_usage_warning(usage: float, step: int, total_steps: int, quantizer) -> str | None:
+    """A one-paragraph warning when codebook usage stays low after the first tenth of the run
+    (at least 50 steps), naming remedies that fit this quantizer; None when all is well."""
+    if step < max(50, total_steps // 10) or usage >= LOW_USAGE:
+        return None
+    remedies = []
+    if quantizer.estimator != "rotation":
+        remedies.append("the rotation trick (model.quantizer.estimator=rotation)")
+    if quantizer.codebook_dim is None or quantizer.codebook_dim > 8:
+        remedies.append("a lower code dimension (model.quantizer.codebook_dim=8 or less)")
+    if quantizer.dead_code_threshold == 0:
+        remedies.append("dead-code restarts (model.quantizer.dead_code_threshold=1.0)")
+    if quantizer.init != "kmeans":
+        remedies.append("k-means initialisation (model.quantizer.init=kmeans)")
+    tail = f" Remedies: {'; '.join(remedies)}." if remedies else ""
+    return (f"codebook usage is {usage:.1%} of {quantizer.codebook_size} codes per batch at step {step}: the "
+            f"codebook is collapsing.{tail}")
+
+
 def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
@@ -262,7 +284,7 @@ class Trainer:
         progress = TrainProgress(t.steps, self.state.step, quiet=self.quiet, silent=not main)
         window: list[dict] = []
         t0, images, last = time.perf_counter(), 0, {}
-        interrupted = False
+        interrupted, warned = False, False
         previous_handler = signal.signal(signal.SIGINT, self._on_sigint) if _main_thread() else None
         try:
             with progress:
@@ -292,6 +314,11 @@ class Trainer:
                             log.flush()
                             self.acc.log({k: v for k, v in last.items() if k != "step"}, step=step)
                         progress.log(last)
+                        warning = None if warned else low_usage_warning(last["usage"], step, t.steps,
+                                                                         self.recipe.model.quantizer)
+                        if warning and main:
+                            warned = True
+                            progress.warn(warning)
                     progress.advance(metrics)
                     if step % t.ckpt_every == 0 or step == t.steps:
                         self.save()

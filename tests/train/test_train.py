@@ -236,3 +236,17 @@ def test_tensorboard_tracker_writes_events(tmp_path, shards):
     train(load_recipe(recipe_file(tmp_path, shards), ["train.steps=2", "output.tensorboard=true"]), quiet=True)
     events = list((tmp_path / "run").rglob("events.out.tfevents.*"))
     assert events and events[0].stat().st_size > 0
+
+
+def test_low_usage_warning_names_fitting_remedies():
+    from rvq_cli.config import QuantizerConfig
+    from rvq_cli.train.trainer import low_usage_warning
+
+    ste = QuantizerConfig(estimator="ste", codebook_size=8192)
+    assert low_usage_warning(0.01, 10, 1000, ste) is None  # too early to judge
+    assert low_usage_warning(0.50, 500, 1000, ste) is None  # healthy
+    msg = low_usage_warning(0.01, 500, 1000, ste)
+    assert "1.0% of 8192 codes" in msg and "step 500" in msg
+    assert "estimator=rotation" in msg and "dead_code_threshold" in msg and "init=kmeans" in msg
+    tuned = QuantizerConfig(estimator="rotation", codebook_dim=4, dead_code_threshold=1.0, init="kmeans")
+    assert "Remedies" not in low_usage_warning(0.01, 500, 1000, tuned)
