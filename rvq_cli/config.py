@@ -4,7 +4,6 @@ and validation that reports every problem at once with its dotted path."""
 from __future__ import annotations
 
 import copy
-import glob
 import math
 import os
 from dataclasses import dataclass
@@ -225,12 +224,6 @@ def read_yaml(path: str | os.PathLike) -> dict:
     return data
 
 
-def _shard_files(pattern: str) -> list[str]:
-    import braceexpand  # installed with webdataset
-
-    return [f for part in braceexpand.braceexpand(pattern) for f in (glob.glob(part) or [part])]
-
-
 def check_recipe(recipe: Recipe, check_paths: bool = True) -> list[Problem]:
     """Checks across fields, which the per-field schema cannot express."""
     problems = []
@@ -258,16 +251,17 @@ def check_recipe(recipe: Recipe, check_paths: bool = True) -> list[Problem]:
 
 def check_data_paths(data: Any) -> list[Problem]:
     """Missing shard files named by ``data.train`` / ``data.val`` (a raw or validated mapping)."""
+    from .data import DataError, expand_pattern
+
     problems = []
     for key in ("train", "val"):
         pattern = data.get(key) if isinstance(data, dict) else None
         if not isinstance(pattern, str) or pattern == DEMO:
             continue
-        missing = [p for p in _shard_files(pattern) if not os.path.exists(p)]
-        if missing:
-            more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
-            problems.append(Problem(f"data.{key}", f"missing shard files: {', '.join(missing[:3])}{more}; "
-                                    "`rvq data shards FOLDER OUT` writes shards from a folder of images"))
+        try:
+            expand_pattern(pattern)
+        except DataError as err:
+            problems.append(Problem(f"data.{key}", str(err)))
     return problems
 
 
