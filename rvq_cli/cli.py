@@ -147,6 +147,112 @@ def train(
                       highlight=False)
 
 
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4g}" if abs(v) >= 1e-3 or v == 0 else f"{v:.3e}"
+    return str(v)
+
+
+@app.command("eval")
+def eval_(
+    checkpoint: Path = typer.Argument(..., help="Run directory (its latest checkpoint) or a ckpt-NNNNNNNN folder."),
+    data: Optional[str] = typer.Option(None, "--data", help="Shards to evaluate on (default: the recipe's set for --split)."),
+    split: str = typer.Option("val", "--split", help="Which of the recipe's sets when --data is not given: val or train."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per batch (default: the recipe's)."),
+    num_workers: Optional[int] = typer.Option(None, "--num-workers", help="Data loader worker processes (default: the recipe's)."),
+    image_size: Optional[int] = typer.Option(None, "--image-size", help="Evaluate at another resolution than the checkpoint's (recorded in eval.json)."),
+    inception_weights: Optional[Path] = typer.Option(None, "--inception-weights", help="torch-fidelity's Inception weights (.pth or .safetensors) for r-FID/r-IS."),
+    no_fid: bool = typer.Option(False, "--no-fid", help="Skip r-FID and r-IS."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Where to write the JSON report (default: RUN_DIR/eval.json; the grid goes beside it as .png)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Measure a tokenizer: reconstruction loss, MSE/L1, PSNR, codebook usage, perplexity,
+    quantization error, r-FID and r-IS; writes eval.json and a grid of originals beside reconstructions."""
+    from .data import DataError
+    from .evaluate import CheckpointError, EvalError, evaluate
+    from .evaluate.fidelity import FidelityError
+
+    try:
+        result = evaluate(checkpoint, data=data, split=split, batch_size=batch_size, num_workers=num_workers,
+                          image_size=image_size, inception_weights=inception_weights, fid=not no_fid, out=out,
+                          quiet=quiet)
+    except (CheckpointError, EvalError, DataError, FidelityError) as err:
+        raise UserError(str(err)) from None
+    if result.json_path is None:  # not the main process
+        return
+    r = result.report
+    table = Table(title=f"{r['checkpoint']} (step {r['step']}, {r['estimator']}) on {r['data']['images']} images "
+                        f"at {r['data']['image_size']}px")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k, v in r["metrics"].items():
+        table.add_row(k, _fmt(v))
+    console.print(table)
+    for note in result.notes:
+        console.print(f"[yellow]note:[/] {note}", highlight=False)
+    if r["data"]["skipped"]:
+        console.print(f"[yellow]{r['data']['skipped']} sample(s) skipped as undecodable.[/]", highlight=False)
+    console.print(f"wrote {result.json_path}" + (f" and {result.grid_path}" if result.grid_path else ""),
+                  highlight=False, markup=False, soft_wrap=True)
+
+
+@app.command()
+def encode(
+    checkpoint: Path = typer.Argument(..., help="Run directory (its latest checkpoint) or a ckpt-NNNNNNNN folder."),
+    data: str = typer.Argument(..., help="Image shards (pattern), a folder of images, or 'demo'."),
+    out: Path = typer.Argument(..., help="Output folder for tokens-*.tar, manifest.json and skipped.txt."),
+    per_shard: int = typer.Option(1000, "--per-shard", help="Samples per token shard (folder inputs: also per unit of work)."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Images per forward pass."),
+    num_workers: int = typer.Option(2, "--num-workers", help="Decoding worker processes (0: decode in this process)."),
+    image_size: Optional[int] = typer.Option(None, "--image-size", help="Crop size (default: the checkpoint's)."),
+    restart: bool = typer.Option(False, "--restart", help="Discard the token shards of an earlier run in OUT first."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Encode a dataset into token shards for a stage-2 model (resumable: re-run to continue)."""
+    from .data import DataError
+    from .evaluate import CheckpointError
+    from .tokens import EncodeError, encode_dataset
+
+    try:
+        report = encode_dataset(checkpoint, data, out, per_shard=per_shard, batch_size=batch_size,
+                                num_workers=num_workers, image_size=image_size, restart=restart, quiet=quiet)
+    except (CheckpointError, EncodeError, DataError) as err:
+        raise UserError(str(err)) from None
+    m = report.manifest
+    if not m:  # not the main process
+        return
+    now = (f"{report.encoded_now} encoded now at {report.images_per_s:.1f} images/s" if report.encoded_now
+           else "nothing left to encode")
+    console.print(f"{m['count']} samples as {m['grid'][0]}×{m['grid'][1]} {m['dtype']} tokens in {len(m['shards'])} "
+                  f"shard(s) ({now}): {report.out}", highlight=False, markup=False, soft_wrap=True)
+    if report.skipped:
+        console.print(f"[yellow]{len(report.skipped)} sample(s) skipped[/], listed in {report.out / 'skipped.txt'}:",
+                      highlight=False)
+        for key, reason in report.skipped[:10]:
+            console.print(f"  {key}: {reason}", highlight=False, markup=False)
+
+
+@app.command()
+def decode(
+    checkpoint: Path = typer.Argument(..., help="The run directory or checkpoint that encoded the tokens."),
+    tokens: str = typer.Argument(..., help="An rvq encode output folder, or token shards (pattern)."),
+    out: Path = typer.Argument(..., help="Output folder for KEY.png images."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Token grids per decoder pass."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Decode token shards back to images, named by their source keys."""
+    from .evaluate import CheckpointError
+    from .tokens import TokenError, decode_dataset
+
+    try:
+        report = decode_dataset(checkpoint, tokens, out, batch_size=batch_size, quiet=quiet)
+    except (CheckpointError, TokenError) as err:
+        raise UserError(str(err)) from None
+    console.print(f"{report.count} images decoded into {report.out}", highlight=False, markup=False, soft_wrap=True)
+
+
 data_app = typer.Typer(help="Prepare datasets as webdataset shards.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 

@@ -200,6 +200,30 @@ def _missing_message(pattern: str, missing: list[str], dirs: list[str]) -> str:
             "or train on the built-in demo photographs with data.train=demo.")
 
 
+def count_samples(files: list[str]) -> int | None:
+    """Samples (distinct keys) in local tar shards, read from the tar headers only (the data is
+    skipped, not read); None when a shard is a URL or cannot be listed. For progress bars."""
+    import tarfile
+
+    total = 0
+    for f in files:
+        if _is_url(f):
+            return None
+        try:
+            with tarfile.open(f, "r:") as tar:
+                last = None
+                for m in tar:
+                    if not m.isfile():
+                        continue
+                    folder, _, base = m.name.rpartition("/")
+                    key = (folder, base.split(".", 1)[0])  # webdataset's key: the name up to the first dot
+                    total += key != last
+                    last = key
+        except (OSError, tarfile.TarError):
+            return None
+    return total
+
+
 # --------------------------------------------------------------------------------------------
 # Reading
 # --------------------------------------------------------------------------------------------

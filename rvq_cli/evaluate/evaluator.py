@@ -1,0 +1,273 @@
+"""``rvq eval``: the paper's reconstruction metrics of a trained tokenizer on a validation set.
+
+Every process (``torchrun --nproc_per_node N -m rvq_cli eval ...``) reads its own shards
+(rank r of W: shards r, r+W, ...), so each sample is seen exactly once; sums are all-reduced,
+Inception features and sample keys are gathered, and rank 0 computes r-FID / r-IS and writes
+the report. Features are put in sample-key order before the metrics, so the numbers do not
+depend on the number of processes or workers.
+
+Definitions (all on the recipe's centre crop, reconstructions from the eval-mode forward):
+  rec_loss       the recipe's reconstruction loss (l2: MSE, l1: L1) on [-1, 1] images, unclamped
+  mse, l1        mean over all pixels and channels, [-1, 1] scale
+  psnr           per image on the saved 8-bit reconstruction vs the 8-bit original, then averaged
+  usage          fraction of the K codes used at least once in the whole set
+  usage_per_batch  fraction used per batch of ``batch_size`` images (the paper's definition), averaged
+  perplexity     exp(entropy) of the code histogram of the whole set (per batch: averaged)
+  quant_error    mean over latent elements of (e − q)², in code space
+  rfid, ris      torch-fidelity's FID (pool3, 2048) between reconstructions and originals, and IS
+                 of the reconstructions (``is_originals`` for reference), uint8 inputs
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import gather_object
+
+from .. import __version__
+from ..config import DEMO
+from ..data import RESIZE_METHOD, expand_pattern, image_batches
+from ..data.shards import count_samples
+from ..progress import JobProgress
+from . import fidelity
+from .load import LoadedTokenizer, inference_accelerator, load_tokenizer
+
+PSNR_FLOOR = 1e-10  # MSE floor of a perfect reconstruction (caps PSNR at 100 dB)
+GRID_IMAGES = 8
+
+
+class EvalError(Exception):
+    """An evaluation that cannot run as asked; the message says why and what to do."""
+
+
+@dataclass
+class EvalResult:
+    report: dict  # what eval.json holds
+    json_path: Path | None  # None on ranks other than 0
+    grid_path: Path | None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def metrics(self) -> dict:
+        return self.report["metrics"]
+
+
+# Per-rank sums, all-reduced in one collective (order matters: see _SUMS.index).
+_SUMS = ("images", "elements", "rec", "se", "ae", "psnr", "batches", "usage_batch", "perplexity_batch",
+         "qerr", "latents", "skipped")
+
+
+def _data_pattern(tok: LoadedTokenizer, data: str | None, split: str) -> str:
+    if data is None:
+        data = tok.recipe.data.val if split == "val" else tok.recipe.data.train
+        if data is None:
+            raise EvalError(f"the recipe of {tok.checkpoint} has no validation set (data.val is null); pass the "
+                            "shards to evaluate on with --data SHARDS.")
+    if data == DEMO:
+        from ..data import demo_shards
+
+        d = demo_shards()
+        return d.val if split == "val" else d.train
+    return data
+
+
+def _psnr(x: torch.Tensor, rec: torch.Tensor) -> torch.Tensor:
+    """Per-image PSNR (B,) of 8-bit images."""
+    mse = (rec.double() - x.double()).div(255.0).pow(2).flatten(1).mean(1)
+    return 10.0 * torch.log10(1.0 / mse.clamp_min(PSNR_FLOOR))
+
+
+class _Accumulator:
+    """One rank's running sums, code histogram, features and keys."""
+
+    def __init__(self, codebook_size: int, codebook_dim: int, loss_kind: str, fid: bool):
+        self.sums = dict.fromkeys(_SUMS, 0.0)
+        self.counts = torch.zeros(codebook_size, dtype=torch.float64)
+        self.dim, self.kind, self.fid = codebook_dim, loss_kind, fid
+        self.keys: list[str] = []
+        self.feats: dict[str, list[torch.Tensor]] = {"real_pool": [], "real_logits": [], "fake_pool": [], "fake_logits": []}
+
+    def add(self, x: torch.Tensor, rec: torch.Tensor, out, keys: list[str], inception) -> None:
+        s, diff = self.sums, rec.double() - x.double()
+        s["images"] += len(x)
+        s["elements"] += diff.numel()
+        s["se"] += float(diff.pow(2).sum())
+        s["ae"] += float(diff.abs().sum())
+        s["rec"] += float(diff.pow(2).sum() if self.kind == "l2" else diff.abs().sum())
+        x8, r8 = fidelity.to_uint8(x), fidelity.to_uint8(rec)
+        s["psnr"] += float(_psnr(x8, r8).sum())
+        m, idx = out.metrics, out.indices.reshape(-1).cpu()
+        s["batches"] += 1
+        s["usage_batch"] += float(m.usage)
+        s["perplexity_batch"] += float(m.perplexity)
+        s["qerr"] += float(m.quant_error) * idx.numel() * self.dim
+        s["latents"] += idx.numel() * self.dim
+        self.counts += torch.bincount(idx, minlength=len(self.counts)).double()
+        self.keys += list(keys)
+        if inception is not None:
+            for name, images in (("real", x8), ("fake", r8)):
+                pool, logits = fidelity.inception_features(inception, images)
+                self.feats[f"{name}_pool"].append(pool)
+                self.feats[f"{name}_logits"].append(logits)
+
+
+def _gather_rows(acc: Accelerator, parts: list[torch.Tensor], width: int) -> torch.Tensor:
+    """Concatenate each rank's rows, in rank order (the order of gather_object)."""
+    t = torch.cat(parts) if parts else torch.zeros(0, width)
+    if acc.num_processes == 1:
+        return t
+    n = torch.tensor([len(t)], device=acc.device)
+    lengths = acc.gather(n).tolist()
+    padded = torch.zeros(max(lengths), width)
+    padded[: len(t)] = t
+    every = acc.gather(padded.to(acc.device)).cpu().view(acc.num_processes, max(lengths), width)
+    return torch.cat([every[r, :k] for r, k in enumerate(lengths)])
+
+
+def _save_grid(x: torch.Tensor, rec: torch.Tensor, path: Path) -> None:
+    """Originals beside their reconstructions: pairs (original, reconstruction), four per row."""
+    from torchvision.utils import save_image
+
+    pairs = torch.stack([x, rec.clamp(-1, 1)], dim=1).flatten(0, 1)  # (2B, C, H, W): x0, r0, x1, r1, ...
+    save_image((pairs + 1) / 2, path, nrow=min(8, len(pairs)), padding=2)
+
+
+def _fidelity(acc: Accelerator, feats: dict[str, list[torch.Tensor]], order: list[int], notes: list[str]) -> dict:
+    """r-FID, r-IS (and IS of the originals) from every rank's features, in key order."""
+    widths = {"pool": 2048, "logits": 1008}
+    g = {k: _gather_rows(acc, v, widths[k.split("_")[1]]) for k, v in feats.items()}
+    if not acc.is_main_process:
+        return {}
+    g = {k: v[order] for k, v in g.items()}
+    if len(order) < 2:
+        notes.append("r-FID needs at least 2 images; skipped.")
+        return {}
+    ris, ris_std = fidelity.inception_score(g["fake_logits"])
+    real_is, _ = fidelity.inception_score(g["real_logits"])
+    return {"rfid": fidelity.fid_from_features(g["real_pool"], g["fake_pool"]), "ris": ris, "ris_std": ris_std,
+            "is_originals": real_is}
+
+
+def _metrics(s: dict, counts: torch.Tensor) -> dict:
+    n, p = s["images"], counts / counts.sum().clamp_min(1)
+    entropy = -(p * p.clamp_min(1e-300).log()).sum()
+    return {
+        "rec_loss": s["rec"] / s["elements"], "mse": s["se"] / s["elements"], "l1": s["ae"] / s["elements"],
+        "psnr": s["psnr"] / n, "usage": float((counts > 0).double().mean()),
+        "usage_per_batch": s["usage_batch"] / s["batches"], "perplexity": float(entropy.exp()),
+        "perplexity_per_batch": s["perplexity_batch"] / s["batches"], "quant_error": s["qerr"] / s["latents"],
+        "codes_used": int((counts > 0).sum()),
+    }
+
+
+def _write_json(path: Path, report: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(report, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def evaluate(checkpoint: str | os.PathLike, *, data: str | None = None, split: str = "val",
+             batch_size: int | None = None, num_workers: int | None = None, image_size: int | None = None,
+             inception_weights: str | os.PathLike | None = None, fid: bool = True,
+             out: str | os.PathLike | None = None, quiet: bool = False) -> EvalResult:
+    """Evaluate the tokenizer at ``checkpoint`` (run directory or checkpoint folder) on ``data``
+    (shards; default: the recipe's ``split`` set) and write ``eval.json`` and ``eval.png``
+    (default: in the run directory). See the module docstring for the definitions."""
+    if split not in ("val", "train"):
+        raise EvalError(f"--split must be 'val' or 'train', got {split!r}.")
+    for name, v, lo in (("batch_size", batch_size, 1), ("num_workers", num_workers, 0), ("image_size", image_size, 1)):
+        if v is not None and v < lo:
+            raise EvalError(f"--{name.replace('_', '-')} must be at least {lo}, got {v}.")
+    acc = inference_accelerator()
+    tok = load_tokenizer(checkpoint, device=acc.device)
+    recipe, notes = tok.recipe, []
+    size = recipe.data.image_size if image_size is None else image_size
+    try:
+        tok.model.latent_shape(size)
+    except ValueError as err:
+        raise EvalError(f"--image-size {size}: {err}.") from None
+    pattern = _data_pattern(tok, data, split)
+    with acc.main_process_first():
+        files = expand_pattern(pattern)
+    bs = recipe.train.batch_size if batch_size is None else batch_size
+    workers = recipe.data.num_workers if num_workers is None else num_workers
+    if len(files) < acc.num_processes:
+        notes.append(f"{len(files)} shard(s) for {acc.num_processes} processes: some processes had no data.")
+
+    inception, weights = None, None
+    if fid:
+        weights = fidelity.find_inception_weights(inception_weights)
+        if weights is None:
+            notes.append(fidelity.missing_weights_message())
+        else:
+            inception = fidelity.load_inception(weights, acc.device)
+
+    q = tok.model.quantize
+    accum = _Accumulator(q.codebook_size, q.codebook_dim, recipe.loss.reconstruction, inception is not None)
+    loader = image_batches(pattern, image_size=size, batch_size=bs, train=False, seed=recipe.train.seed,
+                           rank=acc.process_index, world_size=acc.num_processes, num_workers=workers)
+    grid = (torch.zeros(0), torch.zeros(0))
+    t0 = time.perf_counter()
+    total = count_samples(files[acc.process_index :: acc.num_processes])
+    with JobProgress("eval", total, silent=quiet or not acc.is_main_process) as progress, torch.no_grad():
+        for batch in loader:
+            x = batch["image"].to(acc.device)
+            fwd = tok.model(x)
+            rec = fwd.reconstruction.float()
+            accum.add(x, rec, fwd.quantize, batch["key"], inception)
+            accum.sums["skipped"] += batch["skipped"]
+            if len(grid[0]) < GRID_IMAGES:  # the first GRID_IMAGES images of this process
+                take = GRID_IMAGES - len(grid[0])
+                grid = (torch.cat([grid[0], x[:take].cpu()]), torch.cat([grid[1], rec[:take].cpu()]))
+            progress.advance(len(x))
+
+    sums = torch.tensor([accum.sums[k] for k in _SUMS], dtype=torch.float64, device=acc.device)
+    totals = acc.reduce(torch.cat([sums, accum.counts.to(acc.device)]), "sum").cpu()
+    s = dict(zip(_SUMS, totals[: len(_SUMS)].tolist()))
+    counts = totals[len(_SUMS) :]
+    keys = gather_object(accum.keys) if acc.num_processes > 1 else accum.keys
+    if s["images"] == 0:
+        raise EvalError(f"no image could be read from {pattern} ({int(s['skipped'])} samples skipped as "
+                        "undecodable). Point --data at image shards.")
+    order = sorted(range(len(keys)), key=keys.__getitem__)
+    extra = _fidelity(acc, accum.feats, order, notes) if inception is not None else {}
+    if not acc.is_main_process:
+        acc.wait_for_everyone()
+        return EvalResult({}, None, None, notes)
+
+    duplicates = len(keys) - len(set(keys))
+    if duplicates:
+        notes.append(f"{duplicates} sample key(s) occur more than once in {pattern}: the data has repeated samples.")
+    metrics = _metrics(s, counts)
+    metrics.update(rfid=extra.get("rfid"), ris=extra.get("ris"), ris_std=extra.get("ris_std"),
+                   is_originals=extra.get("is_originals"))
+    report = {
+        "checkpoint": str(tok.checkpoint), "step": tok.step, "tokenizer_id": tok.tokenizer_id,
+        "estimator": recipe.model.quantizer.estimator, "codebook_size": q.codebook_size,
+        "metrics": metrics,
+        "data": {"pattern": pattern, "split": split, "shards": len(files), "images": int(s["images"]),
+                 "skipped": int(s["skipped"]), "duplicate_keys": duplicates, "image_size": size,
+                 "recipe_image_size": recipe.data.image_size, "crop": "center", "resize": RESIZE_METHOD},
+        "settings": {"batch_size": bs, "processes": acc.num_processes, "num_workers": workers,
+                     "reconstruction_loss": recipe.loss.reconstruction, "precision": "fp32",
+                     "fid_feature": fidelity.FID_FEATURE if inception is not None else None,
+                     "is_splits": min(10, len(keys)) if inception is not None else None,
+                     "inception_weights": str(weights) if weights else None},
+        "versions": {"rvq": __version__, **fidelity.library_versions()},
+        "seconds": round(time.perf_counter() - t0, 2),
+        "notes": notes,
+    }
+    json_path = Path(out) if out else tok.run_dir / "eval.json"
+    _write_json(json_path, report)
+    grid_path = json_path.with_suffix(".png") if len(grid[0]) else None
+    if grid_path is not None:
+        _save_grid(*grid, grid_path)
+    acc.wait_for_everyone()
+    return EvalResult(report, json_path, grid_path, notes)

@@ -1,0 +1,101 @@
+"""``rvq decode``: token shards -> images named by their source keys.
+
+Every sample is checked before anything is decoded from it: written by this tokenizer (the
+id in its json), indices inside the codebook. Decoding runs exactly the model's post-quantizer
+path (``VQTokenizer.decode_indices``), so an image decoded from ``encode(x)`` is bit for bit the
+eval-mode forward reconstruction of ``x``. PNGs are written to a temporary name and renamed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..evaluate.fidelity import to_uint8
+from ..evaluate.load import load_tokenizer
+from ..models import VQTokenizer
+from ..progress import JobProgress
+from .format import TokenError, TokenSample, check_sample, read_token_samples, token_files
+
+
+@dataclass
+class DecodeReport:
+    out: Path
+    count: int
+    tokenizer: str
+
+
+@torch.no_grad()
+def decode_tokens(model: VQTokenizer, tokens: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """Images (B, C, H, W) in about [-1, 1] (unclamped) from tokens (B, h, w)."""
+    t = torch.as_tensor(np.asarray(tokens).astype(np.int64) if isinstance(tokens, np.ndarray) else tokens)
+    return model.decode_indices(t.long().to(model.post_quant_conv.weight.device)).float()
+
+
+def _image_path(out: Path, key: str) -> Path:
+    """OUT/KEY.png; a key with slashes becomes sub-folders, but never leaves OUT."""
+    parts = PurePosixPath(key).parts
+    if not parts or key.startswith("/") or any(p in ("..", ".") for p in parts):
+        raise TokenError(f"sample key {key!r} cannot be used as a file name under {out}.")
+    return out.joinpath(*parts).with_name(parts[-1] + ".png")
+
+
+def save_png(image: torch.Tensor, path: Path) -> None:
+    """One image (C, H, W) in [-1, 1] as an 8-bit PNG, written atomically."""
+    a = to_uint8(image[None])[0].permute(1, 2, 0).cpu().numpy()  # (H, W, C)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a).save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+def _batches(samples: Iterator[TokenSample], batch_size: int) -> Iterator[list[TokenSample]]:
+    """Runs of at most ``batch_size`` consecutive samples with the same grid shape."""
+    run: list[TokenSample] = []
+    for s in samples:
+        if run and (len(run) == batch_size or s.tokens.shape != run[0].tokens.shape):
+            yield run
+            run = []
+        run.append(s)
+    if run:
+        yield run
+
+
+def decode_dataset(checkpoint: str | os.PathLike, tokens: str | os.PathLike, out: str | os.PathLike, *,
+                   batch_size: int = 32, quiet: bool = False) -> DecodeReport:
+    """Decode the token shards ``tokens`` (an ``rvq encode`` folder or a shard pattern) with the
+    tokenizer at ``checkpoint`` into ``out/KEY.png``."""
+    if batch_size < 1:
+        raise TokenError(f"--batch-size must be at least 1, got {batch_size}.")
+    files, manifest = token_files(tokens)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    tok = load_tokenizer(checkpoint, device=device)
+    K = tok.model.quantize.codebook_size
+    if manifest is not None and manifest.get("tokenizer") != tok.tokenizer_id:
+        raise TokenError(f"{tokens} holds tokens of tokenizer {manifest.get('tokenizer')!r} (checkpoint "
+                         f"{manifest.get('checkpoint')}), but {tok.checkpoint} is tokenizer {tok.tokenizer_id!r}. "
+                         "Decode with the checkpoint that encoded them.")
+    out = Path(out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise TokenError(f"{out} is a file; OUT must be a folder (it is created if missing).")
+    total = manifest.get("count") if manifest else None
+    n = 0
+    with JobProgress("decode", total, silent=quiet) as progress:
+        for run in _batches(read_token_samples(files), batch_size):
+            for s in run:
+                check_sample(s, tok.tokenizer_id, K)
+            if run[0].tokens.ndim != 2:
+                raise TokenError(f"{run[0].url}: sample {run[0].key!r} has tokens of shape {run[0].tokens.shape}; "
+                                 "an image tokenizer decodes (h, w) grids.")
+            images = decode_tokens(tok.model, np.stack([s.tokens for s in run]))
+            for s, image in zip(run, images):
+                save_png(image, _image_path(out, s.key))
+            n += len(run)
+            progress.advance(len(run))
+    return DecodeReport(out, n, tok.tokenizer_id)
