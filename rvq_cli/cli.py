@@ -183,8 +183,10 @@ def eval_(
     if result.json_path is None:  # not the main process
         return
     r = result.report
-    table = Table(title=f"{r['checkpoint']} (step {r['step']}, {r['estimator']}) on {r['data']['images']} images "
-                        f"at {r['data']['image_size']}px")
+    console.print(f"{r['checkpoint']}: step {r['step']}, estimator {r['estimator']}, {r['codebook_size']} codes; "
+                  f"{r['data']['images']} images at {r['data']['image_size']} px from {r['data']['pattern']}",
+                  highlight=False, markup=False, soft_wrap=True)
+    table = Table()
     table.add_column("metric")
     table.add_column("value", justify="right")
     for k, v in r["metrics"].items():

@@ -249,7 +249,7 @@ def evaluate(checkpoint: str | os.PathLike, *, data: str | None = None, split: s
     metrics.update(rfid=extra.get("rfid"), ris=extra.get("ris"), ris_std=extra.get("ris_std"),
                    is_originals=extra.get("is_originals"))
     report = {
-        "checkpoint": str(tok.checkpoint), "step": tok.step, "tokenizer_id": tok.tokenizer_id,
+        "checkpoint": str(tok.checkpoint.resolve()), "step": tok.step, "tokenizer_id": tok.tokenizer_id,
         "estimator": recipe.model.quantizer.estimator, "codebook_size": q.codebook_size,
         "metrics": metrics,
         "data": {"pattern": pattern, "split": split, "shards": len(files), "images": int(s["images"]),

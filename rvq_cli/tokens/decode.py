@@ -1,6 +1,6 @@
 """``rvq decode``: token shards -> images named by their source keys.
 
-Every sample is checked before anything is decoded from it: written by this tokenizer (the
+Every sample is checked before any image is written: written by this tokenizer (the
 id in its json), indices inside the codebook. Decoding runs exactly the model's post-quantizer
 path (``VQTokenizer.decode_indices``), so an image decoded from ``encode(x)`` is bit for bit the
 eval-mode forward reconstruction of ``x``. PNGs are written to a temporary name and renamed.
@@ -67,6 +67,24 @@ def _batches(samples: Iterator[TokenSample], batch_size: int) -> Iterator[list[T
         yield run
 
 
+def _check_all(files: list[str], tokenizer: str, codebook_size: int, out: Path) -> int:
+    """Check every sample (tokenizer, index range, an (h, w) grid, a usable and unique key)
+    before any image is written; token arrays are small, so this pass costs little next to
+    decoding. Returns the count."""
+    seen: set[str] = set()
+    for s in read_token_samples(files):
+        check_sample(s, tokenizer, codebook_size)
+        if s.tokens.ndim != 2:
+            raise TokenError(f"{s.url}: sample {s.key!r} has tokens of shape {s.tokens.shape}; an image tokenizer "
+                             "decodes (h, w) grids.")
+        _image_path(out, s.key)
+        if s.key in seen:
+            raise TokenError(f"{s.url}: sample key {s.key!r} occurs twice in the token shards; its images would "
+                             "overwrite each other. Decode the shards separately.")
+        seen.add(s.key)
+    return len(seen)
+
+
 def decode_dataset(checkpoint: str | os.PathLike, tokens: str | os.PathLike, out: str | os.PathLike, *,
                    batch_size: int = 32, quiet: bool = False) -> DecodeReport:
     """Decode the token shards ``tokens`` (an ``rvq encode`` folder or a shard pattern) with the
@@ -84,15 +102,10 @@ def decode_dataset(checkpoint: str | os.PathLike, tokens: str | os.PathLike, out
     out = Path(out).expanduser()
     if out.exists() and not out.is_dir():
         raise TokenError(f"{out} is a file; OUT must be a folder (it is created if missing).")
-    total = manifest.get("count") if manifest else None
+    total = _check_all(files, tok.tokenizer_id, K, out)  # refuse before writing anything
     n = 0
     with JobProgress("decode", total, silent=quiet) as progress:
         for run in _batches(read_token_samples(files), batch_size):
-            for s in run:
-                check_sample(s, tok.tokenizer_id, K)
-            if run[0].tokens.ndim != 2:
-                raise TokenError(f"{run[0].url}: sample {run[0].key!r} has tokens of shape {run[0].tokens.shape}; "
-                                 "an image tokenizer decodes (h, w) grids.")
             images = decode_tokens(tok.model, np.stack([s.tokens for s in run]))
             for s, image in zip(run, images):
                 save_png(image, _image_path(out, s.key))

@@ -159,7 +159,7 @@ def _manifest(out: Path, tok: LoadedTokenizer, src: Source, size: int, per_shard
         skipped += [tuple(s) for s in rec["skipped"]]
     q = tok.model.quantize
     manifest = {
-        "format": FORMAT, "tokenizer": tok.tokenizer_id, "checkpoint": str(tok.checkpoint), "step": tok.step,
+        "format": FORMAT, "tokenizer": tok.tokenizer_id, "checkpoint": str(tok.checkpoint.resolve()), "step": tok.step,
         "codebook_size": q.codebook_size, "dtype": token_dtype(q.codebook_size).name,
         "grid": list(tok.model.latent_shape(size)), "image_size": size, "crop": "center",
         "source": src.description, "per_shard": per_shard, "count": count, "shards": shards,

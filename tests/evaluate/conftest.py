@@ -1,35 +1,16 @@
 """A tiny trained checkpoint and a random-weight Inception file for the evaluation tests."""
 
-import io
 import os
 
 os.environ.setdefault("RVQ_COMPILE", "never")
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
+from tiny import TINY, png
 
 from rvq_cli.config import load_recipe
 from rvq_cli.data import write_shards
 from rvq_cli.train import train
-
-TINY = """
-data: {{train: '{train}', val: '{val}', image_size: 16, num_workers: 0, shuffle_buffer: 8}}
-model:
-  encoder: {{ch: 8, ch_mult: [1, 2], num_res_blocks: 1, attn_resolutions: [], z_channels: 4, norm_groups: 4}}
-  quantizer: {{codebook_size: 16, dim: 4}}
-optim: {{lr: 1.0e-3}}
-train: {{steps: 3, batch_size: 4, log_every: 1, sample_every: 2, ckpt_every: 3, seed: {seed}}}
-output: {{dir: '{out}'}}
-"""
-
-
-def png(seed: int, size: int = 20) -> bytes:
-    rng = np.random.default_rng(seed)
-    buf = io.BytesIO()
-    Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 @pytest.fixture(scope="session")
@@ -39,7 +20,7 @@ def eval_run(tmp_path_factory):
     write_shards(({"__key__": f"img{i:03d}", "png": png(i)} for i in range(16)), root / "train", max_count=8)
     write_shards(({"__key__": f"val{i:03d}", "png": png(100 + i)} for i in range(10)), root / "val", max_count=4)
     recipe = root / "tiny.yaml"
-    recipe.write_text(TINY.format(train=root / "train" / "*.tar", val=root / "val" / "*.tar", out=root / "run", seed=0))
+    recipe.write_text(TINY.format(train=root / "train" / "*.tar", val=root / "val" / "*.tar", out=root / "run"))
     train(load_recipe(recipe), quiet=True)
     return root
 

@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny import TINY, png
 
 from rvq_cli.config import load_recipe
 from rvq_cli.data import write_shards
@@ -41,25 +42,8 @@ from rvq_cli.train import train
 RVQ = shutil.which("rvq") or os.path.join(os.path.dirname(sys.executable), "rvq")
 ENV = dict(os.environ, RVQ_COMPILE="never")
 
-TINY = """
-# tiny test recipe
-data: {{train: '{train}', val: '{val}', image_size: 16, num_workers: 0, shuffle_buffer: 8}}
-model:
-  encoder: {{ch: 8, ch_mult: [1, 2], num_res_blocks: 1, attn_resolutions: [], z_channels: 4, norm_groups: 4}}
-  quantizer: {{codebook_size: 16, dim: 4}}
-optim: {{lr: 1.0e-3}}
-train: {{steps: 3, batch_size: 4, log_every: 1, sample_every: 2, ckpt_every: 2, keep_last: 2}}
-output: {{dir: '{out}'}}
-"""
 SIZE, GRID, K = 16, [8, 8], 16
 N_SHARDS, PER_SHARD = 4, 5
-
-
-def png(seed, h=20, w=20):
-    rng = np.random.default_rng(seed)
-    buf = io.BytesIO()
-    Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def source_sample(i):
@@ -440,6 +424,16 @@ def test_decode_refuses_indices_outside_the_codebook(world, tmp_path):
     shard = _token_shard(tmp_path / "tok", _npy(tokens), world.tok.tokenizer_id)
     assert rvq("decode", world.run, shard, tmp_path / "png", "-q", inprocess=True).returncode == 0
     assert (tmp_path / "png" / "img000.png").is_file()
+
+
+def test_decode_writes_nothing_when_a_later_shard_is_refused(world, encoded, tmp_path):
+    bad = np.zeros(GRID, dtype=np.uint16)
+    bad[0, 0] = K
+    shard = _token_shard(tmp_path / "zz", _npy(bad), world.tok.tokenizer_id)  # sorts after the good shards
+    pattern = f"{{{encoded.out}/tokens-*.tar,{shard}}}"
+    res = rvq("decode", world.run, pattern, tmp_path / "png", "-q", inprocess=True)
+    assert_user_error(res, "outside")
+    assert not (tmp_path / "png").exists()  # the good shards before it were not decoded either
 
 
 def test_decode_never_unpickles_tokens(world, tmp_path):

@@ -1,6 +1,5 @@
 """Training end to end on shards the test writes: run directory, resume equivalence, errors."""
 
-import io
 import json
 import os
 import shutil
@@ -12,33 +11,14 @@ os.environ.setdefault("RVQ_COMPILE", "never")
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from safetensors.torch import load_file
+from tiny import TINY, png
 
 from rvq_cli.config import load_recipe
 from rvq_cli.data import write_shards
 from rvq_cli.train import TrainingError, train
 
 RVQ = shutil.which("rvq") or os.path.join(os.path.dirname(sys.executable), "rvq")
-
-TINY = """
-# tiny test recipe
-data: {{train: '{train}', val: '{val}', image_size: 16, num_workers: 0, shuffle_buffer: 8}}
-model:
-  encoder: {{ch: 8, ch_mult: [1, 2], num_res_blocks: 1, attn_resolutions: [], z_channels: 4, norm_groups: 4}}
-  quantizer: {{codebook_size: 16, dim: 4}}
-optim: {{lr: 1.0e-3}}
-train: {{steps: 3, batch_size: 4, log_every: 1, sample_every: 2, ckpt_every: 2, keep_last: 2}}
-output: {{dir: '{out}'}}
-"""
-
-
-def png(seed, size=20):
-    rng = np.random.default_rng(seed)
-    buf = io.BytesIO()
-    Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(buf, format="PNG")
-    return buf.getvalue()
-
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
