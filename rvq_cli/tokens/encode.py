@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 
-from ..data.shards import write_shards
+from ..data.shards import count_samples, write_shards
 from ..evaluate.load import LoadedTokenizer, inference_accelerator, load_tokenizer
 from ..progress import JobProgress
 from .format import FORMAT, MANIFEST, META, TOKENS, token_dtype, tokens_to_npy
@@ -196,7 +196,7 @@ def encode_dataset(checkpoint: str | os.PathLike, data: str, out: str | os.PathL
     todo = [u for u in src.units if not _done(out, u)]
     acc.wait_for_everyone()  # every process has listed the pending units before any is written
     mine = todo[acc.process_index :: acc.num_processes]
-    total = src.total and sum(len(u.files) for u in mine)
+    total = sum(len(u.files) for u in mine) if src.total else count_samples([u.source for u in mine])
     t0 = time.perf_counter()
     n, rate = _encode_units(acc, tok, mine, out, size, per_shard, batch_size, num_workers, total or None, quiet)
     acc.wait_for_everyone()

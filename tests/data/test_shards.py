@@ -105,3 +105,14 @@ def test_missing_shard_raises_data_error_naming_it(tmp_path, gen):
         expand_pattern(str(tmp_path / "nothing-here-*.tar"))
     with pytest.raises(DataError, match="folder"):
         expand_pattern(str(tmp_path))
+
+
+def test_count_samples_reads_headers_only(tmp_path, gen):
+    from rvq_cli.data.shards import count_samples
+
+    paths = write_shards(gen.samples(7), tmp_path / "out", max_count=3)  # png + cls + json per sample
+    assert count_samples([str(p) for p in paths]) == 7
+    assert count_samples([]) == 0
+    assert count_samples(["pipe:cat x.tar"]) is None  # a stream cannot be listed ahead
+    (tmp_path / "bad.tar").write_bytes(b"not a tar")
+    assert count_samples([str(tmp_path / "bad.tar")]) is None
