@@ -82,9 +82,30 @@ class ModelConfig(_Section):
     quantizer: QuantizerConfig = QuantizerConfig()
 
 
+class GANConfig(_Section):
+    """The adversarial part of the VQGAN objective: a PatchGAN discriminator and its own optimizer."""
+
+    weight: float = Field(0.0, ge=0.0, description="w_gan of the generator's adversarial term (0: no GAN)")
+    start: int = Field(0, ge=0, description="optimizer step at which the discriminator and the adversarial term switch on")
+    loss: Literal["hinge", "vanilla"] = Field("hinge", description="discriminator loss")
+    adaptive: bool = Field(True, description="scale the adversarial term by λ = ‖∇L_nll‖/(‖∇L_G‖+1e-4) at the decoder's last layer")
+    max_adaptive: float = Field(1e4, gt=0.0, description="clamp of λ")
+    layers: int = Field(3, ge=1, description="stride-2 convolutions of the PatchGAN")
+    channels: int = Field(64, ge=1, description="channels of its first convolution")
+    norm: Literal["batch", "group", "none"] = Field("batch", description="normalisation in the discriminator")
+    lr: Optional[float] = Field(None, gt=0.0, description="discriminator learning rate (null: optim.lr)")
+    betas: tuple[float, float] = Field((0.5, 0.9), description="discriminator Adam betas (taming: 0.5, 0.9)")
+
+
 class LossConfig(_Section):
-    reconstruction: Literal["l2", "l1"] = "l2"
+    reconstruction: Literal["l2", "l1"] = Field("l2", description="pixel loss on [-1, 1] images")
     rec_weight: float = Field(1.0, ge=0.0)
+    laplace_weight: float = Field(0.0, ge=0.0, description="ViT-VQGAN's 'logit-laplace' term: mean |x̂ − x| on [0, 1] images")
+    gaussian_weight: float = Field(0.0, ge=0.0, description="ViT-VQGAN's gaussian term: mean (x̂ − x)² on [0, 1] images")
+    perceptual_weight: float = Field(0.0, ge=0.0, description="LPIPS (VGG16) weight; needs the VGG16 weights file")
+    perceptual_weights: Optional[str] = Field(None, description="VGG16 weights file (null: $RVQ_VGG16_WEIGHTS or torch's cache)")
+    codebook_weight: float = Field(1.0, ge=0.0, description="multiplies the quantizer's loss (β·commitment + codebook term)")
+    gan: GANConfig = GANConfig()
 
 
 class OptimConfig(_Section):
@@ -244,6 +265,12 @@ def check_recipe(recipe: Recipe, check_paths: bool = True) -> list[Problem]:
             break
     if q.gamma is not None and q.estimator != "rotation":
         problems.append(Problem("model.quantizer.gamma", f"gamma is an option of the rotation estimator, not of {q.estimator!r}"))
+    g = recipe.loss.gan
+    if g.weight > 0 and recipe.data.image_size // 2**g.layers < 3:
+        problems.append(Problem("loss.gan.layers", f"{g.layers} stride-2 layers leave a "
+                                f"{recipe.data.image_size // 2**g.layers}-pixel map of {recipe.data.image_size}-pixel "
+                                "images, too small for the discriminator's last two 4×4 convolutions (needs ≥ 3); "
+                                "use fewer layers"))
     if check_paths:
         problems += check_data_paths(recipe.data.model_dump())
     return problems

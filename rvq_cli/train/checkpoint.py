@@ -51,15 +51,21 @@ def _state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_checkpoint(run_dir: Path, model: nn.Module, optimizer, scheduler, state: CheckpointState,
-                    recipe_yaml: str, keep_last: int) -> Path:
+                    recipe_yaml: str, keep_last: int, discriminator: nn.Module | None = None,
+                    disc_optimizer=None) -> Path:
     """Write a checkpoint atomically (call on the main process only, which is rank 0) and prune
-    old ones. Other ranks add their RNG state with :func:`save_rng` afterwards."""
+    old ones. Other ranks add their RNG state with :func:`save_rng` afterwards. A GAN run also
+    stores ``discriminator.safetensors`` and the discriminator's optimizer in optimizer.pt."""
     final = run_dir / f"{PREFIX}{state.step:08d}"
     tmp = run_dir / f".{final.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_file(_state_dict(model), str(tmp / "model.safetensors"))
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
+    opt = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+    if discriminator is not None:
+        save_file(_state_dict(discriminator), str(tmp / "discriminator.safetensors"))
+        opt["disc_optimizer"] = disc_optimizer.state_dict()
+    torch.save(opt, tmp / "optimizer.pt")
     (tmp / "state.json").write_text(json.dumps({**vars(state), "torch": torch.__version__}, indent=1))
     (tmp / "recipe.yaml").write_text(recipe_yaml)
     save_rng(tmp, 0)
@@ -78,13 +84,19 @@ def save_rng(ckpt: Path, rank: int) -> None:
     save_file({"torch": torch.get_rng_state()}, str(ckpt / f"rng-{rank}.safetensors"))
 
 
-def load_checkpoint(ckpt: Path, model: nn.Module, optimizer=None, scheduler=None, rank: int = 0) -> CheckpointState:
-    """Restore weights (and optimizer, scheduler, this rank's RNG when given) from ``ckpt``."""
+def load_checkpoint(ckpt: Path, model: nn.Module, optimizer=None, scheduler=None, rank: int = 0,
+                    discriminator: nn.Module | None = None, disc_optimizer=None) -> CheckpointState:
+    """Restore weights (and optimizer, scheduler, discriminator, this rank's RNG when given)
+    from ``ckpt``."""
     model.load_state_dict(load_file(str(ckpt / "model.safetensors")))
+    if discriminator is not None:
+        discriminator.load_state_dict(load_file(str(ckpt / "discriminator.safetensors")))
     if optimizer is not None:
         opt = torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=True)
         optimizer.load_state_dict(opt["optimizer"])
         scheduler.load_state_dict(opt["scheduler"])
+        if disc_optimizer is not None:
+            disc_optimizer.load_state_dict(opt["disc_optimizer"])
     rng = ckpt / f"rng-{rank}.safetensors"
     if rng.is_file():
         torch.set_rng_state(load_file(str(rng))["torch"])

@@ -12,6 +12,10 @@ def format_metrics(m: dict) -> str:
     parts = [f"step {m['step']}", f"loss {m['loss']:.4f}", f"rec {m['rec_loss']:.4f}", f"usage {m['usage']:.1%}",
              f"perplexity {m['perplexity']:.1f}", f"qerr {m['quant_error']:.2e}", f"lr {m['lr']:.2e}",
              f"{m['images_per_s']:.1f} img/s"]
+    if "perceptual" in m:
+        parts.append(f"lpips {m['perceptual']:.4f}")
+    if "d_loss" in m:
+        parts.append(f"g {m['g_loss']:.3f} d {m['d_loss']:.3f} λ {m['adaptive_weight']:.3g}")
     if "val_rec_loss" in m:
         parts.append(f"val rec {m['val_rec_loss']:.4f}")
     if m.get("fallbacks"):

@@ -25,6 +25,7 @@ from accelerate.utils import set_seed
 from ..config import DEMO, Recipe, recipe_to_yaml
 from .build import build_optimizer, build_scheduler, build_tokenizer, count_parameters
 from .checkpoint import CheckpointState, latest_checkpoint, load_checkpoint, save_checkpoint, save_rng
+from .objective import GAN_KEYS, build_disc_optimizer, build_discriminator, build_objective, describe
 from .progress import TrainProgress
 
 # Keys a resumed run may change; anything else must match the checkpoint's recipe.
@@ -138,16 +139,33 @@ class Trainer:
         self.acc = Accelerator(mixed_precision=t.precision, cpu=not torch.cuda.is_available(),
                                log_with="tensorboard" if recipe.output.tensorboard else None,
                                project_dir=str(self.run_dir))
+        if recipe.loss.perceptual_weight > 0:  # fail before anything heavy when LPIPS cannot be built
+            from ..losses import PerceptualError, find_vgg_weights
+
+            try:
+                find_vgg_weights(recipe.loss.perceptual_weights)
+            except PerceptualError as err:
+                raise TrainingError(str(err)) from None
         self._prepare_run_dir(resume)
         set_seed(t.seed)
         self.model = build_tokenizer(recipe.model, recipe.data.image_size)
         self.optimizer = build_optimizer(self.model.parameters(), recipe.optim)
         self.scheduler = build_scheduler(self.optimizer, recipe.optim, t.steps)
+        self.disc = build_discriminator(recipe.loss, recipe.model.encoder.in_channels)
+        self.opt_d = build_disc_optimizer(self.disc, recipe.loss, recipe.optim.lr) if self.disc is not None else None
         self.state = CheckpointState(step=0, micro_batches=0, world_size=self.acc.num_processes,
                                      num_workers=recipe.data.num_workers)
         if resume:
             self._resume()
         self.model, self.optimizer = self.acc.prepare(self.model, self.optimizer)
+        if self.disc is not None:
+            if self.acc.num_processes > 1 and self.acc.device.type == "cuda":
+                # batch statistics over every process's batch (SyncBatchNorm runs on GPUs only; on
+                # CPUs DDP keeps BatchNorm buffers in step by broadcasting rank 0's at each forward)
+                self.disc = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.disc)
+            self.disc, self.opt_d = self.acc.prepare(self.disc, self.opt_d)
+        self.objective = build_objective(recipe.loss, self.acc.device, self.disc,
+                                         self.acc.unwrap_model(self.disc) if self.disc is not None else None)
         with self.acc.main_process_first():  # the demo set is built once, by the main process
             self.train_pattern, self.val_pattern = _data_patterns(recipe)
         self.recipe_yaml = recipe_to_yaml(recipe)
@@ -172,7 +190,8 @@ class Trainer:
 
         ckpt = latest_checkpoint(self.run_dir)
         _check_resume_recipe(load_recipe(ckpt / "recipe.yaml", check_paths=False), self.recipe)
-        state = load_checkpoint(ckpt, self.model, self.optimizer, self.scheduler, rank=self.acc.process_index)
+        state = load_checkpoint(ckpt, self.model, self.optimizer, self.scheduler, rank=self.acc.process_index,
+                                discriminator=self.disc, disc_optimizer=self.opt_d)
         if state.world_size != self.acc.num_processes or state.num_workers != self.recipe.data.num_workers:
             raise TrainingError(f"{ckpt} was written by {state.world_size} process(es) with {state.num_workers} data "
                                 f"workers each; resume with the same numbers so every process continues its own data "
@@ -182,18 +201,38 @@ class Trainer:
     # ---------------------------------------------------------------- steps
 
     def _micro_step(self, x: torch.Tensor, last: bool) -> dict[str, torch.Tensor]:
-        """Forward and backward of one micro-batch; gradients sync only on the last one."""
+        """Forward and backward of one micro-batch (generator, then discriminator once the GAN is
+        on); gradients sync only on the last micro-batch of the step."""
+        out, metrics = self._generator_step(x, last)
+        if self.objective.gan_on(self.state.step):
+            metrics.update(self._discriminator_step(x, out.reconstruction, last))
+        return metrics
+
+    def _generator_step(self, x: torch.Tensor, last: bool):
         sync = contextlib.nullcontext() if last else self.acc.no_sync(self.model)
+        last_layer = self.acc.unwrap_model(self.model).last_layer
         with sync, self.acc.autocast():
             out = self.model(x)
-            rec = reconstruction_loss(x, out.reconstruction, self.recipe.loss.reconstruction)
-            loss = self.recipe.loss.rec_weight * rec + out.quantize.loss
+            loss, terms = self.objective.generator(x, out, last_layer, self.state.step)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss is {loss.item()}")
         self.acc.backward(loss / self.recipe.train.grad_accum)
         m = out.quantize.metrics
-        return {"loss": loss.detach(), "rec_loss": rec.detach(), "commitment": out.quantize.losses.commitment.detach(),
-                "usage": m.usage, "perplexity": m.perplexity, "quant_error": m.quant_error, "fallbacks": m.fallbacks}
+        metrics = {"loss": loss.detach(), "commitment": out.quantize.losses.commitment.detach(), "usage": m.usage,
+                   "perplexity": m.perplexity, "quant_error": m.quant_error, "fallbacks": m.fallbacks}
+        metrics.update({k: v.detach() for k, v in terms.items()})
+        if self.disc is not None:
+            metrics.update({k: metrics.get(k, torch.zeros(())) for k in GAN_KEYS})
+        return out, metrics
+
+    def _discriminator_step(self, x: torch.Tensor, rec: torch.Tensor, last: bool) -> dict[str, torch.Tensor]:
+        sync = contextlib.nullcontext() if last else self.acc.no_sync(self.disc)
+        with sync, self.acc.autocast():
+            d_loss, terms = self.objective.discriminator(x, rec)
+        if not torch.isfinite(d_loss):
+            raise FloatingPointError(f"discriminator loss is {d_loss.item()}")
+        self.acc.backward(d_loss / self.recipe.train.grad_accum)
+        return {k: v.detach() for k, v in terms.items()}
 
     def _optimizer_step(self, batches) -> dict[str, float]:
         t = self.recipe.train
@@ -213,6 +252,9 @@ class Trainer:
         lr = self.optimizer.param_groups[0]["lr"]
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.objective.gan_on(self.state.step):
+            self.opt_d.step()
+            self.opt_d.zero_grad(set_to_none=True)
         self.scheduler.step()
         self.state.step += 1
         self.state.micro_batches = self.state.step * t.grad_accum  # the data position
@@ -227,7 +269,8 @@ class Trainer:
         ckpt = self.run_dir / f"ckpt-{self.state.step:08d}"
         if self.acc.is_main_process:
             save_checkpoint(self.run_dir, self.acc.unwrap_model(self.model), self.optimizer, self.scheduler,
-                            self.state, self.recipe_yaml, self.recipe.train.keep_last)
+                            self.state, self.recipe_yaml, self.recipe.train.keep_last,
+                            self.objective.disc_module, self.opt_d)
         self.acc.wait_for_everyone()
         if not self.acc.is_main_process:  # the main process's RNG is saved inside the checkpoint
             save_rng(ckpt, self.acc.process_index)
@@ -344,8 +387,7 @@ def train(recipe: Recipe, run_dir: str | Path | None = None, resume: bool = Fals
     if trainer.acc.is_main_process and not quiet:
         q = recipe.model.quantizer
         print(f"rvq train: {count_parameters(trainer.acc.unwrap_model(trainer.model)) / 1e6:.2f}M parameters, "
-              f"estimator {q.estimator}, {q.codebook_size} codes, loss = {recipe.loss.rec_weight} × "
-              f"{recipe.loss.reconstruction} + {q.beta} × commitment"
-              f"{' + codebook' if q.update == 'learned' else ''}, {trainer.acc.num_processes} process(es) on "
+              f"estimator {q.estimator}, {q.codebook_size} codes, loss = "
+              f"{describe(recipe.loss, q.beta, q.update == 'learned')}, {trainer.acc.num_processes} process(es) on "
               f"{trainer.acc.device}, run dir {trainer.run_dir}")
     return trainer.run()

@@ -1,0 +1,115 @@
+"""VQGAN training: LPIPS + PatchGAN past the discriminator start, resume, gradient accumulation
+for generator and discriminator, and two CPU processes."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+from safetensors.torch import load_file
+
+from rvq_cli.config import load_recipe
+from rvq_cli.train import TrainingError, train
+from test_train import RVQ, recipe_file, shards  # noqa: F401  (fixture)
+
+GAN = ["loss.gan.weight=0.1", "loss.gan.start=2", "loss.gan.layers=2", "loss.gan.channels=8"]
+
+
+@pytest.fixture(scope="module")
+def vgg_file(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("vgg") / "vgg16-random.pth"
+    state = torchvision.models.vgg16(weights=None).state_dict()
+    torch.save({k: v for k, v in state.items() if k.startswith("features.")}, path)
+    return path
+
+
+def metrics(run_dir):
+    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_vqgan_objective_trains_past_the_discriminator_start(tmp_path, shards, vgg_file):  # noqa: F811
+    path = recipe_file(tmp_path, shards)
+    over = GAN + ["train.steps=4", "loss.perceptual_weight=0.1", f"loss.perceptual_weights={vgg_file}",
+                  "loss.laplace_weight=0.1", "loss.gaussian_weight=1.0"]
+    res = train(load_recipe(path, over), quiet=True)
+    rows = metrics(res.run_dir)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    for r in rows:
+        assert r["perceptual"] > 0 and r["laplace"] > 0 and r["gaussian"] > 0
+        on = r["step"] > 2  # optimizer steps 0, 1 (logged as 1, 2) run before the start
+        assert (r["d_loss"] > 0) == on and (r["adaptive_weight"] > 0) == on, r
+    ckpt = res.run_dir / "ckpt-00000004"
+    disc = load_file(str(ckpt / "discriminator.safetensors"))
+    assert any(k.endswith("weight") for k in disc)
+    opt = torch.load(ckpt / "optimizer.pt", weights_only=True)
+    assert opt["disc_optimizer"]["state"]  # Adam moments exist: the discriminator stepped
+
+
+def test_gan_run_resumes_bit_identically(tmp_path, shards):  # noqa: F811
+    over = GAN + ["train.ckpt_every=100"]
+    straight = train(load_recipe(recipe_file(tmp_path, shards, out="straight"), over + ["train.steps=4"]), quiet=True)
+    path = recipe_file(tmp_path, shards, out="split")
+    first = train(load_recipe(path, over + ["train.steps=3"]), quiet=True)
+    second = train(load_recipe(path, over + ["train.steps=4"]), run_dir=first.run_dir, resume=True, quiet=True)
+    for name in ("model.safetensors", "discriminator.safetensors"):
+        a = load_file(str(straight.run_dir / "ckpt-00000004" / name))
+        b = load_file(str(second.run_dir / "ckpt-00000004" / name))
+        for k in a:
+            assert torch.equal(a[k], b[k]), (name, k)
+
+
+def test_accumulation_equals_one_big_batch_for_generator_and_discriminator(tmp_path, shards):  # noqa: F811
+    """group norm (no batch statistics) and a fixed adversarial weight: both depend on how a batch
+    is split, by definition; everything else must not."""
+    common = GAN + ["loss.gan.start=0", "loss.gan.norm=group", "loss.gan.adaptive=false", "train.steps=2",
+                    "model.quantizer.update=learned", "train.grad_clip=0", "optim.eps=1e-3"]
+    big = train(load_recipe(recipe_file(tmp_path, shards, out="big"),
+                            common + ["train.batch_size=8", "train.grad_accum=1"]), quiet=True)
+    acc = train(load_recipe(recipe_file(tmp_path, shards, out="acc"),
+                            common + ["train.batch_size=4", "train.grad_accum=2"]), quiet=True)
+    for name in ("model.safetensors", "discriminator.safetensors"):
+        a = load_file(str(big.run_dir / "ckpt-00000002" / name))
+        b = load_file(str(acc.run_dir / "ckpt-00000002" / name))
+        for k in a:
+            if k != "quantize.cluster_size":  # a usage EMA updated per micro-batch, by design
+                torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=f"{name}: {k}")
+
+
+def test_two_processes_past_the_discriminator_start_stay_identical(tmp_path, shards):  # noqa: F811
+    path = recipe_file(tmp_path, shards, out="dist")
+    text = path.read_text().replace("steps: 3", "steps: 4")
+    text += "loss: {gan: {weight: 0.1, start: 2, layers: 2, channels: 8}}\n"
+    path.write_text(text)
+    worker = Path(__file__).with_name("dist_worker.py")
+    env = dict(os.environ, OMP_NUM_THREADS="1", RVQ_COMPILE="never")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29547",
+           str(worker), str(path), str(tmp_path)]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    for name in ("rank", "disc"):
+        a, b = (load_file(str(tmp_path / f"{name}{r}.safetensors")) for r in (0, 1))
+        for k in a:
+            if "running_" in k:  # BatchNorm statistics of the last local forward (not used in training;
+                continue  # DDP broadcasts rank 0's at every forward, and checkpoints hold rank 0's)
+            assert torch.equal(a[k], b[k]), (name, k)
+    rows = metrics(tmp_path / "dist")
+    assert rows[-1]["d_loss"] > 0
+
+
+def test_missing_vgg_weights_stop_before_anything_starts(tmp_path, shards, monkeypatch):  # noqa: F811
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
+    monkeypatch.delenv("RVQ_VGG16_WEIGHTS", raising=False)
+    path = recipe_file(tmp_path, shards, out="never")
+    with pytest.raises(TrainingError, match="vgg16-397923af.pth"):
+        train(load_recipe(path, ["loss.perceptual_weight=0.1"]), quiet=True)
+    assert not (tmp_path / "never").exists()
+    env = dict(os.environ, TORCH_HOME=str(tmp_path / "empty"), RVQ_COMPILE="never")
+    env.pop("RVQ_VGG16_WEIGHTS", None)
+    res = subprocess.run([RVQ, "train", str(path), "loss.perceptual_weight=0.1"], capture_output=True, text=True,
+                         timeout=300, env=env)
+    assert res.returncode == 2 and res.stderr.startswith("error:") and "Traceback" not in res.stderr
