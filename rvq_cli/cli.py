@@ -290,6 +290,50 @@ def data_shards(
     console.print(f"use it in a recipe as  data.train={report.pattern}", highlight=False, markup=False, soft_wrap=True)
 
 
+@data_app.command("prepare")
+def data_prepare(
+    layout: str = typer.Argument(..., help="imagenet | ffhq | celebahq | folder (docs/datasets.md: what to download)."),
+    src: Path = typer.Argument(..., help="The unpacked download, e.g. ILSVRC/Data/CLS-LOC or ffhq-dataset/images1024x1024."),
+    out: Path = typer.Argument(..., help="Output folder for train-NNNNNN.tar, val-NNNNNN.tar, classes.json, skipped.txt."),
+    val_labels: Optional[Path] = typer.Option(None, "--val-labels", help="imagenet, flat val/: LOC_val_solution.csv (Kaggle) or ILSVRC2012_validation_ground_truth.txt (devkit, with --synsets)."),
+    synsets: Optional[Path] = typer.Option(None, "--synsets", help="imagenet with the devkit's ground truth: the devkit's data/meta.mat."),
+    val_from: Optional[int] = typer.Option(None, "--val-from", help="ffhq: images numbered N and above are validation (default 60000)."),
+    val_fraction: Optional[float] = typer.Option(None, "--val-fraction", help="celebahq: the last fraction by number is validation (default 0.1); folder: a fraction chosen by path hash (default 0)."),
+    train_list: Optional[Path] = typer.Option(None, "--train-list", help="ffhq, celebahq: file names of the training images, one a line (with --val-list)."),
+    val_list: Optional[Path] = typer.Option(None, "--val-list", help="ffhq, celebahq: file names of the validation images, one a line."),
+    size: Optional[int] = typer.Option(None, "--size", help="Store images downscaled to this short side (bicubic, JPEG quality 95); default: the original bytes."),
+    per_shard: int = typer.Option(1000, "--per-shard", help="Images per shard."),
+    workers: int = typer.Option(0, "--workers", help="Reader processes (0: up to 4, by CPU count)."),
+    restart: bool = typer.Option(False, "--restart", help="Discard what an earlier prepare wrote in OUT (shards, records) and start over."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Turn ImageNet, FFHQ, CelebA-HQ or a folder into train/val shards (resumable: re-run to continue)."""
+    from .data import DataError, DatasetOptions, prepare_dataset
+
+    given = dict(val_labels=val_labels, synsets=synsets, val_from=val_from, val_fraction=val_fraction,
+                 train_list=train_list, val_list=val_list, size=size, per_shard=per_shard, restart=restart, quiet=quiet)
+    try:
+        report = prepare_dataset(layout, src, out, DatasetOptions(**given, **({"workers": workers} if workers else {})))
+    except DataError as err:
+        raise UserError(str(err)) from None
+    for name, s in report.splits.items():
+        now = f"{s.written_now} written now" if s.written_now else "nothing left to write"
+        console.print(f"{name}: {s.count} images in {len(s.shards)} shard(s) ({now}): {s.pattern}", highlight=False,
+                      markup=False, soft_wrap=True)
+    labels = f"{len(report.classes)} classes" if report.classes else "no labels"
+    console.print(f"{labels}; classes.json and skipped.txt in {report.out}", highlight=False, markup=False)
+    for note in report.notes:
+        console.print(f"[yellow]note:[/] {note}", highlight=False)
+    if report.skipped:
+        console.print(f"[yellow]{len(report.skipped)} file(s) skipped[/], listed in {report.out / 'skipped.txt'}:",
+                      highlight=False)
+        for item in report.skipped[:10]:
+            console.print(f"  {item.path}: {item.reason}", highlight=False, markup=False)
+    console.print("in a recipe:", highlight=False)
+    for name, s in report.splits.items():
+        console.print(f"  data.{name}={s.pattern}", highlight=False, markup=False, soft_wrap=True)
+
+
 def main() -> None:
     """Console entry point: run the app, turning user errors into a clean message."""
     try:
