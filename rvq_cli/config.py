@@ -76,10 +76,28 @@ class QuantizerConfig(_Section):
         return v
 
 
+class ViTConfig(_Section):
+    """ViT-VQGAN's transformer encoder/decoder (Yu et al. 2022); defaults: Table 10's small model."""
+
+    in_channels: int = Field(3, ge=1)
+    patch_size: int = Field(8, ge=1, description="p: p×p pixel patches, one token each")
+    dim: int = Field(512, ge=1, description="hidden width (also the channels entering the pre-quant projection)")
+    depth: int = Field(8, ge=0, description="transformer blocks in the encoder and in the decoder")
+    heads: int = Field(8, ge=1)
+    mlp_dim: int = Field(1024, ge=1)
+    activation: Literal["tanh", "gelu"] = Field("tanh", description="MLP activation (tanh: ViT-VQGAN's)")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+
+
 class ModelConfig(_Section):
-    name: Literal["conv"] = Field("conv", description="model family")
-    encoder: EncoderConfig = EncoderConfig()
+    name: Literal["conv", "vit"] = Field("conv", description="model family: conv (VQ-VAE/VQGAN) or vit (ViT-VQGAN)")
+    encoder: EncoderConfig = Field(EncoderConfig(), description="the conv family's encoder/decoder")
+    vit: ViTConfig = Field(ViTConfig(), description="the vit family's encoder/decoder")
     quantizer: QuantizerConfig = QuantizerConfig()
+
+    @property
+    def in_channels(self) -> int:
+        return self.vit.in_channels if self.name == "vit" else self.encoder.in_channels
 
 
 class GANConfig(_Section):
@@ -245,10 +263,8 @@ def read_yaml(path: str | os.PathLike) -> dict:
     return data
 
 
-def check_recipe(recipe: Recipe, check_paths: bool = True) -> list[Problem]:
-    """Checks across fields, which the per-field schema cannot express."""
-    problems = []
-    enc, q = recipe.model.encoder, recipe.model.quantizer
+def _check_conv(recipe: Recipe) -> list[Problem]:
+    problems, enc = [], recipe.model.encoder
     f = 2 ** (len(enc.ch_mult) - 1)
     if recipe.data.image_size % f:
         problems.append(Problem("data.image_size", f"{recipe.data.image_size} is not divisible by the encoder's "
@@ -263,6 +279,23 @@ def check_recipe(recipe: Recipe, check_paths: bool = True) -> list[Problem]:
             problems.append(Problem("model.encoder.norm_groups", f"{enc.norm_groups} groups do not divide {m} channels "
                                     "(every ch × ch_mult must be divisible by norm_groups)"))
             break
+    return problems
+
+
+def _check_vit(recipe: Recipe) -> list[Problem]:
+    problems, v = [], recipe.model.vit
+    if recipe.data.image_size % v.patch_size:
+        problems.append(Problem("data.image_size", f"{recipe.data.image_size} is not divisible by "
+                                f"model.vit.patch_size {v.patch_size}"))
+    if v.dim % v.heads:
+        problems.append(Problem("model.vit.heads", f"{v.heads} heads do not divide dim {v.dim}"))
+    return problems
+
+
+def check_recipe(recipe: Recipe, check_paths: bool = True) -> list[Problem]:
+    """Checks across fields, which the per-field schema cannot express."""
+    q = recipe.model.quantizer
+    problems = _check_vit(recipe) if recipe.model.name == "vit" else _check_conv(recipe)
     if q.gamma is not None and q.estimator != "rotation":
         problems.append(Problem("model.quantizer.gamma", f"gamma is an option of the rotation estimator, not of {q.estimator!r}"))
     g = recipe.loss.gan

@@ -1,7 +1,9 @@
-"""Tokenizer models: the convolutional VQGAN encoder/decoder and the VQ tokenizer around them."""
+"""Tokenizer models: the convolutional VQGAN and ViT-VQGAN encoders/decoders and the VQ tokenizer
+around them."""
 
 from .conv import AttnBlock, Decoder, Downsample, Encoder, ResnetBlock, Upsample, level_resolutions
 from .tokenizer import TokenizerOutput, VQTokenizer, build_conv_tokenizer
+from .vit import ViTDecoder, ViTEncoder, build_vit_tokenizer
 
 __all__ = [
     "AttnBlock",
@@ -12,6 +14,9 @@ __all__ = [
     "TokenizerOutput",
     "Upsample",
     "VQTokenizer",
+    "ViTDecoder",
+    "ViTEncoder",
     "build_conv_tokenizer",
+    "build_vit_tokenizer",
     "level_resolutions",
 ]

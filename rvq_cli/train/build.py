@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig, OptimConfig
-from ..models import VQTokenizer, build_conv_tokenizer
+from ..models import VQTokenizer, build_conv_tokenizer, build_vit_tokenizer
 
 
 def build_tokenizer(model: ModelConfig, image_size: int) -> VQTokenizer:
@@ -19,6 +19,13 @@ def build_tokenizer(model: ModelConfig, image_size: int) -> VQTokenizer:
         decay=q.decay, beta=q.beta, codebook_dim=q.codebook_dim, init=q.init, kmeans_iters=q.kmeans_iters,
         dead_code_threshold=q.dead_code_threshold,
     )
+    if model.name == "vit":
+        v = model.vit
+        return build_vit_tokenizer(
+            image_size=image_size, patch_size=v.patch_size, dim=v.dim, depth=v.depth, heads=v.heads,
+            mlp_dim=v.mlp_dim, z_channels=v.dim, embed_dim=q.dim, quantizer=quantizer, in_channels=v.in_channels,
+            dropout=v.dropout, activation=v.activation,
+        )
     return build_conv_tokenizer(
         ch=enc.ch, ch_mult=tuple(enc.ch_mult), attn_resolutions=tuple(enc.attn_resolutions), resolution=image_size,
         z_channels=enc.z_channels, embed_dim=q.dim, quantizer=quantizer, in_channels=enc.in_channels,

@@ -151,7 +151,7 @@ class Trainer:
         self.model = build_tokenizer(recipe.model, recipe.data.image_size)
         self.optimizer = build_optimizer(self.model.parameters(), recipe.optim)
         self.scheduler = build_scheduler(self.optimizer, recipe.optim, t.steps)
-        self.disc = build_discriminator(recipe.loss, recipe.model.encoder.in_channels)
+        self.disc = build_discriminator(recipe.loss, recipe.model.in_channels)
         self.opt_d = build_disc_optimizer(self.disc, recipe.loss, recipe.optim.lr) if self.disc is not None else None
         self.state = CheckpointState(step=0, micro_batches=0, world_size=self.acc.num_processes,
                                      num_workers=recipe.data.num_workers)

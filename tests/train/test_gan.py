@@ -113,3 +113,30 @@ def test_missing_vgg_weights_stop_before_anything_starts(tmp_path, shards, monke
     res = subprocess.run([RVQ, "train", str(path), "loss.perceptual_weight=0.1"], capture_output=True, text=True,
                          timeout=300, env=env)
     assert res.returncode == 2 and res.stderr.startswith("error:") and "Traceback" not in res.stderr
+
+
+def test_tiny_vit_vqgan_trains_past_the_start_and_round_trips(tmp_path, shards, vgg_file):  # noqa: F811
+    from rvq_cli.evaluate import load_tokenizer
+
+    vit = ["model.name=vit", "model.vit.patch_size=4", "model.vit.dim=32", "model.vit.depth=1", "model.vit.heads=4",
+           "model.vit.mlp_dim=64", "model.quantizer.dim=8", "model.quantizer.lookup=cosine",
+           "model.quantizer.update=learned", "model.quantizer.beta=0.25"]
+    over = vit + GAN + ["loss.gan.start=1", "train.steps=3", "loss.perceptual_weight=0.1",
+                        f"loss.perceptual_weights={vgg_file}", "loss.laplace_weight=0.1", "loss.gaussian_weight=1.0"]
+    res = train(load_recipe(recipe_file(tmp_path, shards), over), quiet=True)
+    rows = metrics(res.run_dir)
+    assert rows[-1]["d_loss"] > 0 and rows[-1]["adaptive_weight"] > 0
+    tok = load_tokenizer(res.run_dir)
+    assert type(tok.model.encoder).__name__ == "ViTEncoder"
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(tok.model.decode_indices(tok.model.encode(x)), tok.model(x).reconstruction)
+
+
+def test_vit_recipe_checks():
+    from rvq_cli.config import Recipe, check_recipe
+
+    r = Recipe.model_validate({"model": {"name": "vit", "vit": {"patch_size": 5, "dim": 30, "heads": 4}},
+                               "data": {"image_size": 64}})
+    paths = {p.path for p in check_recipe(r, check_paths=False)}
+    assert paths == {"data.image_size", "model.vit.heads"}
