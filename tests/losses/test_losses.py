@@ -1,13 +1,11 @@
 """LPIPS (the lpips package, VGG16 weights the test creates), the PatchGAN, the GAN losses, and
 VQGAN's adaptive weight against its formula computed with separate backward passes."""
 
-import os
 import pickle
 from pathlib import Path
 
 import pytest
 import torch
-import torchvision
 from safetensors.torch import save_file
 
 from rvq_cli.losses import (
@@ -23,15 +21,6 @@ from rvq_cli.losses import (
 )
 from rvq_cli.losses.perceptual import VGG16_URL, default_vgg_path
 from rvq_cli.models import build_conv_tokenizer
-
-
-@pytest.fixture(scope="module")
-def vgg_file(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("vgg") / "vgg16-random.pth"
-    state = torchvision.models.vgg16(weights=None).state_dict()
-    torch.save({k: v for k, v in state.items() if k.startswith("features.")}, path)  # the trunk LPIPS uses
-    return path
 
 
 @pytest.fixture(autouse=True)

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torchvision
 from safetensors.torch import load_file
 
 from rvq_cli.config import load_recipe
@@ -17,15 +16,6 @@ from rvq_cli.train import TrainingError, train
 from test_train import RVQ, recipe_file, shards  # noqa: F401  (fixture)
 
 GAN = ["loss.gan.weight=0.1", "loss.gan.start=2", "loss.gan.layers=2", "loss.gan.channels=8"]
-
-
-@pytest.fixture(scope="module")
-def vgg_file(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("vgg") / "vgg16-random.pth"
-    state = torchvision.models.vgg16(weights=None).state_dict()
-    torch.save({k: v for k, v in state.items() if k.startswith("features.")}, path)
-    return path
 
 
 def metrics(run_dir):
