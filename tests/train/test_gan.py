@@ -130,3 +130,13 @@ def test_vit_recipe_checks():
                                "data": {"image_size": 64}})
     paths = {p.path for p in check_recipe(r, check_paths=False)}
     assert paths == {"data.image_size", "model.vit.heads"}
+
+
+def test_gan_under_bf16_mixed_precision(tmp_path, shards, vgg_file):  # noqa: F811
+    over = GAN + ["loss.gan.start=1", "train.steps=3", "train.precision=bf16", "loss.perceptual_weight=0.1",
+                  f"loss.perceptual_weights={vgg_file}"]
+    res = train(load_recipe(recipe_file(tmp_path, shards), over), quiet=True)
+    rows = metrics(res.run_dir)
+    for k in ("loss", "d_loss", "g_loss", "adaptive_weight", "perceptual"):
+        assert all(r[k] == r[k] and abs(r[k]) < 1e6 for r in rows), k  # finite
+    assert rows[-1]["d_loss"] > 0
