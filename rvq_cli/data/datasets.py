@@ -32,12 +32,12 @@ import io
 import json
 import os
 import re
-import shutil
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
+from ..jobs import clear_outputs, job_differences
 from ..progress import JobProgress
 from .images import _resize_short, decode_rgb
 from .prepare import IMAGE_SUFFIXES, SkippedFile, _class_layout, _keys, _list_images, _load, _write_text
@@ -462,30 +462,21 @@ def _pool(workers: int):
         pool.shutdown(wait=True, cancel_futures=True)  # Ctrl-C: do not read the rest of the shard first
 
 
-def _clear(out: Path) -> None:
-    """Remove what an earlier ``prepare`` wrote into ``out`` (only its own files)."""
-    shutil.rmtree(out / PROGRESS, ignore_errors=True)
-    for p in out.iterdir():
-        if _OURS.fullmatch(p.name) or _PARTIAL.fullmatch(p.name) or p.name in ("classes.json", "skipped.txt"):
-            p.unlink()
+def _ours(name: str) -> bool:
+    return bool(_OURS.fullmatch(name) or _PARTIAL.fullmatch(name)) or name in ("classes.json", "skipped.txt")
 
 
 def _check_job(out: Path, job: dict, restart: bool) -> None:
     """Start, continue, or refuse: ``out`` may only hold the same job's shards."""
     path = out / PROGRESS / "job.json"
     if restart and out.is_dir():
-        _clear(out)
-    if path.is_file():
-        try:
-            old = json.loads(path.read_text())
-        except ValueError:
-            old = {}
-        diff = [f"{k}: {old.get(k)!r} before, {v!r} now" for k, v in job.items() if old.get(k) != v]
-        if diff:
-            raise DataError(f"{out} holds shards prepared from another source or with other settings "
-                            f"({'; '.join(diff)}). Re-run with the same ones to continue, pass --restart to replace "
-                            "them, or choose another OUT.")
-    elif out.is_dir() and any(_OURS.fullmatch(p.name) for p in out.iterdir()):
+        clear_outputs(out, out / PROGRESS, _ours)
+    diff = job_differences(path, job)
+    if diff:
+        raise DataError(f"{out} holds shards prepared from another source or with other settings "
+                        f"({'; '.join(diff)}). Re-run with the same ones to continue, pass --restart to replace "
+                        "them, or choose another OUT.")
+    if diff is None and out.is_dir() and any(_OURS.fullmatch(p.name) for p in out.iterdir()):
         raise DataError(f"{out} already holds train-/val- shards without a record of how they were made. Pass "
                         "--restart to replace them, or choose another OUT.")
     (out / PROGRESS).mkdir(parents=True, exist_ok=True)

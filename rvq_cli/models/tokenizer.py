@@ -122,6 +122,18 @@ class VQTokenizer(nn.Module):
         return TokenizerOutput(reconstruction=self.decode_codes(out.quantized), quantize=out)
 
 
+def as_quantizer(quantizer: VectorQuantizer | Mapping[str, Any], embed_dim: int) -> VectorQuantizer:
+    """A built quantizer, or one built from its keyword arguments (without ``dim``: it is ``embed_dim``)."""
+    if isinstance(quantizer, Mapping):
+        if "dim" in quantizer:
+            raise ValueError("the quantizer's dim is set by embed_dim; leave 'dim' out of its arguments")
+        return VectorQuantizer(embed_dim, **quantizer)
+    if not isinstance(quantizer, VectorQuantizer):
+        raise TypeError(f"quantizer must be a VectorQuantizer or a mapping of its arguments, "
+                        f"got {type(quantizer).__name__}")
+    return quantizer
+
+
 def build_conv_tokenizer(
     *,
     ch: int,
@@ -144,13 +156,7 @@ def build_conv_tokenizer(
     ``out_channels`` defaults to ``in_channels``. Taming's f16 VQGAN: ch=128,
     ch_mult=(1, 1, 2, 2, 4), attn_resolutions=(16,), resolution=256, z_channels=256, embed_dim=256.
     """
-    if isinstance(quantizer, Mapping):
-        if "dim" in quantizer:
-            raise ValueError("the quantizer's dim is set by embed_dim; leave 'dim' out of its arguments")
-        quantizer = VectorQuantizer(embed_dim, **quantizer)
-    elif not isinstance(quantizer, VectorQuantizer):
-        raise TypeError(f"quantizer must be a VectorQuantizer or a mapping of its arguments, "
-                        f"got {type(quantizer).__name__}")
+    quantizer = as_quantizer(quantizer, embed_dim)
     common = dict(ch=ch, ch_mult=ch_mult, attn_resolutions=attn_resolutions, resolution=resolution,
                   z_channels=z_channels, num_res_blocks=num_res_blocks, dropout=dropout, norm_groups=norm_groups)
     encoder = Encoder(in_channels=in_channels, **common)

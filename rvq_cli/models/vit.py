@@ -55,7 +55,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..quantize import VectorQuantizer
-from .tokenizer import VQTokenizer
+from .tokenizer import VQTokenizer, as_quantizer
 
 __all__ = ["ACTIVATIONS", "Attention", "Block", "ViTDecoder", "ViTEncoder", "build_vit_tokenizer", "sincos_2d"]
 
@@ -253,13 +253,7 @@ def build_vit_tokenizer(
     arguments without ``dim``. ``out_channels`` defaults to ``in_channels``. The module docstring
     maps Table 10's ViT-VQGAN small to these arguments.
     """
-    if isinstance(quantizer, Mapping):
-        if "dim" in quantizer:
-            raise ValueError("the quantizer's dim is set by embed_dim; leave 'dim' out of its arguments")
-        quantizer = VectorQuantizer(embed_dim, **quantizer)
-    elif not isinstance(quantizer, VectorQuantizer):
-        raise TypeError(f"quantizer must be a VectorQuantizer or a mapping of its arguments, "
-                        f"got {type(quantizer).__name__}")
+    quantizer = as_quantizer(quantizer, embed_dim)
     common = {"image_size": image_size, "patch_size": patch_size, "dim": dim, "depth": depth, "heads": heads,
               "mlp_dim": mlp_dim, "z_channels": z_channels, "dropout": dropout, "activation": activation}
     encoder = ViTEncoder(in_channels=in_channels, **common)

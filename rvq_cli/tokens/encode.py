@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ from accelerate import Accelerator
 
 from ..data.shards import count_samples, write_shards
 from ..evaluate.load import LoadedTokenizer, inference_accelerator, load_tokenizer
+from ..jobs import clear_outputs, job_differences, write_json_atomic
 from ..progress import JobProgress
 from .format import FORMAT, MANIFEST, META, TOKENS, token_dtype, tokens_to_npy
 from .source import Source, Unit, plan_source, unit_batches
@@ -50,44 +50,29 @@ class EncodeReport:
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
-def _atomic_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n")
-    os.replace(tmp, path)
-
-
 def _job(tok: LoadedTokenizer, src: Source, size: int, per_shard: int) -> dict:
     return {"format": FORMAT, "tokenizer": tok.tokenizer_id, "source": src.description, "image_size": size,
             "per_shard": per_shard, "units": len(src.units)}
 
 
-def _clear(out: Path) -> None:
-    """Remove what an earlier encode wrote into ``out`` (only files of the token format)."""
-    shutil.rmtree(out / UNITS, ignore_errors=True)
-    for p in out.iterdir():
-        if _OURS.fullmatch(p.name) or p.name in (MANIFEST, "skipped.txt"):
-            p.unlink()
+def _ours(name: str) -> bool:
+    return bool(_OURS.fullmatch(name)) or name in (MANIFEST, "skipped.txt")
 
 
 def _check_job(out: Path, job: dict, restart: bool) -> None:
     """Start, continue, or refuse: ``out`` may only hold the same job's progress."""
     path = out / UNITS / "job.json"
     if restart and out.is_dir():
-        _clear(out)
-    if path.is_file():
-        try:
-            old = json.loads(path.read_text())
-        except ValueError:
-            old = {}
-        diff = [f"{k}: {old.get(k)!r} before, {v!r} now" for k, v in job.items() if old.get(k) != v]
-        if diff:
-            raise EncodeError(f"{out} holds tokens of a different encode job ({'; '.join(diff)}). Continue with the "
-                              "same checkpoint and settings, pass --restart to discard them, or choose another OUT.")
-    elif out.is_dir() and any(_OURS.fullmatch(p.name) or p.name == MANIFEST for p in out.iterdir()):
+        clear_outputs(out, out / UNITS, _ours)
+    diff = job_differences(path, job)
+    if diff:
+        raise EncodeError(f"{out} holds tokens of a different encode job ({'; '.join(diff)}). Continue with the "
+                          "same checkpoint and settings, pass --restart to discard them, or choose another OUT.")
+    if diff is None and out.is_dir() and any(_OURS.fullmatch(p.name) or p.name == MANIFEST for p in out.iterdir()):
         raise EncodeError(f"{out} already holds token shards without a record of how they were made. Pass --restart "
                           "to replace them, or choose another OUT.")
     (out / UNITS).mkdir(parents=True, exist_ok=True)
-    _atomic_json(path, job)
+    write_json_atomic(path, job)
 
 
 def _record(out: Path, index: int) -> Path:
@@ -128,7 +113,7 @@ class _UnitWriter:
         rows = self.samples.pop(index, [])
         prefix = f"tokens-{index:06d}"
         shards = [p.name for p in write_shards(rows, self.out, prefix=prefix, max_count=self.per_shard)] if rows else []
-        _atomic_json(_record(self.out, index), {"unit": index, "source": self.units[index].source, "shards": shards,
+        write_json_atomic(_record(self.out, index), {"unit": index, "source": self.units[index].source, "shards": shards,
                                                 "count": len(rows), "skipped": [list(s) for s in skipped]})
 
 
@@ -165,7 +150,7 @@ def _manifest(out: Path, tok: LoadedTokenizer, src: Source, size: int, per_shard
         "source": src.description, "per_shard": per_shard, "count": count, "shards": shards,
         "classes": src.classes, "skipped": [list(s) for s in skipped],
     }
-    _atomic_json(out / MANIFEST, manifest)
+    write_json_atomic(out / MANIFEST, manifest)
     (out / "skipped.txt").write_text("".join(f"{k}\t{r}\n" for k, r in skipped))
     return manifest
 

@@ -1,0 +1,36 @@
+"""Resumable jobs that write into an output folder (``rvq encode``, ``rvq data prepare``): a
+record of the job's settings pins what may continue there, and only the job's own files are
+ever removed (``--restart``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+
+def job_differences(record: Path, job: dict) -> list[str] | None:
+    """None when ``record`` does not exist; else how ``job`` differs from it ([] for the same job)."""
+    if not record.is_file():
+        return None
+    try:
+        old = json.loads(record.read_text())
+    except ValueError:
+        old = {}
+    return [f"{k}: {old.get(k)!r} before, {v!r} now" for k, v in job.items() if old.get(k) != v]
+
+
+def clear_outputs(out: Path, progress_dir: Path, is_ours: Callable[[str], bool]) -> None:
+    """Remove an earlier job's progress folder and the files of ``out`` that ``is_ours`` names."""
+    shutil.rmtree(progress_dir, ignore_errors=True)
+    for p in out.iterdir():
+        if is_ours(p.name):
+            p.unlink()
+
+
+def write_json_atomic(path: Path, obj: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1) + "\n")
+    os.replace(tmp, path)
