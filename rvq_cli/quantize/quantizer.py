@@ -36,6 +36,7 @@ class QuantizeMetrics:
     quant_error: Tensor  # mean over elements of (e − q)², in code space
     fallbacks: Tensor  # rows that took the estimator's degenerate-row fallback
     restarted: Tensor  # dead codes restarted in this step
+    obtuse: Tensor  # fraction of rows whose angle between e and q exceeds 90° (e·q < 0; the paper's §6 limitation)
 
     def as_dict(self) -> dict[str, float]:
         return {k: float(v) for k, v in vars(self).items()}
@@ -127,6 +128,9 @@ class VectorQuantizer(nn.Module):
         # EMA of per-code counts: drives the EMA update and dead-code detection in both modes.
         self.register_buffer("cluster_size", torch.ones(codebook_size))
         self.register_buffer("initialized", torch.tensor(init != "kmeans"))
+        self._grad_cos: Tensor | None = None  # Σ over backward passes of mean cos(grad_e, g) (gradient_cosine)
+        self._grad_cos_n = 0
+        self._pending_q_hook = None
 
     def extra_repr(self) -> str:
         return (f"dim={self.dim}, codebook_size={self.codebook_size}, codebook_dim={self.codebook_dim}, "
@@ -184,24 +188,58 @@ class VectorQuantizer(nn.Module):
                 commitment=self.beta * sq_err,
                 codebook=F.mse_loss(q, e.detach()) if self.update == "learned" else sq_err.new_zeros(()),
             )
-            q_tilde = self.estimator(e, q)  # forward value: q, bit for bit
+            q_tilde = self.estimator(self._watch_gradients(e), q)  # forward value: q, bit for bit
+            hook, self._pending_q_hook = self._pending_q_hook, None
+            if hook is not None and q_tilde.requires_grad:
+                q_tilde.register_hook(hook)
             out = self._unflatten(self._project(self.project_out, q_tilde), grid)
             metrics = self._statistics(e.detach(), q.detach(), indices, sq_err.detach())
         return QuantizeOutput(out.to(z.dtype), indices.reshape(grid), losses, metrics)
+
+    def _watch_gradients(self, e: Tensor) -> Tensor:
+        """``e`` itself, through an alias whose gradient is the estimator's alone (the commitment
+        loss reaches ``e`` by another path): the backward pass records the mean cosine between
+        grad_e and g = dL/dq̃ over the rows, read with :meth:`gradient_cosine`."""
+        if not (torch.is_grad_enabled() and e.requires_grad):
+            return e
+        alias = e.view_as(e)
+        seen: dict[str, Tensor] = {}
+
+        def on_q(g: Tensor) -> None:  # fires first: the gradient arriving at q̃
+            seen["g"] = g.detach()
+
+        def on_e(grad_e: Tensor) -> None:
+            g = seen.pop("g", None)
+            if g is not None:
+                cos = F.cosine_similarity(grad_e.detach().float(), g.float(), dim=-1, eps=1e-12).mean()
+                self._grad_cos = cos if self._grad_cos is None else self._grad_cos + cos  # a running sum
+                self._grad_cos_n += 1
+
+        alias.register_hook(on_e)
+        self._pending_q_hook = on_q
+        return alias
+
+    def gradient_cosine(self) -> float | None:
+        """Mean over rows of cos(grad_e, g) from the backward passes since the last call (None:
+        none happened): 1 for STE; how far the estimator turns the decoder's gradient."""
+        total, n = self._grad_cos, self._grad_cos_n
+        self._grad_cos, self._grad_cos_n = None, 0
+        return float(total) / n if n else None
 
     @torch.no_grad()
     def _statistics(self, e: Tensor, q: Tensor, indices: Tensor, sq_err: Tensor) -> QuantizeMetrics:
         """Count assignments (over all ranks in training), update the codebook, measure."""
         k, d = self.codebook_size, self.codebook_dim
         fallbacks = self.estimator.count_fallbacks(e, q).float()
-        # One buffer, one collective: [counts (K) | fallbacks | Σ(e − q)² | sums (K·d) for EMA].
+        # One buffer, one collective: [counts (K) | fallbacks | Σ(e − q)² | obtuse rows | sums (K·d) for EMA].
         ema = self.training and self.update == "ema"
-        stats = torch.zeros(k + 2 + (k * d if ema else 0), device=e.device)
+        stats = torch.zeros(k + 3 + (k * d if ema else 0), device=e.device)
         stats[:k] = torch.bincount(indices, minlength=k).float()
         stats[k] = fallbacks
         stats[k + 1] = sq_err * e.numel()
+        stats[k + 2] = ((e * q).sum(-1) < 0).sum()
         if ema:
-            stats[k + 2 :].view(k, d).index_add_(0, indices, e)
+            stats[k + 3 :].view(k, d).index_add_(0, indices, e)
         if self.training:
             cb.all_reduce_sum(stats)
         counts = stats[:k]
@@ -209,7 +247,7 @@ class VectorQuantizer(nn.Module):
         if self.training:
             if ema:
                 cb.ema_update(self.codebook, self.cluster_size, self.embed_sum, counts,
-                              stats[k + 2 :].view(k, d), self.decay, self.eps)
+                              stats[k + 3 :].view(k, d), self.decay, self.eps)
             else:
                 self.cluster_size.mul_(self.decay).add_(counts, alpha=1.0 - self.decay)
             if self.dead_code_threshold > 0:
@@ -224,6 +262,7 @@ class VectorQuantizer(nn.Module):
             quant_error=stats[k + 1] / (total * d),
             fallbacks=stats[k],
             restarted=torch.tensor(float(restarted)),
+            obtuse=stats[k + 2] / total,
         )
 
     @torch.no_grad()

@@ -12,6 +12,8 @@ def format_metrics(m: dict) -> str:
     parts = [f"step {m['step']}", f"loss {m['loss']:.4f}", f"rec {m['rec_loss']:.4f}", f"usage {m['usage']:.1%}",
              f"perplexity {m['perplexity']:.1f}", f"qerr {m['quant_error']:.2e}", f"lr {m['lr']:.2e}",
              f"{m['images_per_s']:.1f} img/s"]
+    if "grad_cos" in m:
+        parts.append(f"cos(∇e,g) {m['grad_cos']:.3f}  obtuse {m.get('obtuse', 0.0):.1%}")
     if "perceptual" in m:
         parts.append(f"lpips {m['perceptual']:.4f}")
     if "d_loss" in m:

@@ -219,7 +219,8 @@ class Trainer:
         self.acc.backward(loss / self.recipe.train.grad_accum)
         m = out.quantize.metrics
         metrics = {"loss": loss.detach(), "commitment": out.quantize.losses.commitment.detach(), "usage": m.usage,
-                   "perplexity": m.perplexity, "quant_error": m.quant_error, "fallbacks": m.fallbacks}
+                   "perplexity": m.perplexity, "quant_error": m.quant_error, "fallbacks": m.fallbacks,
+                   "obtuse": m.obtuse}
         metrics.update({k: v.detach() for k, v in terms.items()})
         if self.disc is not None:
             metrics.update({k: metrics.get(k, torch.zeros(())) for k in GAN_KEYS})
@@ -259,6 +260,8 @@ class Trainer:
         self.state.step += 1
         self.state.micro_batches = self.state.step * t.grad_accum  # the data position
         out = {k: v / t.grad_accum for k, v in sums.items()}
+        cos = self.acc.unwrap_model(self.model).quantize.gradient_cosine()
+        out["grad_cos"] = 1.0 if cos is None else cos  # cos(grad_e, g) through the estimator, this process
         out["fallbacks"] = sums["fallbacks"]
         out.update(lr=lr, skipped=skipped)
         return out

@@ -62,7 +62,7 @@ def test_output_shapes(shape, codebook_dim):
     assert out.losses.commitment.shape == () and out.losses.codebook.shape == () and out.loss.shape == ()
     for v in vars(out.metrics).values():
         assert v.shape == () and not v.requires_grad
-    assert set(out.metrics.as_dict()) == {"usage", "perplexity", "quant_error", "fallbacks", "restarted"}
+    assert set(out.metrics.as_dict()) == {"usage", "perplexity", "quant_error", "fallbacks", "restarted", "obtuse"}
 
 
 # ---------------------------------------------------------------- bit-exact output and lookup
@@ -565,3 +565,26 @@ def test_cast_layer_keeps_fp32_statistics_and_runs(dtype):
     vq.eval()
     out = vq(z)
     assert torch.equal(vq.indices_to_codes(out.indices, dtype=dtype), out.quantized)
+
+
+@pytest.mark.parametrize("estimator", ["ste", "rotation", "reflection"])
+def test_gradient_diagnostics_match_an_independent_backward(estimator):
+    """cos(grad_e, g) through the estimator alone (not the commitment loss) and the obtuse fraction."""
+    from rvq_cli.quantize import get_estimator
+
+    torch.manual_seed(0)
+    vq = VectorQuantizer(8, 32, estimator=estimator, update="learned", init="normal")  # codes fixed until a step
+    z = torch.randn(4, 8, 5, 5, requires_grad=True)
+    out = vq(z)
+    g = torch.randn_like(out.quantized)
+    ((out.quantized * g).sum() + out.loss).backward()  # the commitment loss also reaches z
+    e = z.detach().movedim(1, -1).reshape(-1, 8).requires_grad_()
+    q = vq.codes()[out.indices.reshape(-1)].detach()
+    g_rows = g.movedim(1, -1).reshape(-1, 8)
+    get_estimator(estimator)(e, q).backward(g_rows)
+    expected = torch.nn.functional.cosine_similarity(e.grad, g_rows, dim=-1).mean().item()
+    assert vq.gradient_cosine() == pytest.approx(expected, abs=1e-6)
+    assert vq.gradient_cosine() is None  # read once
+    assert out.metrics.obtuse.item() == pytest.approx(((e.detach() * q).sum(-1) < 0).float().mean().item())
+    if estimator == "ste":
+        assert expected == pytest.approx(1.0)
