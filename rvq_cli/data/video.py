@@ -1,0 +1,267 @@
+"""Video shards: mp4 encoding (PyAV), clip decoding (decord), and streaming clip batches.
+
+Video shards are webdataset tars with one sample per video: ``KEY.mp4`` (the encoded bytes)
+and ``KEY.json`` (``{"fps": int, "frames": int}``); write them with ``write_shards``.
+
+A clip is ``frames`` frames taken every ``stride`` frames, so it spans
+``(frames - 1) * stride + 1`` source frames. Training clips start at a random frame (one
+``random.Random`` per sample, from the stream's seed and the sample's position); validation
+clips are *centred* in the video (start ``(n - span) // 2``), so a validation clip sees the
+middle of the action rather than a fade-in. Videos shorter than the span are skipped and
+counted, like corrupt ones. Frames are resized and centre-cropped exactly like validation
+images (``images.center_crop``: PIL bicubic on the short side, per frame, then the central
+square), in training too; training adds an optional horizontal flip of the whole clip.
+
+``video_batches`` streams with the semantics of ``shards.image_batches`` (resampled seeded
+training stream per (seed, rank, worker) with exact resume via ``start_batch``; validation
+is one pass split over ranks and workers); it reuses that module's shard reader and helpers.
+"""
+
+from __future__ import annotations
+
+import io
+import operator
+import os
+import random
+import warnings
+from collections.abc import Iterable, Iterator
+
+import numpy as np
+import torch
+import webdataset as wds
+from PIL import Image
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from .images import center_crop
+from .shards import (
+    MAX_FAILED_IN_A_ROW,
+    DataError,
+    _Errors,
+    _resampled,
+    _seed,
+    expand_pattern,
+)
+
+VIDEO_FIELDS = ("mp4",)  # fields of a sample that may hold the encoded video, in the order tried
+CRF = 4  # x264 constant rate factor for encode_mp4: near lossless (0 would need a high profile)
+
+
+def encode_mp4(frames: np.ndarray, fps: int) -> bytes:
+    """uint8 frames (T, H, W, 3) -> H.264 mp4 bytes (yuv420p BT.601, CRF 4, one encoder thread, no
+    B-frames, so
+    the same frames give the same bytes on any machine with the same libx264). H and W must be
+    even (4:2:0 chroma)."""
+    import av
+
+    frames = np.asarray(frames)
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3 or len(frames) == 0:
+        raise ValueError(f"frames must be uint8 (T, H, W, 3) with T ≥ 1, got {frames.dtype} {frames.shape}")
+    _, h, w, _ = frames.shape
+    if h % 2 or w % 2:
+        raise ValueError(f"H.264 with yuv420p needs an even height and width, got {h}×{w}")
+    if not isinstance(fps, int) or fps < 1:
+        raise ValueError(f"fps must be a positive integer, got {fps!r}")
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        # No B-frames and no macroblock tree: with them, small videos encoded differently in the
+        # first calls of a process (seen with libx264 in PyAV 18), breaking "same frames, same bytes".
+        stream.options = {"crf": str(CRF), "preset": "medium", "threads": "1", "bf": "0", "x264-params": "mbtree=0"}
+        for f in frames:
+            container.mux(stream.encode(_frame(av, f)))
+        container.mux(stream.encode())  # flush the encoder
+    return buf.getvalue()
+
+
+# BT.601 limited range (what decoders assume for untagged SD video), rows: Y, Cb, Cr.
+_BT601 = np.array([[65.481, 128.553, 24.966], [-37.797, -74.203, 112.0], [112.0, -93.786, -18.214]]) / 255
+
+
+def _yuv420p(rgb: np.ndarray) -> np.ndarray:
+    """uint8 (H, W, 3) RGB -> PyAV's packed yuv420p array (3H/2, W): Y, then Cb and Cr averaged
+    over 2×2 blocks. Done here, not by swscale, so the colour conversion is fixed and documented."""
+    h, w, _ = rgb.shape
+    ycc = rgb.astype(np.float64) @ _BT601.T + np.array([16.0, 128.0, 128.0])  # (H, W, 3)
+    c = ycc[..., 1:].reshape(h // 2, 2, w // 2, 2, 2).mean(axis=(1, 3))  # (H/2, W/2, 2)
+    planes = [ycc[..., 0].ravel(), c[..., 0].ravel(), c[..., 1].ravel()]
+    return np.clip(np.rint(np.concatenate(planes)), 0, 255).astype(np.uint8).reshape(3 * h // 2, w)
+
+
+def _frame(av, rgb: np.ndarray):
+    """An av.VideoFrame holding ``rgb`` as yuv420p with every byte set, row padding included, so
+    the encoder never sees uninitialised memory."""
+    h, w, _ = rgb.shape
+    yuv = _yuv420p(rgb).ravel()
+    frame = av.VideoFrame(w, h, "yuv420p")
+    sizes = [h * w, h * w // 4, h * w // 4]
+    shapes = [(h, w), (h // 2, w // 2), (h // 2, w // 2)]
+    for plane, data, (ph, pw) in zip(frame.planes, np.split(yuv, np.cumsum(sizes)[:2]), shapes):
+        buf = np.frombuffer(plane, np.uint8)
+        buf[:] = 0
+        buf[: ph * plane.line_size].reshape(ph, plane.line_size)[:, :pw] = data.reshape(ph, pw)
+    return frame
+
+
+def clip_span(frames: int, stride: int) -> int:
+    """Source frames covered by a clip of ``frames`` frames taken every ``stride`` frames."""
+    return (frames - 1) * stride + 1
+
+
+def decode_clip(data: bytes, *, frames: int, stride: int = 1, start: int | None = None,
+                rng: random.Random | None = None) -> np.ndarray:
+    """mp4 bytes -> uint8 (frames, H, W, 3): frames ``start, start + stride, ...``.
+
+    ``start`` given: that start. Else ``rng`` given: a uniform random start (training). Else the
+    centred start ``(n - span) // 2`` (validation). Raises ValueError when the video is too short
+    for the clip, and whatever decord raises for undecodable bytes."""
+    import decord
+
+    vr = decord.VideoReader(io.BytesIO(data), num_threads=1)
+    n, span = len(vr), clip_span(frames, stride)
+    if n < span:
+        raise ValueError(f"video has {n} frames, a clip of {frames} frames at stride {stride} needs {span}")
+    if start is None:
+        start = rng.randint(0, n - span) if rng is not None else (n - span) // 2
+    if not 0 <= start <= n - span:
+        raise ValueError(f"start {start} is outside 0..{n - span} for a {n}-frame video and a {span}-frame clip")
+    clip = vr.get_batch(list(range(start, start + span, stride))).asnumpy()  # (T, H, W, 3)
+    assert clip.shape[0] == frames and clip.dtype == np.uint8, clip.shape
+    return clip
+
+
+def resize_center_crop(clip: np.ndarray, size: int) -> np.ndarray:
+    """uint8 (T, H, W, 3) -> (T, size, size, 3): every frame resized so its short side is
+    ``size`` (PIL bicubic, as ``images.center_crop``; the same geometry for every frame), then
+    the central square."""
+    return np.stack([center_crop(Image.fromarray(f), size) for f in clip])
+
+
+def sample_video(sample: dict) -> bytes:
+    """The encoded video bytes of a webdataset sample; raises KeyError when it has none."""
+    for field in VIDEO_FIELDS:
+        if field in sample:
+            return sample[field]
+    have = ", ".join(k for k in sample if not k.startswith("__")) or "nothing"
+    raise KeyError(f"sample {sample.get('__key__')!r} has no video field ({'/'.join(VIDEO_FIELDS)}); it has {have}")
+
+
+def to_video_batch(clips: list[np.ndarray]) -> torch.Tensor:
+    """uint8 (T, H, W, 3) clips -> float32 (B, 3, T, H, W) in [-1, 1] (0 -> -1, 255 -> 1)."""
+    a = np.ascontiguousarray(np.stack(clips).transpose(0, 4, 1, 2, 3))  # (B, 3, T, H, W)
+    return torch.from_numpy(a).float().div_(127.5).sub_(1.0)
+
+
+class VideoShardStream(IterableDataset):
+    """Batches of decoded clips from video shards, for one rank; see ``video_batches``."""
+
+    def __init__(self, shards: list[str], *, frames: int, stride: int, image_size: int, batch_size: int,
+                 train: bool, seed: int, rank: int, world_size: int, random_flip: bool, shuffle_buffer: int,
+                 start_batch: int):
+        super().__init__()
+        self.shards, self.frames, self.stride, self.image_size = shards, frames, stride, image_size
+        self.batch_size, self.train, self.seed, self.rank, self.world_size = batch_size, train, seed, rank, world_size
+        self.random_flip, self.shuffle_buffer, self.start_batch = random_flip, shuffle_buffer, start_batch
+
+    def __iter__(self) -> Iterator[dict]:
+        info = get_worker_info()
+        j, nw = (0, 1) if info is None else (info.id, info.num_workers)
+        errors = _Errors()
+        if not self.train:
+            mine = self.shards[self.rank :: self.world_size][j::nw]
+            return self._batches(errors.read({"url": u} for u in mine), errors, w=j, skip=0)
+        # As in ImageShardStream: loader worker j plays stream (j + k) % nw when resuming at k.
+        w = (j + self.start_batch) % nw
+        skip = len(range(w, self.start_batch, nw))  # batches of stream w before batch k
+        rng = random.Random(_seed(self.seed, self.rank, w, "shards"))
+        samples = errors.read(_resampled(self.shards, rng, errors))
+        if self.shuffle_buffer > 1:
+            rng = random.Random(_seed(self.seed, self.rank, w, "shuffle"))
+            samples = wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, rng=rng)(iter(samples))
+        return self._batches(samples, errors, w=w, skip=skip)
+
+    def _clip(self, sample: dict, w: int, n: int) -> tuple[np.ndarray, bool]:
+        """The raw clip of the n-th sample of stream w and whether to flip it. One RNG per
+        sample, from its position, so resuming stays in step without replaying earlier draws."""
+        rng = random.Random(_seed(self.seed, self.rank, w, "view", n)) if self.train else None
+        clip = decode_clip(sample_video(sample), frames=self.frames, stride=self.stride, rng=rng)
+        return clip, rng is not None and self.random_flip and rng.random() < 0.5
+
+    def _batches(self, samples: Iterable[dict], errors: _Errors, w: int, skip: int) -> Iterator[dict]:
+        """Group decodable clips into batches; ``skipped`` as in ImageShardStream._batches."""
+        B, n, failed, in_a_row = self.batch_size, 0, 0, 0
+        clips, keys, pending = [], [], None
+        for sample in samples:
+            try:
+                clip, flip = self._clip(sample, w, n)
+            except Exception as exn:  # corrupt, too short, no video field
+                failed, in_a_row = failed + 1, in_a_row + 1
+                if in_a_row >= MAX_FAILED_IN_A_ROW:
+                    raise DataError(f"{in_a_row} samples in a row gave no {self.frames}-frame clip at stride "
+                                    f"{self.stride} (last: {sample.get('__key__')!r} in {sample.get('__url__')}: "
+                                    f"{exn}). Are these video shards (mp4 fields) with long enough videos?") from None
+                continue
+            in_a_row = 0
+            if n < skip * B:  # resuming: already consumed by batches before start_batch
+                n += 1
+                if n % B == 0:
+                    failed, errors.tar_errors = 0, 0
+                continue
+            if pending is not None:
+                yield pending
+                pending = None
+            clip = resize_center_crop(clip, self.image_size)  # (T, S, S, 3)
+            clips.append(clip[:, :, ::-1] if flip else clip)
+            keys.append(sample["__key__"])
+            n += 1
+            if len(clips) == B:
+                pending = {"video": to_video_batch(clips), "key": keys, "skipped": failed + errors.tar_errors}
+                clips, keys, failed, errors.tar_errors = [], [], 0, 0
+        trailing = failed + errors.tar_errors
+        if clips:  # validation: the last partial batch is kept
+            yield {"video": to_video_batch(clips), "key": keys, "skipped": trailing}
+        elif pending is not None:
+            pending["skipped"] += trailing
+            yield pending
+        elif trailing:
+            warnings.warn(f"rvq: {trailing} samples skipped (undecodable or too short) and no clip left for a batch",
+                          stacklevel=2)
+
+
+def video_batches(pattern: str | os.PathLike, *, frames: int, stride: int = 1, image_size: int, batch_size: int,
+                  train: bool, seed: int, rank: int = 0, world_size: int = 1, num_workers: int = 0,
+                  random_flip: bool = False, shuffle_buffer: int = 100, start_batch: int = 0) -> DataLoader:
+    """Batches ``{"video": float32 (B, 3, T, S, S) in [-1, 1], "key": list[str], "skipped": int}``
+    (T = ``frames``, S = ``image_size``) from the video shards named by ``pattern``, for process
+    ``rank`` of ``world_size``.
+
+    ``train=True``: an infinite stream; shards resampled per (rank, worker) with a seeded RNG, a
+    shuffle buffer of ``shuffle_buffer`` samples (0 or 1: none; it holds encoded bytes), a random
+    clip start per sample and (``random_flip``) a horizontal flip of the whole clip. The same
+    arguments give the same batches; ``start_batch=k`` yields exactly batches k, k+1, ...
+
+    ``train=False``: one pass over this rank's shards (r, r+W, ...), in order, centred clips; each
+    worker's last partial batch is kept. Ranks beyond the number of shards get no batches.
+
+    Corrupt, video-less and too-short samples are skipped and counted in ``skipped`` (never fatal
+    unless 1,000 in a row fail), exactly as in ``image_batches``.
+    """
+    for name, v, lo in (("frames", frames, 1), ("stride", stride, 1), ("image_size", image_size, 1),
+                        ("batch_size", batch_size, 1), ("world_size", world_size, 1), ("num_workers", num_workers, 0),
+                        ("shuffle_buffer", shuffle_buffer, 0), ("start_batch", start_batch, 0)):
+        if not isinstance(v, int) or isinstance(v, bool) or v < lo:
+            raise ValueError(f"{name} must be an integer ≥ {lo}, got {v!r}")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in 0..{world_size - 1} for world_size {world_size}, got {rank}")
+    if start_batch and not train:
+        raise ValueError("start_batch resumes a training stream; a validation pass always starts at the beginning")
+    if os.fspath(pattern) == "demo":  # the built-in demo video shards (default cache)
+        from .video_demo import demo_video_shards
+
+        d = demo_video_shards()
+        pattern = d.train if train else d.val
+    seed, rank = operator.index(seed), operator.index(rank)  # plain ints: seeds are hashed from their repr
+    ds = VideoShardStream(expand_pattern(pattern), frames=frames, stride=stride, image_size=image_size,
+                          batch_size=batch_size, train=train, seed=seed, rank=rank, world_size=world_size,
+                          random_flip=random_flip, shuffle_buffer=shuffle_buffer, start_batch=start_batch)
+    return DataLoader(ds, batch_size=None, num_workers=num_workers, generator=torch.Generator().manual_seed(seed))
