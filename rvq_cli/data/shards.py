@@ -282,15 +282,35 @@ def _resampled(shards: list[str], rng: random.Random, errors: _Errors) -> Iterat
         yield {"url": rng.choice(shards)}
 
 
-class ImageShardStream(IterableDataset):
-    """Batches of decoded, cropped images from shards, for one rank; see ``image_batches``."""
+class ShardStream(IterableDataset):
+    """Batches of decoded samples from shards, for one rank: the streaming, resuming and
+    skip-counting that image and video streams share. A subclass says how a sample is decoded
+    (``_decode``, which raises for an unusable sample), how a decoded sample becomes an array of
+    the batch (``_finish``), how arrays are stacked (``_collate``) and under which key (``field``)."""
 
-    def __init__(self, shards: list[str], *, image_size: int, batch_size: int, train: bool, seed: int,
-                 rank: int, world_size: int, random_flip: bool, shuffle_buffer: int, start_batch: int):
+    field = "item"
+    what, hint = "samples", ""  # for the message when many samples in a row fail
+
+    def __init__(self, shards: list[str], *, batch_size: int, train: bool, seed: int, rank: int, world_size: int,
+                 shuffle_buffer: int, start_batch: int):
         super().__init__()
-        self.shards, self.image_size, self.batch_size, self.train = shards, image_size, batch_size, train
+        self.shards, self.batch_size, self.train = shards, batch_size, train
         self.seed, self.rank, self.world_size = seed, rank, world_size
-        self.random_flip, self.shuffle_buffer, self.start_batch = random_flip, shuffle_buffer, start_batch
+        self.shuffle_buffer, self.start_batch = shuffle_buffer, start_batch
+
+    def _decode(self, sample: dict, w: int, n: int):
+        raise NotImplementedError
+
+    def _finish(self, item, w: int, n: int):
+        raise NotImplementedError
+
+    def _collate(self, arrays: list) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _rng(self, w: int, n: int) -> random.Random:
+        """One RNG per sample, from its position n in stream w: skipping samples when resuming
+        needs no augmentation work to stay in step."""
+        return random.Random(_seed(self.seed, self.rank, w, "view", n))
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
@@ -310,14 +330,6 @@ class ImageShardStream(IterableDataset):
             samples = wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, rng=rng)(iter(samples))
         return self._batches(samples, errors, w=w, skip=skip)
 
-    def _view(self, im, w: int, n: int):
-        if not self.train:
-            return center_crop(im, self.image_size)
-        # One RNG per sample, from its position n in this worker's stream: skipping samples
-        # when resuming needs no augmentation work to stay in step.
-        rng = random.Random(_seed(self.seed, self.rank, w, "view", n))
-        return random_crop(im, self.image_size, rng, self.random_flip)
-
     def _batches(self, samples: Iterable[dict], errors: _Errors, w: int, skip: int) -> Iterator[dict]:
         """Group decodable samples into batches. ``skipped`` counts the samples dropped after the
         previous batch was complete up to this one's completion; drops after the last sample of a
@@ -327,13 +339,12 @@ class ImageShardStream(IterableDataset):
         arrays, keys, pending = [], [], None
         for sample in samples:
             try:
-                im = sample_image(sample)
-            except Exception as exn:  # corrupt, truncated, not an image, no image field
+                item = self._decode(sample, w, n)
+            except Exception as exn:  # corrupt, truncated, too short, no such field
                 failed, in_a_row = failed + 1, in_a_row + 1
                 if in_a_row >= MAX_FAILED_IN_A_ROW:
-                    raise DataError(f"{in_a_row} samples in a row could not be decoded as images (last: "
-                                    f"{sample.get('__key__')!r} in {sample.get('__url__')}: {exn}). "
-                                    "Are these image shards (png/jpg fields)?") from None
+                    raise DataError(f"{in_a_row} samples in a row could not be decoded as {self.what} (last: "
+                                    f"{sample.get('__key__')!r} in {sample.get('__url__')}: {exn}). {self.hint}") from None
                 continue
             in_a_row = 0
             if n < skip * B:  # resuming: already consumed by batches before start_batch
@@ -344,20 +355,41 @@ class ImageShardStream(IterableDataset):
             if pending is not None:
                 yield pending
                 pending = None
-            arrays.append(self._view(im, w, n))
+            arrays.append(self._finish(item, w, n))
             keys.append(sample["__key__"])
             n += 1
             if len(arrays) == B:
-                pending = {"image": to_batch(arrays), "key": keys, "skipped": failed + errors.tar_errors}
+                pending = {self.field: self._collate(arrays), "key": keys, "skipped": failed + errors.tar_errors}
                 arrays, keys, failed, errors.tar_errors = [], [], 0, 0
         trailing = failed + errors.tar_errors
         if arrays:  # validation: the last partial batch is kept
-            yield {"image": to_batch(arrays), "key": keys, "skipped": trailing}
+            yield {self.field: self._collate(arrays), "key": keys, "skipped": trailing}
         elif pending is not None:
             pending["skipped"] += trailing
             yield pending
         elif trailing:
-            warnings.warn(f"rvq: {trailing} samples skipped (undecodable) and no image left for a batch", stacklevel=2)
+            warnings.warn(f"rvq: {trailing} samples skipped (undecodable) and none left for a batch", stacklevel=2)
+
+
+class ImageShardStream(ShardStream):
+    """Batches of decoded, cropped images from shards, for one rank; see ``image_batches``."""
+
+    field, what, hint = "image", "images", "Are these image shards (png/jpg fields)?"
+
+    def __init__(self, shards: list[str], *, image_size: int, random_flip: bool, **kw):
+        super().__init__(shards, **kw)
+        self.image_size, self.random_flip = image_size, random_flip
+
+    def _decode(self, sample: dict, w: int, n: int):
+        return sample_image(sample)
+
+    def _finish(self, im, w: int, n: int):
+        if not self.train:
+            return center_crop(im, self.image_size)
+        return random_crop(im, self.image_size, self._rng(w, n), self.random_flip)
+
+    def _collate(self, arrays: list) -> torch.Tensor:
+        return to_batch(arrays)
 
 
 def image_batches(pattern: str | os.PathLike, *, image_size: int, batch_size: int, train: bool, seed: int,

@@ -23,24 +23,14 @@ import io
 import operator
 import os
 import random
-import warnings
-from collections.abc import Iterable, Iterator
 
 import numpy as np
 import torch
-import webdataset as wds
 from PIL import Image
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader
 
 from .images import center_crop
-from .shards import (
-    MAX_FAILED_IN_A_ROW,
-    DataError,
-    _Errors,
-    _resampled,
-    _seed,
-    expand_pattern,
-)
+from .shards import ShardStream, expand_pattern
 
 VIDEO_FIELDS = ("mp4",)  # fields of a sample that may hold the encoded video, in the order tried
 CRF = 4  # x264 constant rate factor for encode_mp4: near lossless (0 would need a high profile)
@@ -152,80 +142,31 @@ def to_video_batch(clips: list[np.ndarray]) -> torch.Tensor:
     return torch.from_numpy(a).float().div_(127.5).sub_(1.0)
 
 
-class VideoShardStream(IterableDataset):
+class VideoShardStream(ShardStream):
     """Batches of decoded clips from video shards, for one rank; see ``video_batches``."""
 
-    def __init__(self, shards: list[str], *, frames: int, stride: int, image_size: int, batch_size: int,
-                 train: bool, seed: int, rank: int, world_size: int, random_flip: bool, shuffle_buffer: int,
-                 start_batch: int):
-        super().__init__()
-        self.shards, self.frames, self.stride, self.image_size = shards, frames, stride, image_size
-        self.batch_size, self.train, self.seed, self.rank, self.world_size = batch_size, train, seed, rank, world_size
-        self.random_flip, self.shuffle_buffer, self.start_batch = random_flip, shuffle_buffer, start_batch
+    field, what = "video", "video clips"
 
-    def __iter__(self) -> Iterator[dict]:
-        info = get_worker_info()
-        j, nw = (0, 1) if info is None else (info.id, info.num_workers)
-        errors = _Errors()
-        if not self.train:
-            mine = self.shards[self.rank :: self.world_size][j::nw]
-            return self._batches(errors.read({"url": u} for u in mine), errors, w=j, skip=0)
-        # As in ImageShardStream: loader worker j plays stream (j + k) % nw when resuming at k.
-        w = (j + self.start_batch) % nw
-        skip = len(range(w, self.start_batch, nw))  # batches of stream w before batch k
-        rng = random.Random(_seed(self.seed, self.rank, w, "shards"))
-        samples = errors.read(_resampled(self.shards, rng, errors))
-        if self.shuffle_buffer > 1:
-            rng = random.Random(_seed(self.seed, self.rank, w, "shuffle"))
-            samples = wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, rng=rng)(iter(samples))
-        return self._batches(samples, errors, w=w, skip=skip)
+    def __init__(self, shards: list[str], *, frames: int, stride: int, image_size: int, random_flip: bool, **kw):
+        super().__init__(shards, **kw)
+        self.frames, self.stride, self.image_size, self.random_flip = frames, stride, image_size, random_flip
+        self.hint = (f"Are these video shards (mp4 fields) with videos of at least {clip_span(frames, stride)} "
+                     f"frames ({frames} frames at stride {stride})?")
 
-    def _clip(self, sample: dict, w: int, n: int) -> tuple[np.ndarray, bool]:
-        """The raw clip of the n-th sample of stream w and whether to flip it. One RNG per
-        sample, from its position, so resuming stays in step without replaying earlier draws."""
-        rng = random.Random(_seed(self.seed, self.rank, w, "view", n)) if self.train else None
+    def _decode(self, sample: dict, w: int, n: int) -> tuple[np.ndarray, bool]:
+        """The raw clip of the n-th sample of stream w and whether to flip it (random start and
+        flip in training, from the sample's own RNG; centred clip in validation)."""
+        rng = self._rng(w, n) if self.train else None
         clip = decode_clip(sample_video(sample), frames=self.frames, stride=self.stride, rng=rng)
         return clip, rng is not None and self.random_flip and rng.random() < 0.5
 
-    def _batches(self, samples: Iterable[dict], errors: _Errors, w: int, skip: int) -> Iterator[dict]:
-        """Group decodable clips into batches; ``skipped`` as in ImageShardStream._batches."""
-        B, n, failed, in_a_row = self.batch_size, 0, 0, 0
-        clips, keys, pending = [], [], None
-        for sample in samples:
-            try:
-                clip, flip = self._clip(sample, w, n)
-            except Exception as exn:  # corrupt, too short, no video field
-                failed, in_a_row = failed + 1, in_a_row + 1
-                if in_a_row >= MAX_FAILED_IN_A_ROW:
-                    raise DataError(f"{in_a_row} samples in a row gave no {self.frames}-frame clip at stride "
-                                    f"{self.stride} (last: {sample.get('__key__')!r} in {sample.get('__url__')}: "
-                                    f"{exn}). Are these video shards (mp4 fields) with long enough videos?") from None
-                continue
-            in_a_row = 0
-            if n < skip * B:  # resuming: already consumed by batches before start_batch
-                n += 1
-                if n % B == 0:
-                    failed, errors.tar_errors = 0, 0
-                continue
-            if pending is not None:
-                yield pending
-                pending = None
-            clip = resize_center_crop(clip, self.image_size)  # (T, S, S, 3)
-            clips.append(clip[:, :, ::-1] if flip else clip)
-            keys.append(sample["__key__"])
-            n += 1
-            if len(clips) == B:
-                pending = {"video": to_video_batch(clips), "key": keys, "skipped": failed + errors.tar_errors}
-                clips, keys, failed, errors.tar_errors = [], [], 0, 0
-        trailing = failed + errors.tar_errors
-        if clips:  # validation: the last partial batch is kept
-            yield {"video": to_video_batch(clips), "key": keys, "skipped": trailing}
-        elif pending is not None:
-            pending["skipped"] += trailing
-            yield pending
-        elif trailing:
-            warnings.warn(f"rvq: {trailing} samples skipped (undecodable or too short) and no clip left for a batch",
-                          stacklevel=2)
+    def _finish(self, item: tuple[np.ndarray, bool], w: int, n: int) -> np.ndarray:
+        clip, flip = item
+        clip = resize_center_crop(clip, self.image_size)  # (T, S, S, 3)
+        return clip[:, :, ::-1] if flip else clip
+
+    def _collate(self, arrays: list) -> torch.Tensor:
+        return to_video_batch(arrays)
 
 
 def video_batches(pattern: str | os.PathLike, *, frames: int, stride: int = 1, image_size: int, batch_size: int,
