@@ -127,18 +127,18 @@ def _complete(root: Path) -> dict | None:
         return None
 
 
-def demo_shards(cache_dir: str | os.PathLike | None = None) -> DemoShards:
-    """The demo dataset's shards, built on first use (a few seconds) and reused afterwards."""
-    cache = Path(cache_dir).expanduser() if cache_dir is not None else _default_cache()
-    root = cache / VERSION
+def build_cached(cache: Path, name: str, build: Callable[[Path], dict]) -> tuple[Path, dict]:
+    """``cache/name``, built by ``build(folder) -> counts`` (which writes the completion marker)
+    in a temporary folder renamed into place when complete; reused once complete."""
+    root = cache / name
     if (counts := _complete(root)) is not None:
-        return _result(root, counts)
+        return root, counts
     cache.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{VERSION}-building-", dir=cache))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-building-", dir=cache))
     try:
-        counts = _build(tmp)
+        counts = build(tmp)
         if root.exists():  # an incomplete leftover (no marker): move it aside, then drop it
-            trash = Path(tempfile.mkdtemp(prefix=f".{VERSION}-stale-", dir=cache))
+            trash = Path(tempfile.mkdtemp(prefix=f".{name}-stale-", dir=cache))
             os.replace(root, trash / "old")
             shutil.rmtree(trash, ignore_errors=True)
         try:
@@ -148,4 +148,11 @@ def demo_shards(cache_dir: str | os.PathLike | None = None) -> DemoShards:
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    return root, counts
+
+
+def demo_shards(cache_dir: str | os.PathLike | None = None) -> DemoShards:
+    """The demo dataset's shards, built on first use (a few seconds) and reused afterwards."""
+    cache = Path(cache_dir).expanduser() if cache_dir is not None else _default_cache()
+    root, counts = build_cached(cache, VERSION, _build)
     return _result(root, counts)

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +27,7 @@ from .demo import (
     MARKER,
     VAL_PHOTOS,
     DemoShards,
-    _complete,
+    build_cached,
     _default_cache,
     _photos,
     _result,
@@ -119,22 +117,5 @@ def demo_video_shards(cache_dir: str | os.PathLike | None = None, *, train_clips
     cache = Path(cache_dir).expanduser() if cache_dir is not None else _default_cache()
     default = (train_clips, val_clips, frames, size) == (TRAIN_CLIPS, VAL_CLIPS, FRAMES, SIZE)
     name = VERSION if default else f"{VERSION}-T{train_clips}-V{val_clips}-F{frames}-S{size}"
-    root = cache / name
-    if (counts := _complete(root)) is not None:
-        return _result(root, counts)
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-building-", dir=cache))
-    try:
-        counts = _build(tmp, train_clips, val_clips, frames, size)
-        if root.exists():  # an incomplete leftover (no marker): move it aside, then drop it
-            trash = Path(tempfile.mkdtemp(prefix=f".{name}-stale-", dir=cache))
-            os.replace(root, trash / "old")
-            shutil.rmtree(trash, ignore_errors=True)
-        try:
-            os.rename(tmp, root)
-        except OSError:  # another process finished first: use its complete copy
-            if (counts := _complete(root)) is None:
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    root, counts = build_cached(cache, name, lambda tmp: _build(tmp, train_clips, val_clips, frames, size))
     return _result(root, counts)
