@@ -28,6 +28,7 @@ import re
 import shutil
 import tempfile
 import warnings
+from abc import abstractmethod
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -298,14 +299,17 @@ class ShardStream(IterableDataset):
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.shuffle_buffer, self.start_batch = shuffle_buffer, start_batch
 
+    @abstractmethod
     def _decode(self, sample: dict, w: int, n: int):
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def _finish(self, item, w: int, n: int):
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def _collate(self, arrays: list) -> torch.Tensor:
-        raise NotImplementedError
+        ...
 
     def _rng(self, w: int, n: int) -> random.Random:
         """One RNG per sample, from its position n in stream w: skipping samples when resuming
