@@ -48,28 +48,34 @@ def estimators(
     rows: int = typer.Option(4096, "--rows", help="Number of random (e, q) rows for the live check."),
     seed: int = typer.Option(0, "--seed", help="Random seed for the live check."),
 ) -> None:
-    """List the gradient estimators and check each one live on random vectors.
+    """List every gradient estimator (name, kind, what it does, paper section), then check the
+    pointwise ones live on random vectors.
 
-    For every estimator: whether the forward value equals q bit for bit, the mean angle
-    error |angle(e, grad_e) - angle(q, g)| (zero for the rotation family, §4.1), the mean
-    ratio ‖grad_e‖/‖g‖, and how many rows took the degenerate-row fallback.
+    The live check gives, per pointwise estimator: whether the forward value equals q bit for
+    bit, the mean angle error |angle(e, grad_e) - angle(q, g)| (zero for the rotation family,
+    §4.1), the mean ratio ‖grad_e‖/‖g‖, and how many rows took the degenerate-row fallback.
     """
+    from .quantize import ESTIMATORS
     from .quantize.report import check_estimators
 
     if dim < 1 or rows < 1:
         raise UserError(f"--dim and --rows must be positive integers, got --dim {dim} --rows {rows}.")
-    table = Table(title=f"live check: {rows} random rows, D={dim}, seed {seed}")
-    for col in ("estimator", "gradient to e", "forward = q", "angle error °", "‖grad‖/‖g‖", "fallbacks"):
-        table.add_column(col)
-    checks = check_estimators(dim=dim, rows=rows, seed=seed)
-    for row in checks:
-        table.add_row(row.name, row.formula, "yes" if row.forward_exact else "NO", f"{row.angle_error_deg:.1e}",
-                      f"{row.norm_ratio:.3f}", str(row.fallbacks))
+    table = Table(title="gradient estimators (model.quantizer.estimator=NAME)")
+    for col in ("name", "kind", "gradient to e", "description", "paper"):
+        table.add_column(col, overflow="fold")
+    for est in ESTIMATORS.values():
+        table.add_row(est.name, est.kind, est.formula, est.summary, est.section)
     console.print(table)
-    for row in checks:
-        console.print(f"  [bold]{row.name}[/]: {row.summary}", highlight=False)
-    console.print("λ = ‖q‖/‖e‖. Pick one with VectorQuantizer(..., estimator=NAME); docs/estimators.md "
-                  "says when to use which.", highlight=False)
+    live = Table(title=f"live check of the pointwise estimators: {rows} random rows, D={dim}, seed {seed}")
+    for col in ("estimator", "forward = q", "angle error °", "‖grad‖/‖g‖", "fallbacks"):
+        live.add_column(col)
+    for row in check_estimators(dim=dim, rows=rows, seed=seed):
+        live.add_row(row.name, "yes" if row.forward_exact else "NO", f"{row.angle_error_deg:.1e}",
+                     f"{row.norm_ratio:.3f}", str(row.fallbacks))
+    console.print(live)
+    console.print("λ = ‖q‖/‖e‖, H_q the Hessian of the loss in the decoder input. Loss-level estimators cost a "
+                  "double backward (hessian) or a second decoder pass (exact). docs/estimators.md says when to "
+                  "use which.", highlight=False)
 
 
 def _recipes_dir() -> Path:

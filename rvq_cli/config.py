@@ -58,6 +58,17 @@ class QuantizerConfig(_Section):
     init: Literal[INITS] = "kaiming_uniform"  # type: ignore[valid-type]
     kmeans_iters: int = Field(10, ge=0)
     dead_code_threshold: float = Field(0.0, ge=0.0)
+    epsilon: float = Field(1e-6, gt=0.0, description="estimator 'exact': ε in L = L_q + ε L_e (§3)")
+    temperature: tuple[float, float] = Field((1.0, 0.0625), description="estimator 'gumbel': softmax temperature "
+                                             "at the start and at the end of training (cosine ramp)")
+    kl_weight: float = Field(5e-4, ge=0.0, description="estimator 'gumbel': weight of KL(softmax(logits) ‖ uniform)")
+
+    @field_validator("temperature")
+    @classmethod
+    def _positive_temperature(cls, v):
+        if not all(t > 0 and math.isfinite(t) for t in v):
+            raise ValueError(f"temperatures must be finite and > 0, got {list(v)}")
+        return v
 
     @field_validator("estimator")
     @classmethod

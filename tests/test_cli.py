@@ -33,12 +33,19 @@ def test_estimators_lists_and_checks_every_estimator():
     res = run("estimators", "--rows", "256", "--dim", "8")
     assert res.returncode == 0, res.stderr
     lines = res.stdout.splitlines()
+    split = next(i for i, line in enumerate(lines) if "live check" in line)
+    listing, live = lines[:split], lines[split:]
+    for name, kind in (("ste", "pointwise"), ("rotation", "pointwise"), ("rotation_unscaled", "pointwise"),
+                       ("reflection", "pointwise"), ("hessian", "loss-level"), ("exact", "loss-level"),
+                       ("gumbel", "stochastic")):
+        row = next(line for line in listing if line.startswith(f"│ {name} "))
+        assert row.split("│")[2].strip() == kind
     for name in ("ste", "rotation", "rotation_unscaled", "reflection"):
-        row = next(line for line in lines if line.startswith(f"│ {name} "))
+        row = next(line for line in live if line.startswith(f"│ {name} "))
         assert "│ yes " in row  # forward equals q bit for bit
-    rotation_row = next(line for line in lines if line.startswith("│ rotation "))
-    ste_row = next(line for line in lines if line.startswith("│ ste "))
-    angle = lambda row: float(row.split("│")[4])  # noqa: E731
+    rotation_row = next(line for line in live if line.startswith("│ rotation "))
+    ste_row = next(line for line in live if line.startswith("│ ste "))
+    angle = lambda row: float(row.split("│")[3])  # noqa: E731
     assert angle(rotation_row) < 1e-9 < angle(ste_row)  # rotation preserves angles, STE does not
 
 

@@ -26,6 +26,7 @@ __all__ = ["TokenizerOutput", "VQTokenizer", "build_conv_tokenizer"]
 class TokenizerOutput:
     reconstruction: Tensor  # (B, C, H, W)
     quantize: QuantizeOutput  # quantized (B, embed_dim, h, w), indices (B, h, w), losses, metrics
+    reconstruction_e: Tensor | None = None  # the ``exact`` estimator in training: decoded without quantization
 
     @property
     def indices(self) -> Tensor:
@@ -119,7 +120,8 @@ class VQTokenizer(nn.Module):
         """Reconstruct ``x`` (B, C, H, W) through the quantizer; in training mode the quantizer
         updates its codebook and the gradient reaches the encoder through its estimator."""
         out = self.quantize(self.encode_latents(x))
-        return TokenizerOutput(reconstruction=self.decode_codes(out.quantized), quantize=out)
+        rec_e = None if out.passthrough is None else self.decode_codes(out.passthrough)  # exact: a second pass
+        return TokenizerOutput(reconstruction=self.decode_codes(out.quantized), quantize=out, reconstruction_e=rec_e)
 
 
 def as_quantizer(quantizer: VectorQuantizer | Mapping[str, Any], embed_dim: int) -> VectorQuantizer:

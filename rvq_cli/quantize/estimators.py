@@ -1,6 +1,9 @@
-"""Pointwise gradient estimators through the quantizer.
+"""Gradient estimators through the quantizer: the registry of every estimator of the paper, and
+the pointwise ones.
 
-Every estimator is a callable ``(e, q) -> q_tilde`` on tensors of shape (..., D) where ``e`` is
+The registry (:data:`ESTIMATORS`) also names the loss-level estimators (``hessian``, ``exact``,
+completed by :mod:`rvq_cli.train.loss_level`) and ``gumbel`` (in the quantizer itself). Every
+pointwise estimator (:data:`POINTWISE`) is a callable ``(e, q) -> q_tilde`` on tensors of shape (..., D) where ``e`` is
 the encoder output and ``q`` its codebook vector. The forward value is ``q`` itself (bit for bit:
 the decoder sees in training exactly what it sees when decoding tokens); estimators differ only
 in the gradient they send back to ``e``. Nothing flows to the codebook through this path.
@@ -44,6 +47,8 @@ from torch import Tensor
 
 __all__ = [
     "ESTIMATORS",
+    "KINDS",
+    "POINTWISE",
     "GAMMAS",
     "Estimator",
     "get_estimator",
@@ -298,17 +303,31 @@ def reflection(e: Tensor, q: Tensor) -> Tensor:
 # --------------------------------------------------------------------------------------------
 
 
+KINDS = ("pointwise", "loss-level", "stochastic")
+
+
 @dataclass(frozen=True)
 class Estimator:
-    """A named pointwise estimator: call it as ``estimator(e, q) -> q_tilde``."""
+    """A named estimator. Pointwise ones are called as ``estimator(e, q) -> q_tilde``; the
+    loss-level ones (``hessian``, ``exact``) need the decoder and the loss, so the quantizer hands
+    its decoder input out and :mod:`rvq_cli.train.loss_level` completes the gradient; ``gumbel``
+    replaces the nearest-code lookup in training by a Gumbel-softmax mixture of codes."""
 
     name: str
-    fn: Callable[[Tensor, Tensor], Tensor] = field(repr=False)
+    fn: Callable[[Tensor, Tensor], Tensor] | None = field(repr=False)
     summary: str
     formula: str  # the gradient sent to e, in the notation of the module docstring
     fallback: str = "none"  # which rows fall back: "none", "antiparallel" or "parallel"
+    kind: str = "pointwise"  # one of KINDS
+    section: str = ""  # where the paper defines it
+
+    @property
+    def pointwise(self) -> bool:
+        return self.kind == "pointwise"
 
     def __call__(self, e: Tensor, q: Tensor) -> Tensor:
+        if self.fn is None:
+            raise TypeError(f"the {self.name!r} estimator is {self.kind}: it cannot be applied to (e, q) alone")
         return self.fn(e, q)
 
     @torch.no_grad()
@@ -323,21 +342,36 @@ class Estimator:
 ESTIMATORS: dict[str, Estimator] = {
     est.name: est
     for est in (
-        Estimator("ste", ste, "straight-through: copies the gradient at q to e", "g"),
+        Estimator("ste", ste, "straight-through: copies the gradient at q to e", "g", section="§3"),
         Estimator(
             "rotation", rotation, "rotation trick (paper default): rotates and rescales g so angle(e, grad) = angle(q, g)",
-            "λ Rᵀg", "antiparallel",
+            "λ Rᵀg", "antiparallel", section="§4.1, A.5",
         ),
         Estimator(
             "rotation_unscaled", rotation_unscaled, "rotation trick without the ‖q‖/‖e‖ scale (A.9)",
-            "Rᵀg", "antiparallel",
+            "Rᵀg", "antiparallel", section="A.9",
         ),
         Estimator(
             "reflection", reflection, "one Householder reflection across (e − q)⊥ (A.8); an ablation, trains poorly",
-            "λ (I − 2ssᵀ) g", "parallel",
+            "λ (I − 2ssᵀ) g", "parallel", section="A.8",
+        ),
+        Estimator(
+            "hessian", None, "second-order Taylor step from q to e through the decoder and loss (a Hessian-vector "
+            "product, no Hessian is formed)", "g + H_q (e − q)", kind="loss-level", section="§3, A.3",
+        ),
+        Estimator(
+            "exact", None, "two forward passes, L = L_q + ε L_e: the encoder gets the plain autoencoder's gradient, "
+            "the decoder the VQ one", "∂L_e/∂e", kind="loss-level", section="§3, A.3",
+        ),
+        Estimator(
+            "gumbel", None, "Gumbel-softmax over negative code distances, temperature annealed 1 → 1/16; hard "
+            "nearest code at eval", "through the soft mixture", kind="stochastic", section="§5.1, A.10.1",
         ),
     )
 }
+
+# The estimators that are a function of (e, q) alone.
+POINTWISE: dict[str, Estimator] = {k: v for k, v in ESTIMATORS.items() if v.pointwise}
 
 
 def get_estimator(name: str, *, gamma: GammaLike | None = None) -> Estimator:

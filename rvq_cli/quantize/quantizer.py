@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -12,6 +13,27 @@ from . import codebook as cb
 from .estimators import ESTIMATORS, GammaLike, get_estimator
 
 UPDATES = ("ema", "learned")
+GUMBEL_TEMPERATURE = (1.0, 1.0 / 16.0)  # the paper's Gumbel baseline (A.10.1, after karpathy/deep-vector-quantization)
+
+
+class _ScaleGrad(torch.autograd.Function):
+    """Identity forward; the gradient is multiplied by ``scale`` on the way back."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, scale: float) -> Tensor:
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        return g * ctx.scale, None
+
+
+def cosine_anneal(start: float, end: float, progress: float) -> float:
+    """``start`` at progress 0 to ``end`` at 1 along 1 − cos(πp/2): the Gumbel temperature
+    schedule of karpathy/deep-vector-quantization, which the paper's baseline follows."""
+    a = 1.0 - math.cos(min(1.0, max(0.0, progress)) * math.pi / 2)
+    return a * end + (1.0 - a) * start
 
 
 @dataclass
@@ -20,10 +42,11 @@ class QuantizeLosses:
 
     commitment: Tensor  # β · mean (e − sg(q))²
     codebook: Tensor  # mean (sg(e) − q)² for a learned codebook, 0 with EMA updates
+    prior: Tensor  # gumbel: weighted KL(softmax(logits) ‖ uniform), mean over rows; 0 otherwise
 
     @property
     def total(self) -> Tensor:
-        return self.commitment + self.codebook
+        return self.commitment + self.codebook + self.prior
 
 
 @dataclass
@@ -48,6 +71,11 @@ class QuantizeOutput:
     indices: Tensor  # (B, *spatial), int64
     losses: QuantizeLosses
     metrics: QuantizeMetrics
+    # Loss-level estimators in training (rvq_cli.train.loss_level completes their gradient):
+    decoder_input: Tensor | None = None  # hessian, exact: the leaf q (N, d) the decoder reads; dL/d it is g
+    latents: Tensor | None = None  # hessian: e (N, d), the encoder output in code space, with its graph
+    passthrough: Tensor | None = None  # exact: e itself in the layout of ``quantized`` (no quantization),
+    #                                    its gradient scaled by 1/ε on the way back to the encoder
 
     @property
     def loss(self) -> Tensor:
@@ -78,6 +106,16 @@ class VectorQuantizer(nn.Module):
             training batch, over all ranks, ``kmeans_iters`` iterations).
         dead_code_threshold: restart codes whose EMA usage count falls below this (0: never).
         chunk: elements per block of the nearest-code search (bounds its peak memory).
+        epsilon: the ``exact`` estimator's ε (§3): L = L_q + ε L_e.
+        temperature: the ``gumbel`` estimator's (start, end) temperature; :meth:`anneal` moves
+            between them along a cosine ramp as training progresses.
+        kl_weight: the ``gumbel`` estimator's weight on KL(softmax(logits) ‖ uniform).
+
+    Loss-level and stochastic estimators (see :data:`ESTIMATORS`): ``hessian`` and ``exact``
+    send no gradient to e through the decoder path by themselves; in training their output holds
+    ``decoder_input``/``latents``/``passthrough`` and :mod:`rvq_cli.train.loss_level` completes
+    the gradient. ``gumbel`` feeds the decoder a Gumbel-softmax mixture of codes in training
+    (logits: negative squared distances) and the nearest code at eval.
     """
 
     def __init__(
@@ -97,6 +135,9 @@ class VectorQuantizer(nn.Module):
         kmeans_iters: int = 10,
         dead_code_threshold: float = 0.0,
         chunk: int = cb.DEFAULT_CHUNK,
+        epsilon: float = 1e-6,
+        temperature: tuple[float, float] = GUMBEL_TEMPERATURE,
+        kl_weight: float = 5e-4,
     ) -> None:
         super().__init__()
         if dim < 1 or codebook_size < 2:
@@ -111,6 +152,13 @@ class VectorQuantizer(nn.Module):
         self.codebook_dim = codebook_dim or dim
         self.decay, self.eps, self.beta = decay, eps, beta
         self.kmeans_iters, self.dead_code_threshold, self.chunk = kmeans_iters, dead_code_threshold, chunk
+        if not epsilon > 0:
+            raise ValueError(f"epsilon must be > 0, got {epsilon}")
+        if len(temperature) != 2 or not all(t > 0 for t in temperature):
+            raise ValueError(f"temperature must be (start, end) with both > 0, got {temperature}")
+        self.epsilon, self.kl_weight = float(epsilon), float(kl_weight)
+        self.temperature_range = (float(temperature[0]), float(temperature[1]))
+        self.temperature = self.temperature_range[0]  # the gumbel temperature now (see anneal)
 
         factorised = self.codebook_dim != dim
         self.project_in = nn.Linear(dim, self.codebook_dim) if factorised else nn.Identity()
@@ -187,37 +235,61 @@ class VectorQuantizer(nn.Module):
             losses = QuantizeLosses(
                 commitment=self.beta * sq_err,
                 codebook=F.mse_loss(q, e.detach()) if self.update == "learned" else sq_err.new_zeros(()),
+                prior=sq_err.new_zeros(()),
             )
-            q_tilde = self.estimator(self._watch_gradients(e), q)  # forward value: q, bit for bit
+            extra: dict[str, Tensor] = {}
+            kind = self.estimator.kind
+            if kind == "pointwise":
+                q_tilde = self.estimator(self._watch_gradients(e), q)  # forward value: q, bit for bit
+            elif not (self.training and torch.is_grad_enabled() and e.requires_grad):
+                q_tilde = q.detach()  # eval (or no gradient wanted): the nearest code, hard
+            elif kind == "stochastic":  # gumbel
+                q_tilde, losses.prior = self._gumbel(e, codes)
+            else:  # hessian, exact: the decoder reads a leaf; the trainer completes the gradient
+                q_tilde = extra["decoder_input"] = q.detach().requires_grad_(True)
+                if self.estimator.name == "hessian":
+                    extra["latents"] = e
+                else:
+                    alias = self._watch_gradients(e)
+                    passthrough = _ScaleGrad.apply(alias, 1.0 / self.epsilon)
+                    extra["passthrough"] = self._unflatten(self._project(self.project_out, passthrough),
+                                                           grid).to(z.dtype)
             hook, self._pending_q_hook = self._pending_q_hook, None
             if hook is not None and q_tilde.requires_grad:
                 q_tilde.register_hook(hook)
             out = self._unflatten(self._project(self.project_out, q_tilde), grid)
             metrics = self._statistics(e.detach(), q.detach(), indices, sq_err.detach())
-        return QuantizeOutput(out.to(z.dtype), indices.reshape(grid), losses, metrics)
+        return QuantizeOutput(out.to(z.dtype), indices.reshape(grid), losses, metrics, **extra)
+
+    def anneal(self, progress: float) -> None:
+        """Set the gumbel temperature for training ``progress`` in [0, 1] (start → end)."""
+        self.temperature = cosine_anneal(*self.temperature_range, progress)
 
     def _watch_gradients(self, e: Tensor) -> Tensor:
         """``e`` itself, through an alias whose gradient is the estimator's alone (the commitment
         loss reaches ``e`` by another path): the backward pass records the mean cosine between
-        grad_e and g = dL/dq̃ over the rows, read with :meth:`gradient_cosine`."""
+        grad_e and g = dL/dq̃ over the rows, read with :meth:`gradient_cosine`. The hook on q̃ is
+        registered by ``forward`` once q̃ exists; the two hooks may fire in either order."""
         if not (torch.is_grad_enabled() and e.requires_grad):
             return e
         alias = e.view_as(e)
         seen: dict[str, Tensor] = {}
 
-        def on_q(g: Tensor) -> None:  # fires first: the gradient arriving at q̃
-            seen["g"] = g.detach()
+        def on(side: str, grad: Tensor) -> None:
+            seen[side] = grad.detach()
+            if len(seen) == 2:
+                self.record_gradient_cosine(seen.pop("e"), seen.pop("q"))
 
-        def on_e(grad_e: Tensor) -> None:
-            g = seen.pop("g", None)
-            if g is not None:
-                cos = F.cosine_similarity(grad_e.detach().float(), g.float(), dim=-1, eps=1e-12).mean()
-                self._grad_cos = cos if self._grad_cos is None else self._grad_cos + cos  # a running sum
-                self._grad_cos_n += 1
-
-        alias.register_hook(on_e)
-        self._pending_q_hook = on_q
+        alias.register_hook(lambda grad: on("e", grad))
+        self._pending_q_hook = lambda grad: on("q", grad)
         return alias
+
+    @torch.no_grad()
+    def record_gradient_cosine(self, grad_e: Tensor, g: Tensor) -> None:
+        """Add one backward pass's mean over rows of cos(grad_e, g) to :meth:`gradient_cosine`."""
+        cos = F.cosine_similarity(grad_e.float(), g.float(), dim=-1, eps=1e-12).mean()
+        self._grad_cos = cos if self._grad_cos is None else self._grad_cos + cos  # a running sum
+        self._grad_cos_n += 1
 
     def gradient_cosine(self) -> float | None:
         """Mean over rows of cos(grad_e, g) from the backward passes since the last call (None:
@@ -225,6 +297,23 @@ class VectorQuantizer(nn.Module):
         total, n = self._grad_cos, self._grad_cos_n
         self._grad_cos, self._grad_cos_n = None, 0
         return float(total) / n if n else None
+
+    def _gumbel(self, e: Tensor, codes: Tensor) -> tuple[Tensor, Tensor]:
+        """A Gumbel-softmax mixture of codes at the current temperature (training), and the
+        weighted KL of softmax(logits) to the uniform prior. Logits are negative squared
+        distances up to a per-row constant, 2 e·c − ‖c‖², so the most likely code is the nearest
+        one (the index the layer reports). The mixture carries gradient to e through the logits;
+        to the codes too when the codebook is learned."""
+        # a copy: the EMA update and dead-code restarts write the codebook in place before backward
+        codes = codes.clone() if self.update == "learned" else codes.detach().clone()
+
+        def logits_of(x: Tensor) -> Tensor:
+            return 2.0 * x @ codes.t() - (codes * codes).sum(-1)  # (N, K)
+
+        soft = F.gumbel_softmax(logits_of(self._watch_gradients(e)), tau=self.temperature, hard=False)
+        log_p = F.log_softmax(logits_of(e), dim=-1)  # the prior term reaches e outside the watched path
+        kl = (log_p.exp() * (log_p + math.log(self.codebook_size))).sum(-1).mean()
+        return soft @ codes, self.kl_weight * kl
 
     @torch.no_grad()
     def _statistics(self, e: Tensor, q: Tensor, indices: Tensor, sq_err: Tensor) -> QuantizeMetrics:

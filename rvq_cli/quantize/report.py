@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .estimators import ESTIMATORS, Estimator, get_compile, set_compile
+from .estimators import POINTWISE, Estimator, get_compile, set_compile
 
 
 @dataclass
@@ -27,7 +27,7 @@ def _angle(a: Tensor, b: Tensor) -> Tensor:
 
 
 def check_estimators(dim: int = 32, rows: int = 4096, seed: int = 0) -> list[EstimatorCheck]:
-    """Run each registered estimator once on random (e, q, g) in fp64 and measure it."""
+    """Run each pointwise estimator once on random (e, q, g) in fp64 and measure it."""
     gen = torch.Generator().manual_seed(seed)
     e, q, g = (torch.randn(rows, dim, generator=gen, dtype=torch.float64) for _ in range(3))
     q = q * 0.5 + e  # codes near their inputs, as after a nearest-code lookup
@@ -35,7 +35,7 @@ def check_estimators(dim: int = 32, rows: int = 4096, seed: int = 0) -> list[Est
     previous = get_compile()
     set_compile("never")  # a one-off check: compiling would cost more than it saves
     try:
-        for est in ESTIMATORS.values():
+        for est in POINTWISE.values():
             out.append(_check_one(est, e, q, g))
     finally:
         set_compile(previous)

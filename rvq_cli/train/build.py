@@ -17,7 +17,8 @@ def build_tokenizer(model: ModelConfig, image_size: int) -> VQTokenizer:
     quantizer = dict(
         codebook_size=q.codebook_size, estimator=q.estimator, gamma=q.gamma, lookup=q.lookup, update=q.update,
         decay=q.decay, beta=q.beta, codebook_dim=q.codebook_dim, init=q.init, kmeans_iters=q.kmeans_iters,
-        dead_code_threshold=q.dead_code_threshold,
+        dead_code_threshold=q.dead_code_threshold, epsilon=q.epsilon, temperature=tuple(q.temperature),
+        kl_weight=q.kl_weight,
     )
     if model.name == "vit":
         v = model.vit

@@ -53,16 +53,21 @@ class Objective:
 
     def generator(self, x: Tensor, out, last_layer: Tensor, step: int) -> tuple[Tensor, dict[str, Tensor]]:
         """The tokenizer's loss of one micro-batch and its logged terms."""
-        nll, terms = self.nll(x, out.reconstruction)
-        loss = nll + self.cfg.codebook_weight * out.quantize.loss
+        loss, terms = self.decoder_loss(x, out.reconstruction, last_layer, step)
+        return loss + self.cfg.codebook_weight * out.quantize.loss, terms
+
+    def decoder_loss(self, x: Tensor, rec: Tensor, last_layer: Tensor, step: int) -> tuple[Tensor, dict[str, Tensor]]:
+        """The part of the loss that depends on the reconstruction ``rec``: L_nll and, once the
+        GAN is on, λ × weight × the generator's adversarial loss."""
+        loss, terms = self.nll(x, rec)
         if self.gan_on(step):
             g = self.cfg.gan
             self.disc_module.requires_grad_(False)
             try:
-                g_loss = generator_loss(self.disc_module(out.reconstruction.float()))
+                g_loss = generator_loss(self.disc_module(rec.float()))
             finally:
                 self.disc_module.requires_grad_(True)
-            lam = (adaptive_weight(nll, g_loss, last_layer, g.max_adaptive) if g.adaptive
+            lam = (adaptive_weight(loss, g_loss, last_layer, g.max_adaptive) if g.adaptive
                    else torch.ones((), device=x.device))
             loss = loss + lam * g.weight * g_loss
             terms.update(g_loss=g_loss, adaptive_weight=lam)

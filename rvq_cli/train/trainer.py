@@ -25,6 +25,7 @@ from accelerate.utils import set_seed
 from ..config import DEMO, Recipe, recipe_to_yaml
 from .build import build_optimizer, build_scheduler, build_tokenizer, count_parameters
 from .checkpoint import CheckpointState, latest_checkpoint, load_checkpoint, save_checkpoint, save_rng
+from .loss_level import estimator_loss, forward_context
 from .objective import GAN_KEYS, build_disc_optimizer, build_discriminator, build_objective, describe
 from .progress import TrainProgress
 
@@ -210,13 +211,16 @@ class Trainer:
 
     def _generator_step(self, x: torch.Tensor, last: bool):
         sync = contextlib.nullcontext() if last else self.acc.no_sync(self.model)
-        last_layer = self.acc.unwrap_model(self.model).last_layer
-        with sync, self.acc.autocast():
+        model = self.acc.unwrap_model(self.model)
+        last_layer, quantizer, step = model.last_layer, model.quantize, self.state.step
+        with sync, self.acc.autocast(), forward_context(quantizer.estimator.name):
             out = self.model(x)
-            loss, terms = self.objective.generator(x, out, last_layer, self.state.step)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss is {loss.item()}")
-        self.acc.backward(loss / self.recipe.train.grad_accum)
+            loss, terms = self.objective.generator(x, out, last_layer, step)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss is {loss.item()}")
+            total = estimator_loss(loss, out, quantizer,
+                                   lambda rec: self.objective.decoder_loss(x, rec, last_layer, step)[0])
+        self.acc.backward(total / self.recipe.train.grad_accum)
         m = out.quantize.metrics
         metrics = {"loss": loss.detach(), "commitment": out.quantize.losses.commitment.detach(), "usage": m.usage,
                    "perplexity": m.perplexity, "quant_error": m.quant_error, "fallbacks": m.fallbacks,
@@ -224,6 +228,8 @@ class Trainer:
         metrics.update({k: v.detach() for k, v in terms.items()})
         if self.disc is not None:
             metrics.update({k: metrics.get(k, torch.zeros(())) for k in GAN_KEYS})
+        if quantizer.estimator.name == "gumbel":
+            metrics["temperature"] = torch.tensor(quantizer.temperature)
         return out, metrics
 
     def _discriminator_step(self, x: torch.Tensor, rec: torch.Tensor, last: bool) -> dict[str, torch.Tensor]:
@@ -239,6 +245,7 @@ class Trainer:
         t = self.recipe.train
         sums: dict[str, float] = {}
         skipped = 0
+        self.acc.unwrap_model(self.model).quantize.anneal(self.state.step / t.steps)  # gumbel's temperature
         for i in range(t.grad_accum):
             batch = next(batches)
             skipped += int(batch.get("skipped", 0))

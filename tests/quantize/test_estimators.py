@@ -8,10 +8,10 @@ os.environ.setdefault("RVQ_COMPILE", "never")
 import pytest
 import torch
 
-from rvq_cli.quantize import ESTIMATORS, GAMMAS, get_estimator, reflection_vjp, rotation_vjp, set_compile
+from rvq_cli.quantize import ESTIMATORS, GAMMAS, POINTWISE, get_estimator, reflection_vjp, rotation_vjp, set_compile
 from rvq_cli.quantize.estimators import ANGLE_EPS, get_compile
 
-ALL = list(ESTIMATORS)
+ALL = list(POINTWISE)
 DTYPES = [torch.float64, torch.float32, torch.bfloat16, torch.float16]
 
 

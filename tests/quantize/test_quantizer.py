@@ -16,11 +16,13 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from rvq_cli.quantize import ESTIMATORS, VectorQuantizer, nearest_codes
+from rvq_cli.quantize import ESTIMATORS, POINTWISE, VectorQuantizer, nearest_codes
 from rvq_cli.quantize.codebook import INITS, LOOKUPS, kmeans
 from rvq_cli.quantize.quantizer import UPDATES
 
 EST = list(ESTIMATORS)
+POINT = list(POINTWISE)
+HARD = [name for name in EST if name != "gumbel"]  # forward value = the code in training too
 
 
 def rand(*shape, seed=0, dtype=torch.float32):
@@ -82,7 +84,7 @@ def test_quantized_is_codes_bit_for_bit_eval(estimator, lookup, update, codebook
 @pytest.mark.parametrize("codebook_dim", [None, 4])
 @pytest.mark.parametrize("update", UPDATES)
 @pytest.mark.parametrize("lookup", LOOKUPS)
-@pytest.mark.parametrize("estimator", EST)
+@pytest.mark.parametrize("estimator", HARD)
 def test_quantized_is_codes_bit_for_bit_train(estimator, lookup, update, codebook_dim):
     vq = make_vq(estimator=estimator, lookup=lookup, update=update, codebook_dim=codebook_dim).train()
     z = rand(2, 8, 5, 3, seed=1).requires_grad_(True)
@@ -241,7 +243,7 @@ def no_grad_(t):
 
 @pytest.mark.parametrize("codebook_dim", [None, 4])
 @pytest.mark.parametrize("lookup", LOOKUPS)
-@pytest.mark.parametrize("estimator", EST)
+@pytest.mark.parametrize("estimator", POINT)
 def test_learned_codebook_gets_gradient_from_codebook_loss_only(estimator, lookup, codebook_dim):
     vq = make_vq(estimator=estimator, lookup=lookup, update="learned", codebook_dim=codebook_dim).train()
     assert isinstance(vq.codebook, torch.nn.Parameter)
@@ -265,7 +267,7 @@ def test_learned_codebook_gets_gradient_from_codebook_loss_only(estimator, looku
     assert g[~unused].abs().sum(-1).gt(0).all()
 
 
-@pytest.mark.parametrize("estimator", EST)
+@pytest.mark.parametrize("estimator", POINT)
 def test_gradient_to_input_is_g_only_for_ste(estimator):
     """With no projection the STE passes g to z unchanged; the others send a different gradient."""
     vq = make_vq(estimator=estimator).eval()
@@ -314,7 +316,7 @@ def test_bf16_output_is_codes_rounded_to_bf16():
 # ---------------------------------------------------------------- degenerate rows
 
 
-@pytest.mark.parametrize("estimator", EST)
+@pytest.mark.parametrize("estimator", POINT)
 def test_fallbacks_count_zero_rows(estimator):
     vq = make_vq(estimator=estimator, init="normal").eval()  # N(0, 1) codes: no zero vector
     assert vq.codebook.norm(dim=-1).min() > 0.1
