@@ -261,6 +261,98 @@ def decode(
     console.print(f"{report.count} images decoded into {report.out}", highlight=False, markup=False, soft_wrap=True)
 
 
+SYNTHETIC = ("himmelblau", "voronoi", "field")
+
+
+@app.command()
+def compare(
+    items: list[str] = typer.Argument(None, help="Estimators to compare (rvq estimators lists them), then any "
+                                      "key=value recipe overrides."),
+    recipe: Optional[Path] = typer.Option(None, "--recipe", help="Recipe to train (default: recipes/quickstart.yaml)."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Training steps per estimator (default: the recipe's)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of every run (default: the recipe's)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: runs/compare-RECIPE, or "
+                                       "runs/synthetic-PROBLEM with --synthetic)."),
+    restart: bool = typer.Option(False, "--restart", help="Retrain the named estimators (and remove the report) "
+                                 "instead of reusing finished runs."),
+    synthetic: Optional[str] = typer.Option(None, "--synthetic", help="Run one of the paper's synthetic problems "
+                                            "instead: himmelblau, voronoi or field."),
+    seeds: int = typer.Option(10, "--seeds", help="--synthetic himmelblau: number of seeds (mean ± std)."),
+    inception_weights: Optional[Path] = typer.Option(None, "--inception-weights", help="torch-fidelity's Inception "
+                                                     "weights for r-FID/r-IS (see rvq eval)."),
+    no_fid: bool = typer.Option(False, "--no-fid", help="Skip r-FID and r-IS."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars: one log line per log interval."),
+) -> None:
+    """Train the same recipe once per estimator (same seed, data order and initial weights),
+    evaluate each on the same validation set, and print a table like the paper's Table 1; writes
+    compare.json, compare.md and figures/ (curves, diagnostics, usage histograms, reconstructions).
+    With --synthetic, run the paper's 2-D problems (seconds on a CPU) instead."""
+    items = items or []
+    names = [i for i in items if "=" not in i]
+    overrides = [i for i in items if "=" in i]
+    if synthetic is not None:
+        if synthetic not in SYNTHETIC:
+            raise UserError(f"--synthetic {synthetic}: unknown problem; choose one of {', '.join(SYNTHETIC)}.")
+        given = [flag for flag, v in (("--recipe", recipe), ("--steps", steps), ("--seed", seed), ("key=value", overrides),
+                                      ("--inception-weights", inception_weights)) if v]
+        if given:
+            raise UserError(f"--synthetic runs the paper's 2-D problems, which take no recipe: drop {', '.join(given)}.")
+        _compare_synthetic(names, synthetic, out, seeds)
+        return
+    from .compare.runner import COLUMNS, CompareError, compare as run_compare
+    from .compare.report import format_value
+
+    if recipe is None:
+        recipe = _recipes_dir() / "quickstart.yaml"
+        if not recipe.is_file():
+            raise UserError(f"the default recipe {recipe} is missing; pass --recipe RECIPE.yaml.")
+    for flag, v in (("--steps", steps), ("--seed", seed)):
+        if v is not None and v < (1 if flag == "--steps" else 0):
+            raise UserError(f"{flag} must be {'positive' if flag == '--steps' else 'non-negative'}, got {v}.")
+    overrides += [f"train.steps={steps}"] if steps is not None else []
+    overrides += [f"train.seed={seed}"] if seed is not None else []
+    try:
+        result = run_compare(names, recipe, overrides, out=out, restart=restart, inception_weights=inception_weights,
+                             fid=not no_fid, quiet=quiet, say=lambda m: console.print(m, highlight=False, markup=False))
+    except CompareError as err:
+        raise UserError(str(err)) from None
+    cols = [c for c in COLUMNS if any(r.value(c.key) is not None for r in result.runs)]
+    table = Table(title=f"rvq compare: {recipe}, {result.recipe.train.steps} steps, seed {result.recipe.train.seed} "
+                        "(* best)")
+    table.add_column("estimator")
+    for c in cols:
+        table.add_column(c.label, justify="right")
+    for r in result.runs:
+        cells = []
+        for c in cols:
+            text = format_value(r.value(c.key), c.fmt)
+            cells.append(f"[bold green]{text}*[/]" if r.name in result.best.get(c.key, []) else text)
+        table.add_row(r.name, *cells)
+    console.print(table)
+    for note in result.notes:
+        console.print(f"note: {note}", highlight=False, markup=False, soft_wrap=True)
+    console.print(f"report: {result.md_path} and {result.json_path}; figures in {result.out_dir / 'figures'}",
+                  highlight=False, markup=False, soft_wrap=True)
+
+
+def _compare_synthetic(names: list[str], problem: str, out: Optional[Path], seeds: int) -> None:
+    from .compare.synthetic_report import SyntheticError, run_synthetic
+
+    try:
+        result = run_synthetic(problem, names, out=out or Path("runs") / f"synthetic-{problem}", seeds=seeds)
+    except SyntheticError as err:
+        raise UserError(str(err)) from None
+    table = Table(title=result.title)
+    for col in result.columns:
+        table.add_column(col, justify="right" if col != "estimator" else "left")
+    for row in result.rows:
+        table.add_row(*row)
+    console.print(table)
+    for line in result.lines:
+        console.print(line, highlight=False, markup=False, soft_wrap=True)
+    console.print(f"report: {result.json_path}; figure: {result.figure}", highlight=False, markup=False, soft_wrap=True)
+
+
 data_app = typer.Typer(help="Prepare datasets as webdataset shards.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 

@@ -252,6 +252,7 @@ def evaluate(checkpoint: str | os.PathLike, *, data: str | None = None, split: s
         "checkpoint": str(tok.checkpoint.resolve()), "step": tok.step, "tokenizer_id": tok.tokenizer_id,
         "estimator": recipe.model.quantizer.estimator, "codebook_size": q.codebook_size,
         "metrics": metrics,
+        "code_counts": [int(c) for c in counts.tolist()],  # how often each code was chosen over the set
         "data": {"pattern": pattern, "split": split, "shards": len(files), "images": int(s["images"]),
                  "skipped": int(s["skipped"]), "duplicate_keys": duplicates, "image_size": size,
                  "recipe_image_size": recipe.data.image_size, "crop": "center", "resize": RESIZE_METHOD},
