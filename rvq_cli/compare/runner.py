@@ -63,6 +63,7 @@ COLUMNS = (
     Column("train.steps_per_s", "steps/s ↑", "high", "{:.2f}"),
     Column("eval.usage", "val usage ↑", "high", "{:.1%}"),
     Column("eval.quant_error", "val quant err ↓", "low", "{:.3e}"),
+    Column("eval.quant_error_relative", "val rel. quant err ↓", "low", "{:.3e}"),
     Column("train.grad_cos", "cos(∇e, g)", "", "{:.3f}"),
     Column("train.obtuse", "obtuse", "", "{:.2%}"),
     Column("train.fallbacks", "fallbacks", "", "{:.0f}"),
@@ -114,11 +115,15 @@ def init_fingerprint(recipe: Recipe) -> str:
 
 
 def _job(recipe: Recipe) -> dict:
-    """What every run of the comparison shares: the recipe without the estimator and output dir."""
-    d = recipe.model_dump(mode="json")
-    d["model"]["quantizer"].pop("estimator")
-    d["output"].pop("dir")
-    return {"recipe": d}
+    """What every run of the comparison shares, as dotted keys: the recipe without the estimator,
+    the output dir and the step count (a comparison may be extended to more steps: every run
+    then resumes to the new count)."""
+    from ..train.trainer import _flatten
+
+    flat = _flatten(recipe.model_dump(mode="json"))
+    for key in ("model.quantizer.estimator", "output.dir", "train.steps"):
+        flat.pop(key)
+    return flat
 
 
 def _check_estimators(names: list[str]) -> None:
@@ -190,10 +195,12 @@ def _train_summary(history: list[dict], steps: int, images_per_step: int) -> dic
         return {}
     window = [r for r in history if r["step"] > steps * (1 - TRAIN_WINDOW)] or history[-1:]
     out = {}
-    for key in ("usage", "rec_loss", "quant_error", "perplexity", "grad_cos", "obtuse", "loss"):
+    for key in ("usage", "rec_loss", "quant_error", "latent_power", "perplexity", "grad_cos", "obtuse", "loss"):
         vals = [r[key] for r in window if key in r]
         if vals:
             out[key] = sum(vals) / len(vals)
+    if out.get("latent_power"):
+        out["quant_error_relative"] = out["quant_error"] / out["latent_power"]
     out["fallbacks"] = float(sum(r.get("fallbacks", 0.0) for r in history))
     speeds = [r["images_per_s"] for r in history[1:] if r.get("images_per_s")] or \
         [r["images_per_s"] for r in history if r.get("images_per_s")]
@@ -230,9 +237,9 @@ def _images_per_step(ckpt: Path, recipe: Recipe) -> int:
 def _restart(out: Path, names: list[str]) -> None:
     """Remove the comparison's own outputs: the named runs (and every run when the recipe changed)
     and the report; nothing else in OUT."""
-    for name in ESTIMATORS:
+    for name in names:
         d = out / name
-        if d.is_dir() and (name in names or (out / "compare-job.json").exists()):
+        if d.is_dir():
             shutil.rmtree(d)
     for f in REPORT_FILES + ("compare-job.json",):
         p = out / f
@@ -270,8 +277,9 @@ def compare(estimators: list[str], recipe_path: str | os.PathLike, overrides: li
         _restart(out, estimators if job_differences(record, job) in (None, []) else list(ESTIMATORS))
     diffs = job_differences(record, job)
     if diffs:
-        raise CompareError(f"{out} holds a comparison of another recipe ({'; '.join(diffs)[:600]}). Use --restart to "
-                           "start over there (removes its runs and report), or another --out.")
+        shown = "; ".join(diffs[:8]) + (f"; and {len(diffs) - 8} more" if len(diffs) > 8 else "")
+        raise CompareError(f"{out} holds a comparison of another recipe ({shown}). Use --restart to start over "
+                           "there (removes its runs and report), or another --out.")
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(record, job)
 

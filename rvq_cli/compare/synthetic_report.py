@@ -54,7 +54,7 @@ def _save(fig, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp.png")
     fig.tight_layout()
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    fig.savefig(tmp, dpi=80, bbox_inches="tight")
     os.replace(tmp, path)
     _plt().close(fig)
 
@@ -162,7 +162,8 @@ def _himmelblau(names: list[str], out: Path, seeds: int) -> SyntheticResult:
 
 
 def voronoi_summary(r: syn.VoronoiResult) -> list[dict]:
-    """Per region: how rigidly the points moved (std of their displacements: 0 for a translation),
+    """Per region: how rigidly the points moved (the largest distance of a point's displacement
+    from the region's mean displacement: 0 for a translation),
     the mean change of distance to the code (> 0 pushed out, < 0 pulled in), and the change of
     the mean pairwise distance within the region (the cluster spreads or tightens)."""
     start, end = r.points[0], r.points[-1]
@@ -180,7 +181,7 @@ def voronoi_summary(r: syn.VoronoiResult) -> list[dict]:
         axis = r.codes[k] / np.linalg.norm(r.codes[k])  # along q, and across it
         across = np.array([-axis[1], axis[0]])
         rows.append({"region": k, "code": r.codes[k].tolist(), "points": int(m.sum()),
-                     "displacement_std": float(np.linalg.norm(disp - disp.mean(0), axis=-1).max()),
+                     "displacement_spread": float(np.linalg.norm(disp - disp.mean(0), axis=-1).max()),
                      "mean_displacement": disp.mean(0).tolist(),
                      "distance_to_code_change": float((d1 - d0).mean()),
                      "spread_change": spread(end[m]) - spread(start[m]),
@@ -222,7 +223,7 @@ def _voronoi(names: list[str], out: Path) -> SyntheticResult:
     runs = {n: syn.voronoi(n, seed=0) for n in names}
     summary = {n: voronoi_summary(r) for n, r in runs.items()}
     labels = {0: "top-right (push)", 1: "top-left (along)", 2: "bottom (pull)"}
-    rows = [[n, labels.get(s["region"], str(s["region"])), f"{s['displacement_std']:.2e}",
+    rows = [[n, labels.get(s["region"], str(s["region"])), f"{s['displacement_spread']:.2e}",
              f"{s['distance_to_code_change']:+.3f}", f"{s['spread_change']:+.3f}", f"{s['spread_across_change']:+.3f}",
              f"{s['spread_along_change']:+.3f}"]
             for n, regions in summary.items() for s in regions]
@@ -266,7 +267,7 @@ def plot_field(fields: dict[str, dict[str, syn.FieldResult]], path: Path, cap: t
             ax = axes[i][j]
             arrows = -_capped(vec, *cap)  # descent directions, as the updates move e
             ax.quiver(first.grid[:, 0], first.grid[:, 1], arrows[:, 0], arrows[:, 1], angles="xy", scale_units="xy",
-                      scale=4.0, width=0.004, color="tab:blue")
+                      scale=6.0, width=0.004, color="tab:blue")
             ax.scatter(first.codes[:, 0], first.codes[:, 1], s=30, marker="x", color="tab:red")
             ax.set_title(f"{label}: f = {fname}", fontsize=9)
             ax.set_aspect("equal")

@@ -60,7 +60,7 @@ class EvalResult:
 
 # Per-rank sums, all-reduced in one collective (order matters: see _SUMS.index).
 _SUMS = ("images", "elements", "rec", "se", "ae", "psnr", "batches", "usage_batch", "perplexity_batch",
-         "qerr", "latents", "skipped")
+         "qerr", "latents", "power", "skipped")
 
 
 def _data_pattern(tok: LoadedTokenizer, data: str | None, split: str) -> str:
@@ -107,6 +107,7 @@ class _Accumulator:
         s["usage_batch"] += float(m.usage)
         s["perplexity_batch"] += float(m.perplexity)
         s["qerr"] += float(m.quant_error) * idx.numel() * self.dim
+        s["power"] += float(m.latent_power) * idx.numel() * self.dim
         s["latents"] += idx.numel() * self.dim
         self.counts += torch.bincount(idx, minlength=len(self.counts)).double()
         self.keys += list(keys)
@@ -162,7 +163,7 @@ def _metrics(s: dict, counts: torch.Tensor) -> dict:
         "psnr": s["psnr"] / n, "usage": float((counts > 0).double().mean()),
         "usage_per_batch": s["usage_batch"] / s["batches"], "perplexity": float(entropy.exp()),
         "perplexity_per_batch": s["perplexity_batch"] / s["batches"], "quant_error": s["qerr"] / s["latents"],
-        "codes_used": int((counts > 0).sum()),
+        "quant_error_relative": s["qerr"] / max(s["power"], 1e-300), "codes_used": int((counts > 0).sum()),
     }
 
 

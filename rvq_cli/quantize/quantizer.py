@@ -60,6 +60,7 @@ class QuantizeMetrics:
     fallbacks: Tensor  # rows that took the estimator's degenerate-row fallback
     restarted: Tensor  # dead codes restarted in this step
     obtuse: Tensor  # fraction of rows whose angle between e and q exceeds 90° (e·q < 0; the paper's §6 limitation)
+    latent_power: Tensor  # mean over elements of e², in code space: quant_error / latent_power is scale-free
 
     def as_dict(self) -> dict[str, float]:
         return {k: float(v) for k, v in vars(self).items()}
@@ -320,15 +321,16 @@ class VectorQuantizer(nn.Module):
         """Count assignments (over all ranks in training), update the codebook, measure."""
         k, d = self.codebook_size, self.codebook_dim
         fallbacks = self.estimator.count_fallbacks(e, q).float()
-        # One buffer, one collective: [counts (K) | fallbacks | Σ(e − q)² | obtuse rows | sums (K·d) for EMA].
+        # One buffer, one collective: [counts (K) | fallbacks | Σ(e − q)² | obtuse rows | Σe² | sums (K·d) for EMA].
         ema = self.training and self.update == "ema"
-        stats = torch.zeros(k + 3 + (k * d if ema else 0), device=e.device)
+        stats = torch.zeros(k + 4 + (k * d if ema else 0), device=e.device)
         stats[:k] = torch.bincount(indices, minlength=k).float()
         stats[k] = fallbacks
         stats[k + 1] = sq_err * e.numel()
         stats[k + 2] = ((e * q).sum(-1) < 0).sum()
+        stats[k + 3] = (e * e).sum()
         if ema:
-            stats[k + 3 :].view(k, d).index_add_(0, indices, e)
+            stats[k + 4 :].view(k, d).index_add_(0, indices, e)
         if self.training:
             cb.all_reduce_sum(stats)
         counts = stats[:k]
@@ -336,7 +338,7 @@ class VectorQuantizer(nn.Module):
         if self.training:
             if ema:
                 cb.ema_update(self.codebook, self.cluster_size, self.embed_sum, counts,
-                              stats[k + 3 :].view(k, d), self.decay, self.eps)
+                              stats[k + 4 :].view(k, d), self.decay, self.eps)
             else:
                 self.cluster_size.mul_(self.decay).add_(counts, alpha=1.0 - self.decay)
             if self.dead_code_threshold > 0:
@@ -352,6 +354,7 @@ class VectorQuantizer(nn.Module):
             fallbacks=stats[k],
             restarted=torch.tensor(float(restarted)),
             obtuse=stats[k + 2] / total,
+            latent_power=stats[k + 3] / (total * d),
         )
 
     @torch.no_grad()

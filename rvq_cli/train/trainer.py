@@ -224,7 +224,7 @@ class Trainer:
         m = out.quantize.metrics
         metrics = {"loss": loss.detach(), "commitment": out.quantize.losses.commitment.detach(), "usage": m.usage,
                    "perplexity": m.perplexity, "quant_error": m.quant_error, "fallbacks": m.fallbacks,
-                   "obtuse": m.obtuse}
+                   "obtuse": m.obtuse, "latent_power": m.latent_power}
         metrics.update({k: v.detach() for k, v in terms.items()})
         if self.disc is not None:
             metrics.update({k: metrics.get(k, torch.zeros(())) for k in GAN_KEYS})

@@ -20,7 +20,7 @@ from rvq_cli.evaluate import evaluate, fidelity, load_tokenizer
 
 RVQ = shutil.which("rvq") or os.path.join(os.path.dirname(sys.executable), "rvq")
 FIELDS = {"rec_loss", "mse", "l1", "psnr", "usage", "usage_per_batch", "perplexity", "perplexity_per_batch",
-          "quant_error", "codes_used", "rfid", "ris", "ris_std", "is_originals"}
+          "quant_error", "quant_error_relative", "codes_used", "rfid", "ris", "ris_std", "is_originals"}
 
 
 @pytest.fixture(autouse=True)
@@ -84,6 +84,7 @@ def test_metrics_match_an_independent_computation(eval_run, tmp_path, inception_
     assert m["perplexity"] == pytest.approx(float(torch.exp(-(p * p.log()).sum())), rel=1e-9)
     codes = model.quantize.codes()
     assert m["quant_error"] == pytest.approx(float((z - codes[idx]).pow(2).mean()), rel=1e-4)
+    assert m["quant_error_relative"] == pytest.approx(float((z - codes[idx]).pow(2).sum() / z.pow(2).sum()), rel=1e-4)
     # r-FID / r-IS: torch-fidelity on features computed here, in key order
     inc = fidelity.load_inception(inception_file)
     (rp, rl), (fp, fl) = fidelity.inception_features(inc, x8), fidelity.inception_features(inc, r8)

@@ -64,7 +64,8 @@ def test_output_shapes(shape, codebook_dim):
     assert out.losses.commitment.shape == () and out.losses.codebook.shape == () and out.loss.shape == ()
     for v in vars(out.metrics).values():
         assert v.shape == () and not v.requires_grad
-    assert set(out.metrics.as_dict()) == {"usage", "perplexity", "quant_error", "fallbacks", "restarted", "obtuse"}
+    assert set(out.metrics.as_dict()) == {"usage", "perplexity", "quant_error", "fallbacks", "restarted", "obtuse",
+                                             "latent_power"}
 
 
 # ---------------------------------------------------------------- bit-exact output and lookup
@@ -588,5 +589,6 @@ def test_gradient_diagnostics_match_an_independent_backward(estimator):
     assert vq.gradient_cosine() == pytest.approx(expected, abs=1e-6)
     assert vq.gradient_cosine() is None  # read once
     assert out.metrics.obtuse.item() == pytest.approx(((e.detach() * q).sum(-1) < 0).float().mean().item())
+    assert out.metrics.latent_power.item() == pytest.approx(e.detach().pow(2).mean().item(), rel=1e-5)
     if estimator == "ste":
         assert expected == pytest.approx(1.0)
