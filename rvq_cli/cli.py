@@ -328,7 +328,8 @@ def compare(
             text = format_value(r.value(c.key), c.fmt)
             cells.append(f"[bold green]{text}*[/]" if r.name in result.best.get(c.key, []) else text)
         table.add_row(r.name, *cells)
-    console.print(table)
+    # a log file or pipe gets the whole table, not one cut to 80 columns
+    (console if console.is_terminal else Console(width=max(console.width, 200))).print(table)
     for note in result.notes:
         console.print(f"note: {note}", highlight=False, markup=False, soft_wrap=True)
     console.print(f"report: {result.md_path} and {result.json_path}; figures in {result.out_dir / 'figures'}",

@@ -1,4 +1,8 @@
-"""Comparisons of gradient estimators on the paper's synthetic problems (A.2, §4.3, Figure 2)."""
+"""Comparisons of gradient estimators: on a recipe (``rvq compare``, :func:`compare`) and on the
+paper's synthetic problems (A.2, §4.3, Figure 2; :func:`run_synthetic`)."""
+
+from .runner import CompareError, CompareResult, EstimatorRun, compare
+from .synthetic_report import SyntheticError, SyntheticResult, run_synthetic
 
 from .synthetic import (
     FieldResult,
@@ -20,6 +24,13 @@ from .synthetic import (
 )
 
 __all__ = [
+    "CompareError",
+    "CompareResult",
+    "EstimatorRun",
+    "SyntheticError",
+    "SyntheticResult",
+    "compare",
+    "run_synthetic",
     "FieldResult",
     "HimmelblauResult",
     "SeedSummary",

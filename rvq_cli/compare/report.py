@@ -37,7 +37,9 @@ def _plt():
 
 
 def _save(fig, path: Path) -> Path:
+    """Write ``fig`` to ``path`` atomically (PNG) and close it."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
     tmp = path.with_name(f".{path.stem}.tmp.png")
     fig.savefig(tmp, dpi=80, bbox_inches="tight")
     os.replace(tmp, path)
@@ -81,8 +83,10 @@ def plot_usage(runs: list[EstimatorRun], path: Path) -> dict[str, np.ndarray]:
         counts = np.sort(np.asarray(run.code_counts, dtype=np.int64))[::-1]
         drawn[run.name] = counts
         used = int((counts > 0).sum())
-        ax.bar(np.arange(len(counts)), np.maximum(counts, 0.8), width=1.0, color="tab:blue", linewidth=0)
-        ax.set_yscale("log")
+        if used:  # unused codes get no bar: the empty tail is the unused part of the codebook
+            ax.bar(np.arange(used), counts[:used], width=1.0, color="tab:blue", linewidth=0)
+            ax.set_yscale("log")
+        ax.set_xlim(0, max(len(counts), 1))
         ax.set_title(f"{run.name}: {used} of {len(counts)} codes used", fontsize=10)
         ax.set_xlabel("code (sorted by use)")
         ax.grid(alpha=0.3, axis="y")

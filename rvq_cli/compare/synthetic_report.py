@@ -7,8 +7,6 @@ computations.
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,7 +14,9 @@ import numpy as np
 import torch
 
 from ..quantize import ESTIMATORS, POINTWISE
+from ..jobs import write_json_atomic
 from . import synthetic as syn
+from .report import _plt, _save
 
 __all__ = ["SyntheticError", "SyntheticResult", "plot_field", "plot_himmelblau", "plot_voronoi", "run_synthetic",
            "voronoi_summary"]
@@ -41,29 +41,9 @@ class SyntheticResult:
     data: dict = field(repr=False, default_factory=dict)
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: Path) -> None:
+def _json(path: Path, obj: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.tight_layout()
-    fig.savefig(tmp, dpi=80, bbox_inches="tight")
-    os.replace(tmp, path)
-    _plt().close(fig)
-
-
-def _write_json(path: Path, obj: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n")
-    os.replace(tmp, path)
+    write_json_atomic(path, obj)
 
 
 def _check(names: list[str], problem: str) -> None:
@@ -151,7 +131,7 @@ def _himmelblau(names: list[str], out: Path, seeds: int) -> SyntheticResult:
     setup = ("500 points and 16 codes uniform in [-5, 5]², sum of f over the quantized points, SGD lr 1e-3, "
              "EMA decay 0.8, 100 updates, the same start per seed for every estimator")
     data = {"problem": "himmelblau", "setup": setup, "seeds": list(range(seeds)), "estimators": per}
-    _write_json(out / "himmelblau.json", data)
+    _json(out / "himmelblau.json", data)
     lines = [f"setup: {setup}; mean ± sample std over seeds 0..{seeds - 1}. Figure: seed 0."]
     return SyntheticResult(f"Himmelblau (A.2): final loss and distortion over {seeds} seeds",
                            ["estimator", "final loss", "distortion ‖e − q‖²", "loss @33", "loss @66",
@@ -233,7 +213,7 @@ def _voronoi(names: list[str], out: Path) -> SyntheticResult:
     setup = (f"3 fixed codes {syn.VORONOI_CODES}, 4 Gaussian clusters in two regions and a crescent in the third "
              f"(seed 0), one fixed gradient per region, {len(r0.grads)} updates of lr {r0.lr}")
     data = {"problem": "voronoi", "setup": setup, "estimators": summary}
-    _write_json(out / "voronoi.json", data)
+    _json(out / "voronoi.json", data)
     lines = [f"setup: {setup}.", "displacement spread 0: the region moved rigidly (a translation); Δ distance < 0: "
              "points pulled toward their code; Δ spread < 0: the cluster tightened (mean pairwise distance); across/along q: "
              "the standard deviation of the points' positions perpendicular to and along the code's direction."]
@@ -298,7 +278,7 @@ def _field(names: list[str], out: Path) -> SyntheticResult:
             rows.append([n, fname, f"{off_true:.1f}", f"{transport:.2e}"])
     figure = out / "field.png"
     plot_field(fields, figure)
-    _write_json(out / "field.json", {"problem": "field", "codes": "16 on the lattice {-3, -1, 1, 3}²",
+    _json(out / "field.json", {"problem": "field", "codes": "16 on the lattice {-3, -1, 1, 3}²",
                                      "grid": "24 × 24 points in [-4, 4]²", "estimators": data})
     lines = ["angle to ∇f(e): how far the induced field is from the field without quantization (median over the "
              "grid); |∠(e, grad_e) − ∠(q, ∇f(q))|: 0 when the estimator preserves angles (the rotation family).",
