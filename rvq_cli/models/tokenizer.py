@@ -65,24 +65,38 @@ class VQTokenizer(nn.Module):
             raise ValueError(f"encoder and decoder down-sampling factors differ: "
                              f"{encoder.downsample_factor} vs {decoder.downsample_factor}")
         self.encoder, self.decoder = encoder, decoder
-        self.quant_conv = nn.Conv2d(z_channels, embed_dim, 1)
+        # 2 for images (B, C, H, W); 3 for video clips (B, C, T, H, W), whose frames keep their own tokens
+        self.spatial_dims: int = getattr(encoder, "spatial_dims", 2)
+        conv = nn.Conv3d if self.spatial_dims == 3 else nn.Conv2d
+        self.quant_conv = conv(z_channels, embed_dim, 1)
         self.quantize = quantizer
-        self.post_quant_conv = nn.Conv2d(embed_dim, z_channels, 1)
+        self.post_quant_conv = conv(embed_dim, z_channels, 1)
         self.embed_dim, self.z_channels = embed_dim, z_channels
         self.in_channels: int = encoder.in_channels
         self.downsample_factor: int = encoder.downsample_factor
 
-    def latent_shape(self, image_size: int | Sequence[int]) -> tuple[int, int]:
-        """Token grid (h, w) for images of ``image_size`` (an int for square images, or (H, W))."""
-        hw = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    def latent_shape(self, image_size: int | Sequence[int]) -> tuple[int, ...]:
+        """Token grid (h, w) for images of ``image_size`` (an int for square images, or (H, W));
+        for a video tokenizer (T, h, w) for clips of ``image_size`` = (T, H, W) (frames keep their
+        own tokens)."""
         f = self.downsample_factor
+        if self.spatial_dims == 3:
+            thw = tuple(image_size) if not isinstance(image_size, int) else ()
+            if len(thw) != 3 or thw[0] < 1 or any(s < 1 or s % f for s in thw[1:]):
+                raise ValueError(f"clip size {image_size} must be (T, H, W) with H and W divisible by the "
+                                 f"down-sampling factor f = {f}")
+            return thw[0], thw[1] // f, thw[2] // f
+        hw = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
         if len(hw) != 2 or any(s < 1 or s % f for s in hw):
             raise ValueError(f"image size {image_size} must be (H, W) with both divisible by the "
                              f"down-sampling factor f = {f}")
         return hw[0] // f, hw[1] // f
 
     def _check_image(self, x: Tensor) -> None:
-        if x.dim() != 4 or x.shape[1] != self.in_channels:
+        if self.spatial_dims == 3:
+            if x.dim() != 5 or x.shape[1] != self.in_channels:
+                raise ValueError(f"expected clips (B, {self.in_channels}, T, H, W), got shape {tuple(x.shape)}")
+        elif x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"expected images (B, {self.in_channels}, H, W), got shape {tuple(x.shape)}")
         self.latent_shape(tuple(x.shape[2:]))
 
@@ -111,8 +125,9 @@ class VQTokenizer(nn.Module):
 
     def decode_indices(self, indices: Tensor) -> Tensor:
         """Images from tokens ``indices`` (B, h, w) -> (B, C, h·f, w·f)."""
-        if indices.dim() != 3:
-            raise ValueError(f"expected token indices (B, h, w), got shape {tuple(indices.shape)}")
+        if indices.dim() != 1 + self.spatial_dims:
+            grid = "(B, T, h, w)" if self.spatial_dims == 3 else "(B, h, w)"
+            raise ValueError(f"expected token indices {grid}, got shape {tuple(indices.shape)}")
         codes = self.quantize.indices_to_codes(indices)  # fp32; forward hands codes on in the model's dtype
         return self.decode_codes(codes.to(self.post_quant_conv.weight.dtype))
 
