@@ -38,8 +38,8 @@ import torch
 from torch import Tensor, nn
 
 from ..quantize import VectorQuantizer
-from .tokenizer import VQTokenizer, as_quantizer
-from .vit import ACTIVATIONS, Attention, _check_args, _grid, _init_weights, sincos_2d
+from .tokenizer import VQTokenizer
+from .vit import ACTIVATIONS, Attention, _check_args, _grid, _init_weights, mirrored_tokenizer, sincos_2d
 
 __all__ = ["DividedBlock", "TimeSformerDecoder", "TimeSformerEncoder", "build_timesformer_tokenizer", "sincos_1d"]
 
@@ -189,10 +189,8 @@ def build_timesformer_tokenizer(
     """A video :class:`VQTokenizer`: :class:`TimeSformerEncoder` / :class:`TimeSformerDecoder`
     around a quantizer (a built :class:`VectorQuantizer` with ``dim == embed_dim``, or its
     keyword arguments). Tokens of a clip: (frames, H/p, W/p)."""
-    quantizer = as_quantizer(quantizer, embed_dim)
     common = {"frames": frames, "image_size": image_size, "patch_size": patch_size, "dim": dim, "depth": depth,
               "heads": heads, "mlp_dim": mlp_dim, "z_channels": z_channels, "dropout": dropout,
               "activation": activation}
-    encoder = TimeSformerEncoder(in_channels=in_channels, **common)
-    decoder = TimeSformerDecoder(out_channels=in_channels if out_channels is None else out_channels, **common)
-    return VQTokenizer(encoder, decoder, quantizer, embed_dim=embed_dim, z_channels=z_channels)
+    return mirrored_tokenizer(TimeSformerEncoder, TimeSformerDecoder, common, quantizer, embed_dim, in_channels,
+                              out_channels)

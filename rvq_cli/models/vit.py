@@ -253,9 +253,16 @@ def build_vit_tokenizer(
     arguments without ``dim``. ``out_channels`` defaults to ``in_channels``. The module docstring
     maps Table 10's ViT-VQGAN small to these arguments.
     """
-    quantizer = as_quantizer(quantizer, embed_dim)
     common = {"image_size": image_size, "patch_size": patch_size, "dim": dim, "depth": depth, "heads": heads,
               "mlp_dim": mlp_dim, "z_channels": z_channels, "dropout": dropout, "activation": activation}
-    encoder = ViTEncoder(in_channels=in_channels, **common)
-    decoder = ViTDecoder(out_channels=in_channels if out_channels is None else out_channels, **common)
-    return VQTokenizer(encoder, decoder, quantizer, embed_dim=embed_dim, z_channels=z_channels)
+    return mirrored_tokenizer(ViTEncoder, ViTDecoder, common, quantizer, embed_dim, in_channels, out_channels)
+
+
+def mirrored_tokenizer(encoder_cls, decoder_cls, common: dict, quantizer, embed_dim: int, in_channels: int,
+                       out_channels: int | None) -> VQTokenizer:
+    """A :class:`VQTokenizer` of an encoder and a decoder built from the same ``common`` arguments
+    (transformer tokenizers: ViT, TimeSformer); ``out_channels`` defaults to ``in_channels``."""
+    quantizer = as_quantizer(quantizer, embed_dim)
+    encoder = encoder_cls(in_channels=in_channels, **common)
+    decoder = decoder_cls(out_channels=in_channels if out_channels is None else out_channels, **common)
+    return VQTokenizer(encoder, decoder, quantizer, embed_dim=embed_dim, z_channels=common["z_channels"])
