@@ -171,26 +171,31 @@ def eval_(
     image_size: Optional[int] = typer.Option(None, "--image-size", help="Evaluate at another resolution than the checkpoint's (recorded in eval.json)."),
     inception_weights: Optional[Path] = typer.Option(None, "--inception-weights", help="torch-fidelity's Inception weights (.pth or .safetensors) for r-FID/r-IS."),
     no_fid: bool = typer.Option(False, "--no-fid", help="Skip r-FID and r-IS."),
+    i3d_weights: Optional[Path] = typer.Option(None, "--i3d-weights", help="Video: I3D weights (VideoGPT's i3d_pretrained_400.pt) for r-FVD."),
+    no_fvd: bool = typer.Option(False, "--no-fvd", help="Video: skip r-FVD."),
     out: Optional[Path] = typer.Option(None, "--out", help="Where to write the JSON report (default: RUN_DIR/eval.json; the grid goes beside it as .png)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Measure a tokenizer: reconstruction loss, MSE/L1, PSNR, codebook usage, perplexity,
-    quantization error, r-FID and r-IS; writes eval.json and a grid of originals beside reconstructions."""
+    quantization error, r-FID and r-IS (video: per frame, plus r-FVD); writes eval.json and a grid
+    of originals beside reconstructions."""
     from .data import DataError
     from .evaluate import CheckpointError, EvalError, evaluate
     from .evaluate.fidelity import FidelityError
 
     try:
         result = evaluate(checkpoint, data=data, split=split, batch_size=batch_size, num_workers=num_workers,
-                          image_size=image_size, inception_weights=inception_weights, fid=not no_fid, out=out,
-                          quiet=quiet)
+                          image_size=image_size, inception_weights=inception_weights, fid=not no_fid,
+                          i3d_weights=i3d_weights, fvd=not no_fvd, out=out, quiet=quiet)
     except (CheckpointError, EvalError, DataError, FidelityError) as err:
         raise UserError(str(err)) from None
     if result.json_path is None:  # not the main process
         return
     r = result.report
-    console.print(f"{r['checkpoint']}: step {r['step']}, estimator {r['estimator']}, {r['codebook_size']} codes; "
-                  f"{r['data']['images']} images at {r['data']['image_size']} px from {r['data']['pattern']}",
+    console.print(f"{r['checkpoint']}: step {r['step']}, estimator {r['estimator']}, {r['codebook_size']} codes; " +
+                  (f"{r['data']['images']} clips of {r['data']['frames_per_clip']} frames"
+                   if "frames_per_clip" in r["data"] else f"{r['data']['images']} images") +
+                  f" at {r['data']['image_size']} px from {r['data']['pattern']}",
                   highlight=False, markup=False, soft_wrap=True)
     table = Table()
     table.add_column("metric")
@@ -391,22 +396,23 @@ def data_shards(
 
 @data_app.command("prepare")
 def data_prepare(
-    layout: str = typer.Argument(..., help="imagenet | ffhq | celebahq | folder (docs/datasets.md: what to download)."),
-    src: Path = typer.Argument(..., help="The unpacked download, e.g. ILSVRC/Data/CLS-LOC or ffhq-dataset/images1024x1024."),
+    layout: str = typer.Argument(..., help="imagenet | ffhq | celebahq | folder | bair | ucf101 (docs/datasets.md: what to download)."),
+    src: Path = typer.Argument(..., help="The unpacked download, e.g. ILSVRC/Data/CLS-LOC, ffhq-dataset/images1024x1024, UCF-101."),
     out: Path = typer.Argument(..., help="Output folder for train-NNNNNN.tar, val-NNNNNN.tar, classes.json, skipped.txt."),
     val_labels: Optional[Path] = typer.Option(None, "--val-labels", help="imagenet, flat val/: LOC_val_solution.csv (Kaggle) or ILSVRC2012_validation_ground_truth.txt (devkit, with --synsets)."),
     synsets: Optional[Path] = typer.Option(None, "--synsets", help="imagenet with the devkit's ground truth: the devkit's data/meta.mat."),
     val_from: Optional[int] = typer.Option(None, "--val-from", help="ffhq: images numbered N and above are validation (default 60000)."),
     val_fraction: Optional[float] = typer.Option(None, "--val-fraction", help="celebahq: the last fraction by number is validation (default 0.1); folder: a fraction chosen by path hash (default 0)."),
-    train_list: Optional[Path] = typer.Option(None, "--train-list", help="ffhq, celebahq: file names of the training images, one a line (with --val-list)."),
-    val_list: Optional[Path] = typer.Option(None, "--val-list", help="ffhq, celebahq: file names of the validation images, one a line."),
-    size: Optional[int] = typer.Option(None, "--size", help="Store images downscaled to this short side (bicubic, JPEG quality 95); default: the original bytes."),
-    per_shard: int = typer.Option(1000, "--per-shard", help="Images per shard."),
+    train_list: Optional[Path] = typer.Option(None, "--train-list", help="ffhq, celebahq: file names of the training images, one a line (with --val-list); ucf101: the official trainlist01.txt."),
+    val_list: Optional[Path] = typer.Option(None, "--val-list", help="ffhq, celebahq: file names of the validation images, one a line; ucf101: testlist01.txt."),
+    size: Optional[int] = typer.Option(None, "--size", help="Store images downscaled to this short side (bicubic, JPEG quality 95; videos: every frame resized to it); default: the original size."),
+    per_shard: int = typer.Option(1000, "--per-shard", help="Images (videos) per shard."),
     workers: int = typer.Option(0, "--workers", help="Reader processes (0: up to 4, by CPU count)."),
     restart: bool = typer.Option(False, "--restart", help="Discard what an earlier prepare wrote in OUT (shards, records) and start over."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
-    """Turn ImageNet, FFHQ, CelebA-HQ or a folder into train/val shards (resumable: re-run to continue)."""
+    """Turn ImageNet, FFHQ, CelebA-HQ, a folder, BAIR Robot Pushing or UCF101 into train/val shards
+    (videos as mp4; resumable: re-run to continue)."""
     from .data import DataError, DatasetOptions, prepare_dataset
 
     given = dict(val_labels=val_labels, synsets=synsets, val_from=val_from, val_fraction=val_fraction,

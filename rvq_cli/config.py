@@ -30,6 +30,8 @@ class DataConfig(_Section):
     random_flip: bool = Field(True, description="horizontal flips for training samples")
     num_workers: int = Field(2, ge=0, description="data loader worker processes per training process")
     shuffle_buffer: int = Field(1000, ge=0, description="samples held for shuffling (0: no shuffle)")
+    frames: int = Field(16, ge=1, description="video models: frames per clip")
+    frame_stride: int = Field(1, ge=1, description="video models: take every k-th frame of the video")
 
 
 class EncoderConfig(_Section):
@@ -100,15 +102,36 @@ class ViTConfig(_Section):
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
 
 
+class TimeSformerConfig(_Section):
+    """The TimeSformer video encoder/decoder (divided space-time attention); defaults: Table 11, BAIR."""
+
+    in_channels: int = Field(3, ge=1)
+    patch_size: int = Field(2, ge=1, description="p: p×p pixel patches of each frame, one token each")
+    dim: int = Field(256, ge=1, description="hidden width (also the channels entering the pre-quant projection)")
+    depth: int = Field(8, ge=0, description="divided space-time blocks in the encoder and in the decoder")
+    heads: int = Field(4, ge=1)
+    mlp_dim: int = Field(768, ge=1)
+    activation: Literal["tanh", "gelu"] = Field("gelu", description="MLP activation (gelu: TimeSformer's)")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+
+
 class ModelConfig(_Section):
-    name: Literal["conv", "vit"] = Field("conv", description="model family: conv (VQ-VAE/VQGAN) or vit (ViT-VQGAN)")
+    name: Literal["conv", "vit", "timesformer"] = Field(
+        "conv", description="model family: conv (VQ-VAE/VQGAN), vit (ViT-VQGAN) or timesformer (video)")
     encoder: EncoderConfig = Field(EncoderConfig(), description="the conv family's encoder/decoder")
     vit: ViTConfig = Field(ViTConfig(), description="the vit family's encoder/decoder")
+    timesformer: TimeSformerConfig = Field(TimeSformerConfig(), description="the timesformer family's encoder/decoder")
     quantizer: QuantizerConfig = QuantizerConfig()
 
     @property
     def in_channels(self) -> int:
-        return self.vit.in_channels if self.name == "vit" else self.encoder.in_channels
+        return {"vit": self.vit.in_channels, "timesformer": self.timesformer.in_channels}.get(
+            self.name, self.encoder.in_channels)
+
+    @property
+    def video(self) -> bool:
+        """Whether the model takes clips (B, C, T, H, W) rather than images."""
+        return self.name == "timesformer"
 
 
 class GANConfig(_Section):
@@ -294,19 +317,24 @@ def _check_conv(recipe: Recipe) -> list[Problem]:
 
 
 def _check_vit(recipe: Recipe) -> list[Problem]:
-    problems, v = [], recipe.model.vit
+    """The transformer families (vit, timesformer): patches tile the image, heads divide dim."""
+    name = recipe.model.name
+    problems, v = [], getattr(recipe.model, name)
     if recipe.data.image_size % v.patch_size:
         problems.append(Problem("data.image_size", f"{recipe.data.image_size} is not divisible by "
-                                f"model.vit.patch_size {v.patch_size}"))
+                                f"model.{name}.patch_size {v.patch_size}"))
     if v.dim % v.heads:
-        problems.append(Problem("model.vit.heads", f"{v.heads} heads do not divide dim {v.dim}"))
+        problems.append(Problem(f"model.{name}.heads", f"{v.heads} heads do not divide dim {v.dim}"))
+    if v.dim % 4:
+        problems.append(Problem(f"model.{name}.dim", f"{v.dim} is not divisible by 4 (the 2-D sin-cos position "
+                                "embedding needs it)"))
     return problems
 
 
 def check_recipe(recipe: Recipe, check_paths: bool = True) -> list[Problem]:
     """Checks across fields, which the per-field schema cannot express."""
     q = recipe.model.quantizer
-    problems = _check_vit(recipe) if recipe.model.name == "vit" else _check_conv(recipe)
+    problems = _check_conv(recipe) if recipe.model.name == "conv" else _check_vit(recipe)
     if q.gamma is not None and q.estimator != "rotation":
         problems.append(Problem("model.quantizer.gamma", f"gamma is an option of the rotation estimator, not of {q.estimator!r}"))
     g = recipe.loss.gan

@@ -106,7 +106,7 @@ def init_fingerprint(recipe: Recipe) -> str:
     from ..train.build import build_tokenizer
 
     set_seed(recipe.train.seed)
-    model = build_tokenizer(recipe.model, recipe.data.image_size)
+    model = build_tokenizer(recipe.model, recipe.data.image_size, recipe.data.frames)
     h = hashlib.sha256()
     for name, t in sorted(model.state_dict().items()):
         h.update(name.encode())

@@ -13,6 +13,7 @@ Layouts (docs/datasets.md says what to download for each):
   ``val_fraction`` (0.1) by index is validation, or ``train_list`` / ``val_list``. Unlabelled.
 - ``folder``: any folder, class sub-folders give labels (as ``rvq data shards``); a file is
   validation when a hash of its relative path falls below ``val_fraction`` (default 0).
+- ``bair``, ``ucf101``: videos, one mp4 sample per trajectory / video (``video_datasets.py``).
 
 Split S is written as ``OUT/S-000000.tar``, ... with ``per_shard`` consecutive files each (sorted
 order), keys from the path (``_keys``; ffhq/celebahq keys start with the layout name so the two
@@ -43,7 +44,7 @@ from .images import _resize_short, decode_rgb
 from .prepare import IMAGE_SUFFIXES, SkippedFile, _class_layout, _keys, _list_images, _load, _write_text
 from .shards import DataError, _checked, _shard_name, _write_one, shard_pattern
 
-LAYOUTS = ("imagenet", "ffhq", "celebahq", "folder")
+LAYOUTS = ("imagenet", "ffhq", "celebahq", "folder", "bair", "ucf101")
 PROGRESS = ".progress"
 FORMAT = 1
 FFHQ_VAL_FROM = 60000  # taming-transformers' FFHQ split: 0..59999 train, 60000..69999 validation
@@ -53,7 +54,8 @@ _OURS = re.compile(r"(train|val)-\d{6,}\.tar")
 _PARTIAL = re.compile(r"\.(train|val)-\d{6,}\.tar\.partial")  # a shard being written (_write_shard)
 # options each layout takes (DatasetOptions field names); others given are refused
 _APPLIES = {"imagenet": {"val_labels", "synsets"}, "ffhq": {"val_from", "train_list", "val_list"},
-            "celebahq": {"val_fraction", "train_list", "val_list"}, "folder": {"val_fraction"}}
+            "celebahq": {"val_fraction", "train_list", "val_list"}, "folder": {"val_fraction"}, "bair": set(),
+            "ucf101": {"train_list", "val_list"}}
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,7 @@ class Plan:
     classes: Optional[dict[str, int]]  # None: unlabelled
     pins: dict  # resolved layout settings that shape the output (recorded in job.json)
     notes: list[str] = field(default_factory=list)
+    reader: str = "image"  # "image": files as they are; "frames" (a folder of frames) or "video": to mp4
 
 
 @dataclass
@@ -354,11 +357,30 @@ def _plan_folder(src: Path, o: DatasetOptions) -> Plan:
     return Plan(splits, classes, {"val_fraction": f})
 
 
+def _plan_bair(src: Path, o: DatasetOptions) -> Plan:
+    from .video_datasets import plan_bair
+
+    splits, notes = plan_bair(src)
+    return Plan({s: [Item(p, k) for p, k in zip(paths, _keys(paths))] for s, paths in splits.items()}, None, {},
+                notes, reader="frames")
+
+
+def _plan_ucf101(src: Path, o: DatasetOptions) -> Plan:
+    from .video_datasets import plan_ucf101
+
+    splits, classes, pins, notes = plan_ucf101(src, o.train_list, o.val_list)
+    items = {s: [Item(p, k, classes[p.split("/", 1)[0]], {"class": p.split("/", 1)[0]})
+                 for p, k in zip(paths, _keys(paths))] for s, paths in splits.items()}
+    return Plan(items, classes, pins, notes, reader="video")
+
+
 PLANNERS: dict[str, Callable[[Path, DatasetOptions], Plan]] = {
     "imagenet": _plan_imagenet,
     "ffhq": lambda src, o: _plan_faces("ffhq", src, o),
     "celebahq": lambda src, o: _plan_faces("celebahq", src, o),
     "folder": _plan_folder,
+    "bair": _plan_bair,
+    "ucf101": _plan_ucf101,
 }
 
 
@@ -426,9 +448,15 @@ def _write_shard(path: Path, samples: Iterator[dict]) -> int:
     return len(seen)
 
 
-def _write_chunk(src: Path, out: Path, chunk: _Chunk, pool, size: Optional[int], progress: JobProgress) -> dict:
-    jobs = [(str(src / it.path), size) for it in chunk.items]
-    results = map(_read, jobs) if pool is None else pool.map(_read, jobs, chunksize=8)
+def _write_chunk(src: Path, out: Path, chunk: _Chunk, pool, size: Optional[int], progress: JobProgress,
+                 reader: str = "image") -> dict:
+    if reader == "image":
+        read, jobs = _read, [(str(src / it.path), size) for it in chunk.items]
+    else:  # videos: a folder of frames or a video file, written as mp4
+        from .video_datasets import read_video_item
+
+        read, jobs = read_video_item, [(reader, str(src / it.path), size) for it in chunk.items]
+    results = map(read, jobs) if pool is None else pool.map(read, jobs, chunksize=1 if reader != "image" else 8)
     skipped = []
 
     def samples() -> Iterator[dict]:
@@ -437,7 +465,8 @@ def _write_chunk(src: Path, out: Path, chunk: _Chunk, pool, size: Optional[int],
             if isinstance(got, str):
                 skipped.append([it.path, got])
                 continue
-            sample = {"__key__": it.key, got[0]: got[1], "json": {"path": it.path, **it.meta}}
+            extra = got[2] if len(got) > 2 else {}  # videos: frames, fps, size
+            sample = {"__key__": it.key, got[0]: got[1], "json": {"path": it.path, **it.meta, **extra}}
             if it.cls is not None:
                 sample["cls"] = it.cls
             yield sample
@@ -567,7 +596,8 @@ def prepare_dataset(layout: str, src: str | os.PathLike, out: str | os.PathLike,
     with _pool(o.workers if todo else 1) as pool, \
             JobProgress(f"prepare {layout}", sum(len(c.items) for c in todo), silent=o.quiet) as progress:
         for c in todo:
-            written[c.split] = written.get(c.split, 0) + _write_chunk(src, out, c, pool, o.size, progress)["count"]
+            written[c.split] = written.get(c.split, 0) + _write_chunk(src, out, c, pool, o.size, progress,
+                                                                      plan.reader)["count"]
         rate = progress.rate
     _remove_stale(out, chunks)
     return _finish(out, layout, plan, chunks, written, rate)

@@ -115,9 +115,30 @@ def decode_clip(data: bytes, *, frames: int, stride: int = 1, start: int | None 
         start = rng.randint(0, n - span) if rng is not None else (n - span) // 2
     if not 0 <= start <= n - span:
         raise ValueError(f"start {start} is outside 0..{n - span} for a {n}-frame video and a {span}-frame clip")
-    clip = vr.get_batch(list(range(start, start + span, stride))).asnumpy()  # (T, H, W, 3)
+    indices = list(range(start, start + span, stride))
+    try:
+        clip = vr.get_batch(indices).asnumpy()  # (T, H, W, 3)
+    except decord.DECORDError as err:
+        if "must exactly match" not in str(err):
+            raise
+        clip = _decode_with_pyav(data, indices)  # decord 0.6.0 fails on some small frame sizes (e.g. 24×24)
     assert clip.shape[0] == frames and clip.dtype == np.uint8, clip.shape
     return clip
+
+
+def _decode_with_pyav(data: bytes, indices: list[int]) -> np.ndarray:
+    """Frames ``indices`` (ascending) of an mp4 in memory, decoded by PyAV: the fallback for frame
+    sizes whose buffers decord 0.6.0 mis-sizes ("The size must exactly match")."""
+    import av
+
+    wanted, out = set(indices), {}
+    with av.open(io.BytesIO(data)) as container:
+        for i, frame in enumerate(container.decode(video=0)):
+            if i in wanted:
+                out[i] = frame.to_ndarray(format="rgb24")
+            if i >= indices[-1]:
+                break
+    return np.stack([out[i] for i in indices])
 
 
 def resize_center_crop(clip: np.ndarray, size: int) -> np.ndarray:

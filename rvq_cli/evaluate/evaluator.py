@@ -16,6 +16,12 @@ Definitions (all on the recipe's centre crop, reconstructions from the eval-mode
   quant_error    mean over latent elements of (e − q)², in code space
   rfid, ris      torch-fidelity's FID (pool3, 2048) between reconstructions and originals, and IS
                  of the reconstructions (``is_originals`` for reference), uint8 inputs
+  rfvd           video: the Fréchet distance between I3D features of the original and the
+                 reconstructed clips (``rvq_cli.evaluate.i3d``)
+
+Video checkpoints: clips of ``data.frames`` frames at ``data.frame_stride`` (the centred clip of
+each video); every image metric above is computed per frame (psnr averaged over frames, r-FID and
+r-IS over all frames), and r-FVD over clips.
 """
 
 from __future__ import annotations
@@ -36,6 +42,10 @@ from ..data import RESIZE_METHOD, expand_pattern, image_batches
 from ..data.shards import count_samples
 from ..progress import JobProgress
 from . import fidelity
+from ..train.objective import frames
+from ..train.trainer import batch_tensor
+from .i3d import MIN_FRAMES as I3D_MIN_FRAMES
+from .i3d import I3DError, find_i3d_weights, i3d_features, load_i3d, missing_i3d_message
 from .load import LoadedTokenizer, inference_accelerator, load_tokenizer
 
 PSNR_FLOOR = 1e-10  # MSE floor of a perfect reconstruction (caps PSNR at 100 dB)
@@ -59,7 +69,7 @@ class EvalResult:
 
 
 # Per-rank sums, all-reduced in one collective (order matters: see _SUMS.index).
-_SUMS = ("images", "elements", "rec", "se", "ae", "psnr", "batches", "usage_batch", "perplexity_batch",
+_SUMS = ("images", "frames", "elements", "rec", "se", "ae", "psnr", "batches", "usage_batch", "perplexity_batch",
          "qerr", "latents", "power", "skipped")
 
 
@@ -71,8 +81,9 @@ def _data_pattern(tok: LoadedTokenizer, data: str | None, split: str) -> str:
                             "shards to evaluate on with --data SHARDS.")
     if data == DEMO:
         from ..data import demo_shards
+        from ..data.video_demo import demo_video_shards
 
-        d = demo_shards()
+        d = demo_video_shards() if tok.recipe.model.video else demo_shards()
         return d.val if split == "val" else d.train
     return data
 
@@ -92,14 +103,21 @@ class _Accumulator:
         self.dim, self.kind, self.fid = codebook_dim, loss_kind, fid
         self.keys: list[str] = []
         self.feats: dict[str, list[torch.Tensor]] = {"real_pool": [], "real_logits": [], "fake_pool": [], "fake_logits": []}
+        self.i3d: dict[str, list[torch.Tensor]] = {"real_i3d": [], "fake_i3d": []}
 
-    def add(self, x: torch.Tensor, rec: torch.Tensor, out, keys: list[str], inception) -> None:
+    def add(self, x: torch.Tensor, rec: torch.Tensor, out, keys: list[str], inception, i3d=None) -> None:
+        """One batch: images (B, C, H, W), or clips (B, C, T, H, W) measured frame by frame."""
         s, diff = self.sums, rec.double() - x.double()
         s["images"] += len(x)
         s["elements"] += diff.numel()
         s["se"] += float(diff.pow(2).sum())
         s["ae"] += float(diff.abs().sum())
         s["rec"] += float(diff.pow(2).sum() if self.kind == "l2" else diff.abs().sum())
+        if i3d is not None:
+            self.i3d["real_i3d"].append(i3d_features(i3d, x))
+            self.i3d["fake_i3d"].append(i3d_features(i3d, rec.clamp(-1, 1)))
+        x, rec = frames(x), frames(rec)  # per-frame image metrics for clips; images as they are
+        s["frames"] += len(x)
         x8, r8 = fidelity.to_uint8(x), fidelity.to_uint8(rec)
         s["psnr"] += float(_psnr(x8, r8).sum())
         m, idx = out.metrics, out.indices.reshape(-1).cpu()
@@ -131,6 +149,13 @@ def _gather_rows(acc: Accelerator, parts: list[torch.Tensor], width: int) -> tor
     return torch.cat([every[r, :k] for r, k in enumerate(lengths)])
 
 
+def _grid_frames(clips: torch.Tensor, per_clip: int = 4) -> torch.Tensor:
+    """``per_clip`` evenly spaced frames of each clip (B, C, T, H, W) -> (B·per_clip, C, H, W)."""
+    t = clips.shape[2]
+    pick = torch.linspace(0, t - 1, min(per_clip, t)).round().long().to(clips.device)
+    return frames(clips[:, :, pick])
+
+
 def _save_grid(x: torch.Tensor, rec: torch.Tensor, path: Path) -> None:
     """Originals beside their reconstructions: pairs (original, reconstruction), four per row."""
     from torchvision.utils import save_image
@@ -139,8 +164,20 @@ def _save_grid(x: torch.Tensor, rec: torch.Tensor, path: Path) -> None:
     save_image((pairs + 1) / 2, path, nrow=min(8, len(pairs)), padding=2)
 
 
+def _fvd(acc: Accelerator, feats: dict[str, list[torch.Tensor]], order: list[int], notes: list[str]) -> dict:
+    """r-FVD from every rank's I3D features of the clips, in key order."""
+    g = {k: _gather_rows(acc, v, 400) for k, v in feats.items()}
+    if not acc.is_main_process:
+        return {}
+    if len(order) < 2:
+        notes.append("r-FVD needs at least 2 clips; skipped.")
+        return {}
+    return {"rfvd": fidelity.fid_from_features(g["real_i3d"][order], g["fake_i3d"][order])}
+
+
 def _fidelity(acc: Accelerator, feats: dict[str, list[torch.Tensor]], order: list[int], notes: list[str]) -> dict:
-    """r-FID, r-IS (and IS of the originals) from every rank's features, in key order."""
+    """r-FID, r-IS (and IS of the originals) from every rank's features, in key order (for clips:
+    ``order`` lists frames, clip by clip)."""
     widths = {"pool": 2048, "logits": 1008}
     g = {k: _gather_rows(acc, v, widths[k.split("_")[1]]) for k, v in feats.items()}
     if not acc.is_main_process:
@@ -156,7 +193,7 @@ def _fidelity(acc: Accelerator, feats: dict[str, list[torch.Tensor]], order: lis
 
 
 def _metrics(s: dict, counts: torch.Tensor) -> dict:
-    n, p = s["images"], counts / counts.sum().clamp_min(1)
+    n, p = s["frames"], counts / counts.sum().clamp_min(1)
     entropy = -(p * p.clamp_min(1e-300).log()).sum()
     return {
         "rec_loss": s["rec"] / s["elements"], "mse": s["se"] / s["elements"], "l1": s["ae"] / s["elements"],
@@ -177,6 +214,7 @@ def _write_json(path: Path, report: dict) -> None:
 def evaluate(checkpoint: str | os.PathLike, *, data: str | None = None, split: str = "val",
              batch_size: int | None = None, num_workers: int | None = None, image_size: int | None = None,
              inception_weights: str | os.PathLike | None = None, fid: bool = True,
+             i3d_weights: str | os.PathLike | None = None, fvd: bool = True,
              out: str | os.PathLike | None = None, quiet: bool = False) -> EvalResult:
     """Evaluate the tokenizer at ``checkpoint`` (run directory or checkpoint folder) on ``data``
     (shards; default: the recipe's ``split`` set) and write ``eval.json`` and ``eval.png``
@@ -191,7 +229,7 @@ def evaluate(checkpoint: str | os.PathLike, *, data: str | None = None, split: s
     recipe, notes = tok.recipe, []
     size = recipe.data.image_size if image_size is None else image_size
     try:
-        tok.model.latent_shape(size)
+        tok.model.latent_shape((recipe.data.frames, size, size) if recipe.model.video else size)
     except ValueError as err:
         raise EvalError(f"--image-size {size}: {err}.") from None
     pattern = _data_pattern(tok, data, split)
@@ -210,23 +248,47 @@ def evaluate(checkpoint: str | os.PathLike, *, data: str | None = None, split: s
         else:
             inception = fidelity.load_inception(weights, acc.device)
 
+    video = recipe.model.video
+    i3d, i3d_file = None, None
+    if video and fvd:
+        if recipe.data.frames < I3D_MIN_FRAMES:
+            notes.append(f"r-FVD skipped: I3D needs clips of at least {I3D_MIN_FRAMES} frames, the checkpoint's are "
+                         f"{recipe.data.frames}.")
+        else:
+            try:
+                i3d_file = find_i3d_weights(i3d_weights)
+                if i3d_file is None:
+                    notes.append(missing_i3d_message())
+                else:
+                    i3d = load_i3d(i3d_file, acc.device)
+            except I3DError as err:
+                raise EvalError(str(err)) from None
+
     q = tok.model.quantize
     accum = _Accumulator(q.codebook_size, q.codebook_dim, recipe.loss.reconstruction, inception is not None)
-    loader = image_batches(pattern, image_size=size, batch_size=bs, train=False, seed=recipe.train.seed,
-                           rank=acc.process_index, world_size=acc.num_processes, num_workers=workers)
+    if video:
+        from ..data.video import video_batches
+
+        loader = video_batches(pattern, frames=recipe.data.frames, stride=recipe.data.frame_stride, image_size=size,
+                               batch_size=bs, train=False, seed=recipe.train.seed, rank=acc.process_index,
+                               world_size=acc.num_processes, num_workers=workers)
+    else:
+        loader = image_batches(pattern, image_size=size, batch_size=bs, train=False, seed=recipe.train.seed,
+                               rank=acc.process_index, world_size=acc.num_processes, num_workers=workers)
     grid = (torch.zeros(0), torch.zeros(0))
     t0 = time.perf_counter()
     total = count_samples(files[acc.process_index :: acc.num_processes])
     with JobProgress("eval", total, silent=quiet or not acc.is_main_process) as progress, torch.no_grad():
         for batch in loader:
-            x = batch["image"].to(acc.device)
+            x = batch_tensor(batch).to(acc.device)
             fwd = tok.model(x)
             rec = fwd.reconstruction.float()
-            accum.add(x, rec, fwd.quantize, batch["key"], inception)
+            accum.add(x, rec, fwd.quantize, batch["key"], inception, i3d)
             accum.sums["skipped"] += batch["skipped"]
-            if len(grid[0]) < GRID_IMAGES:  # the first GRID_IMAGES images of this process
+            if len(grid[0]) < GRID_IMAGES:  # the first GRID_IMAGES images (clips: 4 frames of each) of this process
                 take = GRID_IMAGES - len(grid[0])
-                grid = (torch.cat([grid[0], x[:take].cpu()]), torch.cat([grid[1], rec[:take].cpu()]))
+                gx, gr = (_grid_frames(x), _grid_frames(rec)) if video else (x, rec)
+                grid = (torch.cat([grid[0], gx[:take].cpu()]), torch.cat([grid[1], gr[:take].cpu()]))
             progress.advance(len(x))
 
     sums = torch.tensor([accum.sums[k] for k in _SUMS], dtype=torch.float64, device=acc.device)
@@ -235,10 +297,15 @@ def evaluate(checkpoint: str | os.PathLike, *, data: str | None = None, split: s
     counts = totals[len(_SUMS) :]
     keys = gather_object(accum.keys) if acc.num_processes > 1 else accum.keys
     if s["images"] == 0:
-        raise EvalError(f"no image could be read from {pattern} ({int(s['skipped'])} samples skipped as "
-                        "undecodable). Point --data at image shards.")
+        what = "clip" if video else "image"
+        raise EvalError(f"no {what} could be read from {pattern} ({int(s['skipped'])} samples skipped as "
+                        f"undecodable). Point --data at {what.replace('clip', 'video')} shards.")
     order = sorted(range(len(keys)), key=keys.__getitem__)
-    extra = _fidelity(acc, accum.feats, order, notes) if inception is not None else {}
+    per = recipe.data.frames if video else 1
+    frame_order = [i * per + t for i in order for t in range(per)]
+    extra = _fidelity(acc, accum.feats, frame_order, notes) if inception is not None else {}
+    if i3d is not None:
+        extra.update(_fvd(acc, accum.i3d, order, notes))
     if not acc.is_main_process:
         acc.wait_for_everyone()
         return EvalResult({}, None, None, notes)
@@ -249,19 +316,26 @@ def evaluate(checkpoint: str | os.PathLike, *, data: str | None = None, split: s
     metrics = _metrics(s, counts)
     metrics.update(rfid=extra.get("rfid"), ris=extra.get("ris"), ris_std=extra.get("ris_std"),
                    is_originals=extra.get("is_originals"))
+    if video:
+        metrics["rfvd"] = extra.get("rfvd")
     report = {
         "checkpoint": str(tok.checkpoint.resolve()), "step": tok.step, "tokenizer_id": tok.tokenizer_id,
         "estimator": recipe.model.quantizer.estimator, "codebook_size": q.codebook_size,
         "metrics": metrics,
         "code_counts": [int(c) for c in counts.tolist()],  # how often each code was chosen over the set
         "data": {"pattern": pattern, "split": split, "shards": len(files), "images": int(s["images"]),
+                 **({"frames_per_clip": recipe.data.frames, "frame_stride": recipe.data.frame_stride,
+                     "frames": int(s["frames"]), "clip": "centred"} if video else {}),
                  "skipped": int(s["skipped"]), "duplicate_keys": duplicates, "image_size": size,
                  "recipe_image_size": recipe.data.image_size, "crop": "center", "resize": RESIZE_METHOD},
         "settings": {"batch_size": bs, "processes": acc.num_processes, "num_workers": workers,
                      "reconstruction_loss": recipe.loss.reconstruction, "precision": "fp32",
                      "fid_feature": fidelity.FID_FEATURE if inception is not None else None,
                      "is_splits": min(10, len(keys)) if inception is not None else None,
-                     "inception_weights": str(weights) if weights else None},
+                     "inception_weights": str(weights) if weights else None,
+                     **({"i3d_weights": str(i3d_file) if i3d_file else None,
+                         "fvd_feature": "I3D Kinetics-400 logits, time-averaged; frames resized (short side) and "
+                                        "centre-cropped to 224, [-1, 1]"} if video else {})},
         "versions": {"rvq": __version__, **fidelity.library_versions()},
         "seconds": round(time.perf_counter() - t0, 2),
         "notes": notes,

@@ -106,7 +106,7 @@ def load_tokenizer(path: str | os.PathLike, device: str | torch.device = "cpu") 
         recipe = load_recipe(ckpt / RECIPE, check_paths=False)
     except RecipeError as err:
         raise CheckpointError(f"{ckpt / RECIPE} is not a valid recipe, so the model cannot be rebuilt: {err}") from None
-    model = build_tokenizer(recipe.model, recipe.data.image_size)
+    model = build_tokenizer(recipe.model, recipe.data.image_size, recipe.data.frames)
     try:
         weights = load_file(str(ckpt / WEIGHTS))
     except (SafetensorError, OSError, ValueError) as err:
@@ -125,6 +125,14 @@ def load_tokenizer(path: str | os.PathLike, device: str | torch.device = "cpu") 
     model.load_state_dict(weights)
     model.to(device).eval()
     return LoadedTokenizer(model, recipe, ckpt, _step(ckpt), tokenizer_id(ckpt))
+
+
+def refuse_video(tok: LoadedTokenizer, command: str) -> None:
+    """A clean error for commands that do not handle video tokenizers yet."""
+    if tok.recipe.model.video:
+        raise CheckpointError(f"{tok.checkpoint} is a video tokenizer (model.name: {tok.recipe.model.name}); rvq "
+                              f"{command} handles image tokenizers only in this version (video support: "
+                              "docs/video.md). Nothing was written.")
 
 
 def inference_accelerator() -> Accelerator:

@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from ..evaluate.fidelity import to_uint8
-from ..evaluate.load import load_tokenizer
+from ..evaluate.load import load_tokenizer, refuse_video
 from ..models import VQTokenizer
 from ..progress import JobProgress
 from .format import TokenError, TokenSample, check_sample, read_token_samples, token_files
@@ -94,6 +94,7 @@ def decode_dataset(checkpoint: str | os.PathLike, tokens: str | os.PathLike, out
     files, manifest = token_files(tokens)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     tok = load_tokenizer(checkpoint, device=device)
+    refuse_video(tok, "decode")
     K = tok.model.quantize.codebook_size
     if manifest is not None and manifest.get("tokenizer") != tok.tokenizer_id:
         raise TokenError(f"{tokens} holds tokens of tokenizer {manifest.get('tokenizer')!r} (checkpoint "

@@ -26,7 +26,7 @@ import torch
 from accelerate import Accelerator
 
 from ..data.shards import count_samples, write_shards
-from ..evaluate.load import LoadedTokenizer, inference_accelerator, load_tokenizer
+from ..evaluate.load import LoadedTokenizer, inference_accelerator, load_tokenizer, refuse_video
 from ..jobs import clear_outputs, job_differences, write_json_atomic
 from ..progress import JobProgress
 from .format import FORMAT, MANIFEST, META, TOKENS, token_dtype, tokens_to_npy
@@ -166,6 +166,7 @@ def encode_dataset(checkpoint: str | os.PathLike, data: str, out: str | os.PathL
             raise EncodeError(f"--{name.replace('_', '-')} must be at least {lo}, got {v}.")
     acc = inference_accelerator()
     tok = load_tokenizer(checkpoint, device=acc.device)
+    refuse_video(tok, "encode")
     size = tok.recipe.data.image_size if image_size is None else image_size
     try:
         tok.model.latent_shape(size)

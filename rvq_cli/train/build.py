@@ -8,11 +8,12 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig, OptimConfig
-from ..models import VQTokenizer, build_conv_tokenizer, build_vit_tokenizer
+from ..models import VQTokenizer, build_conv_tokenizer, build_timesformer_tokenizer, build_vit_tokenizer
 
 
-def build_tokenizer(model: ModelConfig, image_size: int) -> VQTokenizer:
-    """The tokenizer a recipe's ``model`` section describes, for images of ``image_size``."""
+def build_tokenizer(model: ModelConfig, image_size: int, frames: int = 16) -> VQTokenizer:
+    """The tokenizer a recipe's ``model`` section describes, for images of ``image_size`` (video
+    models: clips of ``frames`` such frames)."""
     enc, q = model.encoder, model.quantizer
     quantizer = dict(
         codebook_size=q.codebook_size, estimator=q.estimator, gamma=q.gamma, lookup=q.lookup, update=q.update,
@@ -20,6 +21,13 @@ def build_tokenizer(model: ModelConfig, image_size: int) -> VQTokenizer:
         dead_code_threshold=q.dead_code_threshold, epsilon=q.epsilon, temperature=tuple(q.temperature),
         kl_weight=q.kl_weight,
     )
+    if model.name == "timesformer":
+        v = model.timesformer
+        return build_timesformer_tokenizer(
+            frames=frames, image_size=image_size, patch_size=v.patch_size, dim=v.dim, depth=v.depth, heads=v.heads,
+            mlp_dim=v.mlp_dim, z_channels=v.dim, embed_dim=q.dim, quantizer=quantizer, in_channels=v.in_channels,
+            dropout=v.dropout, activation=v.activation,
+        )
     if model.name == "vit":
         v = model.vit
         return build_vit_tokenizer(

@@ -13,6 +13,15 @@ from ..losses import D_LOSSES, PatchDiscriminator, adaptive_weight, build_lpips,
 GAN_KEYS = ("g_loss", "d_loss", "adaptive_weight", "logits_real", "logits_fake")
 
 
+def frames(x: Tensor) -> Tensor:
+    """Images as they are; clips (B, C, T, H, W) as their B·T frames (B·T, C, H, W): LPIPS and the
+    discriminator judge video frame by frame (Table 11)."""
+    if x.dim() == 5:
+        b, c, t, h, w = x.shape
+        return x.transpose(1, 2).reshape(b * t, c, h, w)
+    return x
+
+
 def build_discriminator(loss: LossConfig, in_channels: int) -> PatchDiscriminator | None:
     g = loss.gan
     return PatchDiscriminator(in_channels, g.channels, g.layers, g.norm) if g.weight > 0 else None
@@ -47,7 +56,7 @@ class Objective:
         if c.gaussian_weight:
             terms["gaussian"] = px["gaussian"]
         if self.lpips is not None:
-            terms["perceptual"] = self.lpips(x, rec).mean()
+            terms["perceptual"] = self.lpips(frames(x), frames(rec)).mean()
             total = total + c.perceptual_weight * terms["perceptual"]
         return total, terms
 
@@ -64,7 +73,7 @@ class Objective:
             g = self.cfg.gan
             self.disc_module.requires_grad_(False)
             try:
-                g_loss = generator_loss(self.disc_module(rec.float()))
+                g_loss = generator_loss(self.disc_module(frames(rec).float()))
             finally:
                 self.disc_module.requires_grad_(True)
             lam = (adaptive_weight(loss, g_loss, last_layer, g.max_adaptive) if g.adaptive
@@ -75,7 +84,7 @@ class Objective:
 
     def discriminator(self, x: Tensor, rec: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """The discriminator's loss on real ``x`` and the (detached) reconstructions."""
-        real, fake = self.disc(x.float()), self.disc(rec.detach().float())
+        real, fake = self.disc(frames(x).float()), self.disc(frames(rec).detach().float())
         d_loss = D_LOSSES[self.cfg.gan.loss](real, fake)
         return d_loss, {"d_loss": d_loss, "logits_real": real.mean(), "logits_fake": fake.mean()}
 

@@ -68,21 +68,31 @@ def _data_patterns(recipe: Recipe) -> tuple[str, str | None]:
     train, val = recipe.data.train, recipe.data.val
     if DEMO in (train, val):
         from ..data import demo_shards
+        from ..data.video_demo import demo_video_shards
 
-        demo = demo_shards()
+        demo = demo_video_shards() if recipe.model.video else demo_shards()
         train = demo.train if train == DEMO else train
         val = demo.val if val == DEMO else val
     return train, val
 
 
 def _loader(pattern: str, recipe: Recipe, acc: Accelerator, train: bool, start_batch: int = 0):
+    """Image batches, or clips of ``data.frames`` frames for a video model."""
     from ..data import image_batches
+    from ..data.video import video_batches
 
     d = recipe.data
-    return image_batches(pattern, image_size=d.image_size, batch_size=recipe.train.batch_size, train=train,
-                         seed=recipe.train.seed, rank=acc.process_index, world_size=acc.num_processes,
-                         num_workers=d.num_workers, random_flip=d.random_flip, shuffle_buffer=d.shuffle_buffer,
-                         start_batch=start_batch)
+    common = dict(image_size=d.image_size, batch_size=recipe.train.batch_size, train=train, seed=recipe.train.seed,
+                  rank=acc.process_index, world_size=acc.num_processes, num_workers=d.num_workers,
+                  random_flip=d.random_flip, shuffle_buffer=d.shuffle_buffer, start_batch=start_batch)
+    if recipe.model.video:
+        return video_batches(pattern, frames=d.frames, stride=d.frame_stride, **common)
+    return image_batches(pattern, **common)
+
+
+def batch_tensor(batch: dict) -> torch.Tensor:
+    """The model input of a loader batch: ``image`` (B, C, H, W) or ``video`` (B, C, T, H, W)."""
+    return batch["video"] if "video" in batch else batch["image"]
 
 
 def _check_batch(x: torch.Tensor, step: int) -> None:
@@ -149,7 +159,7 @@ class Trainer:
                 raise TrainingError(str(err)) from None
         self._prepare_run_dir(resume)
         set_seed(t.seed)
-        self.model = build_tokenizer(recipe.model, recipe.data.image_size)
+        self.model = build_tokenizer(recipe.model, recipe.data.image_size, recipe.data.frames)
         self.optimizer = build_optimizer(self.model.parameters(), recipe.optim)
         self.scheduler = build_scheduler(self.optimizer, recipe.optim, t.steps)
         self.disc = build_discriminator(recipe.loss, recipe.model.in_channels)
@@ -249,7 +259,7 @@ class Trainer:
         for i in range(t.grad_accum):
             batch = next(batches)
             skipped += int(batch.get("skipped", 0))
-            x = batch["image"].to(self.acc.device)
+            x = batch_tensor(batch).to(self.acc.device)
             if not self._checked:
                 _check_batch(x, self.state.step)
                 self._checked = True
@@ -302,15 +312,21 @@ class Trainer:
         if self.acc.is_main_process:
             out = self.run_dir / "samples" / f"step-{self.state.step:08d}.png"
             out.parent.mkdir(exist_ok=True)
-            grid = torch.cat([x[:8].cpu(), rec[:8].cpu()])
-            save_image((grid + 1) / 2, out, nrow=min(8, len(x)))
+            if x.dim() == 5:  # clips: 8 evenly spaced frames of the first two, original above reconstruction
+                t = x.shape[2]
+                pick = torch.linspace(0, t - 1, min(8, t)).round().long()
+                rows = [v[i].cpu()[:, pick].transpose(0, 1) for i in range(min(2, len(x))) for v in (x, rec)]
+                save_image((torch.cat(rows) + 1) / 2, out, nrow=len(pick))
+            else:
+                grid = torch.cat([x[:8].cpu(), rec[:8].cpu()])
+                save_image((grid + 1) / 2, out, nrow=min(8, len(x)))
         return loss
 
     def _val_batch(self) -> torch.Tensor | None:
         if self.val_pattern is None:
             return None
         for batch in _loader(self.val_pattern, self.recipe, self.acc, train=False):
-            return batch["image"][:8]
+            return batch_tensor(batch)[:8]
         return None
 
     # ---------------------------------------------------------------- loop

@@ -129,7 +129,7 @@ def test_vit_recipe_checks():
     r = Recipe.model_validate({"model": {"name": "vit", "vit": {"patch_size": 5, "dim": 30, "heads": 4}},
                                "data": {"image_size": 64}})
     paths = {p.path for p in check_recipe(r, check_paths=False)}
-    assert paths == {"data.image_size", "model.vit.heads"}
+    assert paths == {"data.image_size", "model.vit.heads", "model.vit.dim"}
 
 
 def test_gan_under_bf16_mixed_precision(tmp_path, shards, vgg_file):  # noqa: F811

@@ -9,6 +9,7 @@ import pytest
 from rvq_cli.config import load_recipe
 from rvq_cli.train import train
 from test_train import shards  # noqa: F401  (fixture)
+from test_video_train import video_shards  # noqa: F401  (fixture)
 
 ROOT = Path(__file__).resolve().parents[2]
 PAPER = sorted(p for p in (ROOT / "recipes").glob("*.yaml") if p.name != "quickstart.yaml")
@@ -21,6 +22,10 @@ def tiny(recipe) -> list[str]:
             "train.ckpt_every=2"]
     if recipe.model.name == "vit":
         over += ["model.vit.dim=32", "model.vit.depth=1", "model.vit.heads=4", "model.vit.mlp_dim=64"]
+    elif recipe.model.name == "timesformer":
+        over += ["model.timesformer.dim=32", "model.timesformer.depth=1", "model.timesformer.heads=4",
+                 "model.timesformer.mlp_dim=64", "model.timesformer.patch_size=4", "data.frames=4",
+                 "data.frame_stride=2"]
     else:
         over += ["model.encoder.ch=8", "model.encoder.num_res_blocks=1", "model.encoder.norm_groups=4",
                  "model.encoder.attn_resolutions=[]"]
@@ -30,9 +35,10 @@ def tiny(recipe) -> list[str]:
 
 
 @pytest.mark.parametrize("path", PAPER, ids=lambda p: p.stem)
-def test_paper_recipe_trains_tiny(path, tmp_path, shards, vgg_file):  # noqa: F811
+def test_paper_recipe_trains_tiny(path, tmp_path, shards, video_shards, vgg_file):  # noqa: F811
     recipe = load_recipe(path, check_paths=False)
-    over = tiny(recipe) + [f"data.train={shards['train']}", f"data.val={shards['val']}",
+    train_set, val_set = video_shards if recipe.model.video else (shards["train"], shards["val"])
+    over = tiny(recipe) + [f"data.train={train_set}", f"data.val={val_set}",
                            f"output.dir={tmp_path / 'run'}", f"loss.perceptual_weights={vgg_file}"]
     res = train(load_recipe(path, over), quiet=True)
     assert res.step == 2
