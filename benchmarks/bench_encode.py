@@ -83,7 +83,7 @@ def decode_only(pattern: str, size: int, batch_size: int, workers: int) -> float
 
     t0, n = time.perf_counter(), 0
     for b in unit_batches(plan_source(pattern, 1000).units, size, batch_size, workers):
-        n += 0 if b["image"] is None else len(b["image"])
+        n += 0 if b["x"] is None else len(b["x"])
     return n / (time.perf_counter() - t0)
 
 

@@ -100,6 +100,8 @@ def plot_reconstructions(images: torch.Tensor, runs: list[EstimatorRun], path: P
     one row per estimator, in eval mode; returns the reconstructions in [-1, 1]."""
     from ..evaluate import load_tokenizer
 
+    from ..evaluate.evaluator import _grid_frames
+
     plt = _plt()
     recs = {}
     for run in runs:
@@ -107,6 +109,8 @@ def plot_reconstructions(images: torch.Tensor, runs: list[EstimatorRun], path: P
         with torch.no_grad():
             recs[run.name] = tok.model(images.to(next(tok.model.parameters()).device)).reconstruction.float() \
                 .clamp(-1, 1).cpu()
+    if images.dim() == 5:  # clips: 4 evenly spaced frames of each, side by side
+        images, recs = _grid_frames(images), {k: _grid_frames(v) for k, v in recs.items()}
     rows = [("original", images)] + list(recs.items())
     n = len(images)
     fig, axes = plt.subplots(len(rows), max(n, 1), figsize=(1.3 * max(n, 1), 1.4 * len(rows)), squeeze=False)

@@ -355,15 +355,15 @@ def best_values(runs: list[EstimatorRun]) -> dict[str, list[str]]:
 
 
 def _grid_images(recipe: Recipe) -> torch.Tensor:
-    """The first GRID_IMAGES validation images, centre-cropped as rvq eval sees them."""
-    from ..data import image_batches
-    from ..train.trainer import _data_patterns
+    """The first GRID_IMAGES validation images (video: the first 2 clips), centre-cropped as rvq
+    eval sees them."""
+    from ..train.trainer import _data_patterns, _loader, batch_tensor
 
     _, val = _data_patterns(recipe)
-    loader = image_batches(val, image_size=recipe.data.image_size, batch_size=GRID_IMAGES, train=False,
-                           seed=recipe.train.seed, rank=0, world_size=1, num_workers=0)
-    for batch in loader:
-        return batch["image"]
+    here = recipe.model_copy(update={"data": recipe.data.model_copy(update={"num_workers": 0})})
+    for batch in _loader(val, here, train=False):
+        x = batch_tensor(batch)
+        return x[:2] if x.dim() == 5 else x[:GRID_IMAGES]
     return torch.zeros(0, recipe.model.in_channels, recipe.data.image_size, recipe.data.image_size)
 
 

@@ -196,7 +196,8 @@ def _missing_message(pattern: str, missing: list[str], dirs: list[str]) -> str:
         are = "is a folder" if len(dirs) == 1 else "are folders"
         what.append(f"{some(dirs)} {are}, not a shard (use FOLDER/*.tar)")
     return (f"Shard pattern {pattern!r}: {'; '.join(what)}. Create shards from a folder of images with "
-            "`rvq data shards FOLDER OUT`, point the pattern at existing .tar files "
+            "`rvq data shards FOLDER OUT` (a downloaded dataset, videos included: `rvq data prepare`), point the "
+            "pattern at existing .tar files "
             "(brace ranges like data/train-{000000..000009}.tar and globs like data/*.tar both work), "
             "or train on the built-in demo photographs with data.train=demo.")
 

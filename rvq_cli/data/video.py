@@ -98,6 +98,13 @@ def clip_span(frames: int, stride: int) -> int:
     return (frames - 1) * stride + 1
 
 
+def video_length(data: bytes) -> int:
+    """Number of frames of an mp4 in memory (decord's count)."""
+    import decord
+
+    return len(decord.VideoReader(io.BytesIO(data), num_threads=1))
+
+
 def decode_clip(data: bytes, *, frames: int, stride: int = 1, start: int | None = None,
                 rng: random.Random | None = None) -> np.ndarray:
     """mp4 bytes -> uint8 (frames, H, W, 3): frames ``start, start + stride, ...``.

@@ -127,14 +127,6 @@ def load_tokenizer(path: str | os.PathLike, device: str | torch.device = "cpu") 
     return LoadedTokenizer(model, recipe, ckpt, _step(ckpt), tokenizer_id(ckpt))
 
 
-def refuse_video(tok: LoadedTokenizer, command: str) -> None:
-    """A clean error for commands that do not handle video tokenizers yet."""
-    if tok.recipe.model.video:
-        raise CheckpointError(f"{tok.checkpoint} is a video tokenizer (model.name: {tok.recipe.model.name}); rvq "
-                              f"{command} handles image tokenizers only in this version (video support: "
-                              "docs/video.md). Nothing was written.")
-
-
 def inference_accelerator() -> Accelerator:
     """The Accelerator of eval/encode/decode: every process of a torchrun/accelerate launch, fp32."""
     # one process-wide Accelerate state; a training run in the same process may have set another

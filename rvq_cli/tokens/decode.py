@@ -1,4 +1,4 @@
-"""``rvq decode``: token shards -> images named by their source keys.
+"""``rvq decode``: token shards -> images (video tokenizers: mp4 clips) named by their source keys.
 
 Every sample is checked before any image is written: written by this tokenizer (the
 id in its json), indices inside the codebook. Decoding runs exactly the model's post-quantizer
@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from ..evaluate.fidelity import to_uint8
-from ..evaluate.load import load_tokenizer, refuse_video
+from ..evaluate.load import load_tokenizer
 from ..models import VQTokenizer
 from ..progress import JobProgress
 from .format import TokenError, TokenSample, check_sample, read_token_samples, token_files
@@ -33,17 +33,39 @@ class DecodeReport:
 
 @torch.no_grad()
 def decode_tokens(model: VQTokenizer, tokens: torch.Tensor | np.ndarray) -> torch.Tensor:
-    """Images (B, C, H, W) in about [-1, 1] (unclamped) from tokens (B, h, w)."""
+    """Images (B, C, H, W) (video: clips (B, C, T, H, W)) in about [-1, 1] (unclamped) from tokens
+    (B, h, w) (video: (B, T, h, w))."""
     t = torch.as_tensor(np.asarray(tokens).astype(np.int64) if isinstance(tokens, np.ndarray) else tokens)
     return model.decode_indices(t.long().to(model.post_quant_conv.weight.device)).float()
 
 
-def _image_path(out: Path, key: str) -> Path:
-    """OUT/KEY.png; a key with slashes becomes sub-folders, but never leaves OUT."""
+def _image_path(out: Path, key: str, suffix: str = ".png") -> Path:
+    """OUT/KEY.png (or .mp4); a key with slashes becomes sub-folders, but never leaves OUT."""
     parts = PurePosixPath(key).parts
     if not parts or key.startswith("/") or any(p in ("..", ".") for p in parts):
         raise TokenError(f"sample key {key!r} cannot be used as a file name under {out}.")
-    return out.joinpath(*parts).with_name(parts[-1] + ".png")
+    return out.joinpath(*parts).with_name(parts[-1] + suffix)
+
+
+DEFAULT_FPS = 8  # clips whose source recorded no frame rate
+
+
+def clip_fps(meta: dict) -> int:
+    """Frame rate of a decoded clip: the source video's fps divided by the clip's frame stride."""
+    fps = (meta.get("source") or {}).get("fps") or DEFAULT_FPS
+    stride = (meta.get("source") or {}).get("stride") or 1
+    return max(1, round(float(fps) / int(stride)))
+
+
+def save_mp4(clip: torch.Tensor, path: Path, fps: int) -> None:
+    """One clip (C, T, H, W) in [-1, 1] as an H.264 mp4 (8-bit frames), written atomically."""
+    from ..data.video import encode_mp4
+
+    frames = to_uint8(clip.transpose(0, 1)).permute(0, 2, 3, 1).cpu().numpy()  # (T, H, W, C)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(encode_mp4(frames, fps=fps))
+    os.replace(tmp, path)
 
 
 def save_png(image: torch.Tensor, path: Path) -> None:
@@ -67,16 +89,16 @@ def _batches(samples: Iterator[TokenSample], batch_size: int) -> Iterator[list[T
         yield run
 
 
-def _check_all(files: list[str], tokenizer: str, codebook_size: int, out: Path) -> int:
-    """Check every sample (tokenizer, index range, an (h, w) grid, a usable and unique key)
-    before any image is written; token arrays are small, so this pass costs little next to
-    decoding. Returns the count."""
+def _check_all(files: list[str], tokenizer: str, codebook_size: int, out: Path, video: bool = False) -> int:
+    """Check every sample (tokenizer, index range, an (h, w) grid or a (T, h, w) one for video,
+    a usable and unique key) before anything is written; token arrays are small, so this pass
+    costs little next to decoding. Returns the count."""
     seen: set[str] = set()
     for s in read_token_samples(files):
         check_sample(s, tokenizer, codebook_size)
-        if s.tokens.ndim != 2:
-            raise TokenError(f"{s.url}: sample {s.key!r} has tokens of shape {s.tokens.shape}; an image tokenizer "
-                             "decodes (h, w) grids.")
+        if s.tokens.ndim != (3 if video else 2):
+            what = "a video tokenizer decodes (T, h, w) grids" if video else "an image tokenizer decodes (h, w) grids"
+            raise TokenError(f"{s.url}: sample {s.key!r} has tokens of shape {s.tokens.shape}; {what}.")
         _image_path(out, s.key)
         if s.key in seen:
             raise TokenError(f"{s.url}: sample key {s.key!r} occurs twice in the token shards; its images would "
@@ -88,13 +110,12 @@ def _check_all(files: list[str], tokenizer: str, codebook_size: int, out: Path) 
 def decode_dataset(checkpoint: str | os.PathLike, tokens: str | os.PathLike, out: str | os.PathLike, *,
                    batch_size: int = 32, quiet: bool = False) -> DecodeReport:
     """Decode the token shards ``tokens`` (an ``rvq encode`` folder or a shard pattern) with the
-    tokenizer at ``checkpoint`` into ``out/KEY.png``."""
+    tokenizer at ``checkpoint`` into ``out/KEY.png`` (video tokenizers: ``out/KEY.mp4``)."""
     if batch_size < 1:
         raise TokenError(f"--batch-size must be at least 1, got {batch_size}.")
     files, manifest = token_files(tokens)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     tok = load_tokenizer(checkpoint, device=device)
-    refuse_video(tok, "decode")
     K = tok.model.quantize.codebook_size
     if manifest is not None and manifest.get("tokenizer") != tok.tokenizer_id:
         raise TokenError(f"{tokens} holds tokens of tokenizer {manifest.get('tokenizer')!r} (checkpoint "
@@ -103,13 +124,17 @@ def decode_dataset(checkpoint: str | os.PathLike, tokens: str | os.PathLike, out
     out = Path(out).expanduser()
     if out.exists() and not out.is_dir():
         raise TokenError(f"{out} is a file; OUT must be a folder (it is created if missing).")
-    total = _check_all(files, tok.tokenizer_id, K, out)  # refuse before writing anything
+    video = tok.recipe.model.video
+    total = _check_all(files, tok.tokenizer_id, K, out, video)  # refuse before writing anything
     n = 0
     with JobProgress("decode", total, silent=quiet) as progress:
         for run in _batches(read_token_samples(files), batch_size):
             images = decode_tokens(tok.model, np.stack([s.tokens for s in run]))
             for s, image in zip(run, images):
-                save_png(image, _image_path(out, s.key))
+                if video:
+                    save_mp4(image, _image_path(out, s.key, ".mp4"), clip_fps(s.meta))
+                else:
+                    save_png(image, _image_path(out, s.key))
             n += len(run)
             progress.advance(len(run))
     return DecodeReport(out, n, tok.tokenizer_id)

@@ -26,7 +26,7 @@ import torch
 from accelerate import Accelerator
 
 from ..data.shards import count_samples, write_shards
-from ..evaluate.load import LoadedTokenizer, inference_accelerator, load_tokenizer, refuse_video
+from ..evaluate.load import LoadedTokenizer, inference_accelerator, load_tokenizer
 from ..jobs import clear_outputs, job_differences, write_json_atomic
 from ..progress import JobProgress
 from .format import FORMAT, MANIFEST, META, TOKENS, token_dtype, tokens_to_npy
@@ -50,9 +50,23 @@ class EncodeReport:
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
+def _clip(tok: LoadedTokenizer) -> tuple[int, int] | None:
+    """(frames, stride) of a video tokenizer's clips (its recipe's), None for images."""
+    d = tok.recipe.data
+    return (d.frames, d.frame_stride) if tok.recipe.model.video else None
+
+
+def _grid_input(tok: LoadedTokenizer, size: int):
+    clip = _clip(tok)
+    return (clip[0], size, size) if clip else size
+
+
 def _job(tok: LoadedTokenizer, src: Source, size: int, per_shard: int) -> dict:
-    return {"format": FORMAT, "tokenizer": tok.tokenizer_id, "source": src.description, "image_size": size,
-            "per_shard": per_shard, "units": len(src.units)}
+    job = {"format": FORMAT, "tokenizer": tok.tokenizer_id, "source": src.description, "image_size": size,
+           "per_shard": per_shard, "units": len(src.units)}
+    if _clip(tok):
+        job["clip"] = list(_clip(tok))
+    return job
 
 
 def _ours(name: str) -> bool:
@@ -122,10 +136,10 @@ def _encode_units(acc: Accelerator, tok: LoadedTokenizer, todo: list[Unit], out:
     writer = _UnitWriter(out, tok, {u.index: u for u in todo}, per_shard)
     n = 0
     with JobProgress("encode", total, silent=quiet or not acc.is_main_process) as progress, torch.no_grad():
-        for batch in unit_batches(todo, size, batch_size, num_workers):
+        for batch in unit_batches(todo, size, batch_size, num_workers, _clip(tok)):
             tokens = None
-            if batch["image"] is not None:
-                tokens = tok.model.encode(batch["image"].to(acc.device)).cpu().numpy()  # (B, h, w)
+            if batch["x"] is not None:
+                tokens = tok.model.encode(batch["x"].to(acc.device)).cpu().numpy()  # (B, h, w) or (B, T, h, w)
                 writer.add(batch, tokens)
                 n += len(tokens)
                 progress.advance(len(tokens))
@@ -146,7 +160,9 @@ def _manifest(out: Path, tok: LoadedTokenizer, src: Source, size: int, per_shard
     manifest = {
         "format": FORMAT, "tokenizer": tok.tokenizer_id, "checkpoint": str(tok.checkpoint.resolve()), "step": tok.step,
         "codebook_size": q.codebook_size, "dtype": token_dtype(q.codebook_size).name,
-        "grid": list(tok.model.latent_shape(size)), "image_size": size, "crop": "center",
+        "grid": list(tok.model.latent_shape(_grid_input(tok, size))), "image_size": size, "crop": "center",
+        **({"clip": {"frames": _clip(tok)[0], "stride": _clip(tok)[1], "from": "every whole clip, frame 0 on"}}
+           if _clip(tok) else {}),
         "source": src.description, "per_shard": per_shard, "count": count, "shards": shards,
         "classes": src.classes, "skipped": [list(s) for s in skipped],
     }
@@ -166,17 +182,16 @@ def encode_dataset(checkpoint: str | os.PathLike, data: str, out: str | os.PathL
             raise EncodeError(f"--{name.replace('_', '-')} must be at least {lo}, got {v}.")
     acc = inference_accelerator()
     tok = load_tokenizer(checkpoint, device=acc.device)
-    refuse_video(tok, "encode")
     size = tok.recipe.data.image_size if image_size is None else image_size
     try:
-        tok.model.latent_shape(size)
+        tok.model.latent_shape(_grid_input(tok, size))
     except ValueError as err:
         raise EncodeError(f"--image-size {size}: {err}.") from None
     out = Path(out).expanduser()
     if out.exists() and not out.is_dir():
         raise EncodeError(f"{out} is a file; OUT must be a folder (it is created if missing).")
     with acc.main_process_first():  # the demo set is built once; the job record is checked once
-        src = plan_source(data, per_shard)
+        src = plan_source(data, per_shard, video=tok.recipe.model.video)
         if acc.is_main_process:
             _check_job(out, _job(tok, src, size, per_shard), restart)
     todo = [u for u in src.units if not _done(out, u)]

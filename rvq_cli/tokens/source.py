@@ -1,7 +1,9 @@
 """What ``rvq encode`` reads: a dataset cut into *units* of work, streamed as decoded batches.
 
 A unit is one input shard, or (for a folder of images) ``per_shard`` consecutive files in
-sorted order. Units are the grain of everything that must be exact: each unit becomes its own
+sorted order. For a video tokenizer the input is video shards (mp4), and each video becomes its
+consecutive clips of ``frames`` frames at ``stride`` from its first frame (a tail shorter than a
+clip is left out), each clip a sample keyed ``KEY_cNNN``. Units are the grain of everything that must be exact: each unit becomes its own
 token shard(s), process r of W takes units r, r+W, ..., data-loader workers split a process's
 units the same way, and a finished unit is never redone. Images get the evaluation view (short
 side resized, centre crop): no augmentation, so the same input always gives the same tokens.
@@ -40,14 +42,19 @@ class Source:
     classes: dict[str, int] | None = None
 
 
-def plan_source(data: str, per_shard: int) -> Source:
+def plan_source(data: str, per_shard: int, video: bool = False) -> Source:
     """Units of ``data``: "demo" (the demo training shards), a folder of images (class
-    sub-folders give labels, as ``rvq data shards``), or a shard pattern."""
+    sub-folders give labels, as ``rvq data shards``), or a shard pattern. ``video``: video
+    shards or the demo video set."""
     if data == DEMO:
         from ..data import demo_shards
+        from ..data.video_demo import demo_video_shards
 
-        data = demo_shards().train
+        data = demo_video_shards().train if video else demo_shards().train
     p = Path(os.path.expanduser(data))
+    if p.is_dir() and not list(p.glob("*.tar")) and video:
+        raise DataError(f"{p} is a folder; a video tokenizer encodes video shards (mp4 samples). Make them with "
+                        "rvq data prepare bair|ucf101, or pass 'demo'.")
     if p.is_dir() and not list(p.glob("*.tar")):
         return _folder_source(p, per_shard)
     if p.is_dir():
@@ -92,10 +99,37 @@ def _shard_samples(url: str, errors: _UnitErrors) -> Iterator[tuple[str, dict]]:
         stream.close()
 
 
-def _decoded(unit: Unit, size: int, errors: _UnitErrors) -> Iterator[tuple[str, object, dict, object]]:
-    """(key, uint8 image, metadata, label) of each decodable sample of ``unit``."""
+def _clips(key: str, s: dict, size: int, clip: tuple[int, int]) -> Iterator[tuple[str, object, dict, object]]:
+    """(KEY_cNNN, uint8 clip (T, S, S, 3), metadata, label) of each whole clip of a video sample."""
     import json
 
+    from ..data.video import clip_span, decode_clip, resize_center_crop, sample_video, video_length
+
+    frames, stride = clip
+    data = sample_video(s)
+    meta = json.loads(s["json"]) if "json" in s else {}
+    label = int(s["cls"]) if "cls" in s else None
+    span = clip_span(frames, stride)
+    n = video_length(data)
+    if n < span:
+        raise ValueError(f"video has {n} frames, a clip of {frames} frames at stride {stride} needs {span}")
+    for j in range(n // span):
+        c = resize_center_crop(decode_clip(data, frames=frames, stride=stride, start=j * span), size)
+        yield f"{key}_c{j:03d}", c, {**meta, "video": key, "start": j * span, "stride": stride}, label
+
+
+def _decoded(unit: Unit, size: int, errors: _UnitErrors, clip: tuple[int, int] | None = None
+             ) -> Iterator[tuple[str, object, dict, object]]:
+    """(key, uint8 image or clip, metadata, label) of each decodable sample of ``unit``."""
+    import json
+
+    if clip is not None:
+        for key, s in _shard_samples(unit.source, errors):
+            try:
+                yield from list(_clips(key, s, size, clip))  # all of a video's clips, or none of them
+            except Exception as exn:
+                errors.errors.append((key, f"{type(exn).__name__}: {exn}".replace("\n", " ")))
+        return
     if unit.files:
         for path, key, label in unit.files:
             try:
@@ -117,13 +151,13 @@ def _decoded(unit: Unit, size: int, errors: _UnitErrors) -> Iterator[tuple[str, 
 
 
 class UnitStream(IterableDataset):
-    """Batches ``{"unit", "image" (B,3,S,S) in [-1,1] or None, "key", "cls", "meta", "skipped",
-    "end"}``; a batch never mixes units, and each unit's last batch has ``end=True`` (with its
-    skipped samples as (key, reason) pairs)."""
+    """Batches ``{"unit", "x" (B,3,S,S) or clips (B,3,T,S,S) in [-1,1], or None, "key", "cls",
+    "meta", "skipped", "end"}``; a batch never mixes units, and each unit's last batch has
+    ``end=True`` (with its skipped samples as (key, reason) pairs)."""
 
-    def __init__(self, units: list[Unit], image_size: int, batch_size: int):
+    def __init__(self, units: list[Unit], image_size: int, batch_size: int, clip: tuple[int, int] | None = None):
         super().__init__()
-        self.units, self.image_size, self.batch_size = units, image_size, batch_size
+        self.units, self.image_size, self.batch_size, self.clip = units, image_size, batch_size, clip
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
@@ -133,22 +167,25 @@ class UnitStream(IterableDataset):
 
     def _unit(self, unit: Unit) -> Iterator[dict]:
         errors, rows = _UnitErrors(), []
-        for row in _decoded(unit, self.image_size, errors):
+        for row in _decoded(unit, self.image_size, errors, self.clip):
             rows.append(row)
             if len(rows) == self.batch_size:
                 yield self._batch(unit, rows, [], end=False)
                 rows = []
         yield self._batch(unit, rows, errors.errors, end=True)
 
-    @staticmethod
-    def _batch(unit: Unit, rows: list, skipped: list, end: bool) -> dict:
-        keys, images, metas, labels = (list(c) for c in zip(*rows)) if rows else ([], [], [], [])
-        return {"unit": unit.index, "image": to_batch(images) if images else None, "key": keys, "meta": metas,
-                "cls": labels, "skipped": skipped, "end": end}
+    def _batch(self, unit: Unit, rows: list, skipped: list, end: bool) -> dict:
+        from ..data.video import to_video_batch
+
+        keys, xs, metas, labels = (list(c) for c in zip(*rows)) if rows else ([], [], [], [])
+        x = (to_video_batch(xs) if self.clip else to_batch(xs)) if xs else None
+        return {"unit": unit.index, "x": x, "key": keys, "meta": metas, "cls": labels, "skipped": skipped, "end": end}
 
 
-def unit_batches(units: list[Unit], image_size: int, batch_size: int, num_workers: int) -> DataLoader:
-    """Decoded batches of ``units`` from ``num_workers`` worker processes (0: this process)."""
+def unit_batches(units: list[Unit], image_size: int, batch_size: int, num_workers: int,
+                 clip: tuple[int, int] | None = None) -> DataLoader:
+    """Decoded batches of ``units`` from ``num_workers`` worker processes (0: this process);
+    ``clip`` = (frames, stride) for a video tokenizer."""
     workers = min(num_workers, len(units))
-    return DataLoader(UnitStream(units, image_size, batch_size), batch_size=None, num_workers=workers,
+    return DataLoader(UnitStream(units, image_size, batch_size, clip), batch_size=None, num_workers=workers,
                       generator=torch.Generator().manual_seed(0))

@@ -76,14 +76,15 @@ def _data_patterns(recipe: Recipe) -> tuple[str, str | None]:
     return train, val
 
 
-def _loader(pattern: str, recipe: Recipe, acc: Accelerator, train: bool, start_batch: int = 0):
+def _loader(pattern: str, recipe: Recipe, train: bool, rank: int = 0, world_size: int = 1,
+            start_batch: int = 0):
     """Image batches, or clips of ``data.frames`` frames for a video model."""
     from ..data import image_batches
     from ..data.video import video_batches
 
     d = recipe.data
     common = dict(image_size=d.image_size, batch_size=recipe.train.batch_size, train=train, seed=recipe.train.seed,
-                  rank=acc.process_index, world_size=acc.num_processes, num_workers=d.num_workers,
+                  rank=rank, world_size=world_size, num_workers=d.num_workers,
                   random_flip=d.random_flip, shuffle_buffer=d.shuffle_buffer, start_batch=start_batch)
     if recipe.model.video:
         return video_batches(pattern, frames=d.frames, stride=d.frame_stride, **common)
@@ -325,7 +326,7 @@ class Trainer:
     def _val_batch(self) -> torch.Tensor | None:
         if self.val_pattern is None:
             return None
-        for batch in _loader(self.val_pattern, self.recipe, self.acc, train=False):
+        for batch in _loader(self.val_pattern, self.recipe, False, self.acc.process_index, self.acc.num_processes):
             return batch_tensor(batch)[:8]
         return None
 
@@ -347,7 +348,7 @@ class Trainer:
         if self.recipe.output.tensorboard:
             self.acc.init_trackers("rvq")
         val_x = self._val_batch()
-        batches = iter(_loader(self.train_pattern, self.recipe, self.acc, train=True,
+        batches = iter(_loader(self.train_pattern, self.recipe, True, self.acc.process_index, self.acc.num_processes,
                                start_batch=self.state.micro_batches))
         log = open(self.run_dir / "metrics.jsonl", "a") if main else None
         progress = TrainProgress(t.steps, self.state.step, quiet=self.quiet, silent=not main)

@@ -19,7 +19,7 @@ save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / 
 if trainer.objective.disc_module is not None:  # GAN runs: the discriminator too
     disc = trainer.objective.disc_module.state_dict()
     save_file({k: v.contiguous() for k, v in disc.items()}, str(out / f"disc{rank}.safetensors"))
-batches = iter(_loader(trainer.train_pattern, trainer.recipe, trainer.acc, train=True))
+batches = iter(_loader(trainer.train_pattern, trainer.recipe, True, rank, trainer.acc.num_processes))
 keys = [k for _ in range(result.step * trainer.recipe.train.grad_accum) for k in next(batches)["key"]]
 (out / f"rank{rank}.json").write_text(json.dumps({"keys": keys, "world": trainer.acc.num_processes,
                                                   "step": result.step, "pid": os.getpid()}))
