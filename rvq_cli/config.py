@@ -102,17 +102,15 @@ class ViTConfig(_Section):
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
 
 
-class TimeSformerConfig(_Section):
-    """The TimeSformer video encoder/decoder (divided space-time attention); defaults: Table 11, BAIR."""
+class TimeSformerConfig(ViTConfig):
+    """The TimeSformer video encoder/decoder (divided space-time attention): the ViT's fields,
+    with Table 11's BAIR model as defaults."""
 
-    in_channels: int = Field(3, ge=1)
     patch_size: int = Field(2, ge=1, description="p: p×p pixel patches of each frame, one token each")
     dim: int = Field(256, ge=1, description="hidden width (also the channels entering the pre-quant projection)")
-    depth: int = Field(8, ge=0, description="divided space-time blocks in the encoder and in the decoder")
     heads: int = Field(4, ge=1)
     mlp_dim: int = Field(768, ge=1)
     activation: Literal["tanh", "gelu"] = Field("gelu", description="MLP activation (gelu: TimeSformer's)")
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
 
 
 class ModelConfig(_Section):

@@ -117,7 +117,7 @@ def low_usage_warning(usage: float, step: int, total_steps: int, quantizer) -> s
     remedies = []
     if quantizer.estimator != "rotation":
         remedies.append("the rotation trick (model.quantizer.estimator=rotation)")
-    if quantizer.codebook_dim is None or quantizer.codebook_dim > 8:
+    if (quantizer.codebook_dim or quantizer.dim) > 8:
         remedies.append("a lower code dimension (model.quantizer.codebook_dim=8 or less)")
     if quantizer.dead_code_threshold == 0:
         remedies.append("dead-code restarts (model.quantizer.dead_code_threshold=1.0)")

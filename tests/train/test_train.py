@@ -229,3 +229,5 @@ def test_low_usage_warning_names_fitting_remedies():
     assert "estimator=rotation" in msg and "dead_code_threshold" in msg and "init=kmeans" in msg
     tuned = QuantizerConfig(estimator="rotation", codebook_dim=4, dead_code_threshold=1.0, init="kmeans")
     assert "Remedies" not in low_usage_warning(0.01, 500, 1000, tuned)
+    low_dim = QuantizerConfig(estimator="rotation", dim=8, dead_code_threshold=1.0, init="kmeans")  # codes of dim 8
+    assert "Remedies" not in low_usage_warning(0.01, 500, 1000, low_dim)
