@@ -8,10 +8,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 
-def format_metrics(m: dict) -> str:
+def format_metrics(m: dict, unit: str = "img") -> str:
+    """One log line; ``unit`` names what ``images_per_s`` counts ("img", or "clip" for video)."""
     parts = [f"step {m['step']}", f"loss {m['loss']:.4f}", f"rec {m['rec_loss']:.4f}", f"usage {m['usage']:.1%}",
              f"perplexity {m['perplexity']:.1f}", f"qerr {m['quant_error']:.2e}", f"lr {m['lr']:.2e}",
-             f"{m['images_per_s']:.1f} img/s"]
+             f"{m['images_per_s']:.1f} {unit}/s"]
     if "grad_cos" in m:
         parts.append(f"cos(∇e,g) {m['grad_cos']:.3f}  obtuse {m.get('obtuse', 0.0):.1%}")
     if "perceptual" in m:
@@ -30,8 +31,8 @@ def format_metrics(m: dict) -> str:
 class TrainProgress:
     """``with TrainProgress(total, start): ... advance(metrics) ... log(averaged_metrics)``."""
 
-    def __init__(self, total: int, start: int = 0, quiet: bool = False, silent: bool = False):
-        self.quiet, self.silent = quiet, silent
+    def __init__(self, total: int, start: int = 0, quiet: bool = False, silent: bool = False, unit: str = "img"):
+        self.quiet, self.silent, self.unit = quiet, silent, unit
         self.console = Console()
         self._last_time, self._rate = None, None
         self.bar = None if quiet or silent else Progress(
@@ -74,7 +75,7 @@ class TrainProgress:
         """A line per log interval: printed above the bar, or alone in quiet mode."""
         if self.silent:
             return
-        line = format_metrics(m)
+        line = format_metrics(m, self.unit)
         if self.bar is not None:
             self.bar.console.print(line, highlight=False)
         else:

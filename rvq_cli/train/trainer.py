@@ -351,7 +351,8 @@ class Trainer:
         batches = iter(_loader(self.train_pattern, self.recipe, True, self.acc.process_index, self.acc.num_processes,
                                start_batch=self.state.micro_batches))
         log = open(self.run_dir / "metrics.jsonl", "a") if main else None
-        progress = TrainProgress(t.steps, self.state.step, quiet=self.quiet, silent=not main)
+        progress = TrainProgress(t.steps, self.state.step, quiet=self.quiet, silent=not main,
+                                 unit="clip" if self.recipe.model.video else "img")
         window: list[dict] = []
         t0, images, last = time.perf_counter(), 0, {}
         interrupted, warned = False, False

@@ -96,3 +96,11 @@ def test_video_recipe_checks():
                                "data": {"image_size": 64}})
     paths = {p.path for p in check_recipe(r, check_paths=False)}
     assert paths == {"data.image_size", "model.timesformer.heads", "model.timesformer.dim"}
+
+
+def test_video_progress_counts_clips():
+    from rvq_cli.train.progress import format_metrics
+
+    m = {"step": 1, "loss": 0.5, "rec_loss": 0.4, "usage": 0.1, "perplexity": 3.0, "quant_error": 0.01, "lr": 1e-3,
+         "images_per_s": 12.5}
+    assert "12.5 clip/s" in format_metrics(m, "clip") and "12.5 img/s" in format_metrics(m)
