@@ -3,7 +3,9 @@ losses, backward, optimizer step) with STE and with the rotation trick, in one p
 interleaved step by step on the same batches so that machine noise hits both alike.
 
 Run:  python benchmarks/bench_train_step.py [--recipe recipes/quickstart.yaml] [--steps 60]
-Prints the median step time of each and the ratio rotation / STE (goal: at most 1.02).
+           [--estimators ste rotation hessian exact gumbel]
+Prints the median step time of each and its ratio to STE (goal for rotation: at most 1.02; the
+loss-level estimators cost a double backward (hessian) or a second decoder pass (exact)).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import torch
 
 from rvq_cli.config import load_recipe
 from rvq_cli.train.build import build_optimizer, build_tokenizer
+from rvq_cli.train.loss_level import estimator_loss, forward_context
 from rvq_cli.train.trainer import reconstruction_loss
 
 
@@ -26,9 +29,14 @@ def make_step(recipe, estimator: str):
     model = build_tokenizer(recipe.model, recipe.data.image_size).train()
     opt = build_optimizer(model.parameters(), recipe.optim)
 
+    def rec(x, r):
+        return reconstruction_loss(x, r, recipe.loss.reconstruction)
+
     def step(x):
-        out = model(x)
-        loss = reconstruction_loss(x, out.reconstruction, recipe.loss.reconstruction) + out.quantize.loss
+        with forward_context(estimator):
+            out = model(x)
+            loss = rec(x, out.reconstruction) + out.quantize.loss
+            loss = estimator_loss(loss, out, model.quantize, lambda r: rec(x, r))
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -41,15 +49,17 @@ def main() -> None:
     parser.add_argument("--recipe", default="recipes/quickstart.yaml")
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--estimators", nargs="+", default=["ste", "rotation"], help="compared with ste")
     args = parser.parse_args()
+    names = ["ste"] + [n for n in args.estimators if n != "ste"]
     recipe = load_recipe(args.recipe, check_paths=False)
     size, batch = recipe.data.image_size, recipe.train.batch_size
     gen = torch.Generator().manual_seed(0)
     xs = [torch.rand(batch, 3, size, size, generator=gen) * 2 - 1 for _ in range(8)]
-    steps = {name: make_step(recipe, name) for name in ("ste", "rotation")}
+    steps = {name: make_step(recipe, name) for name in names}
     times: dict[str, list[float]] = {name: [] for name in steps}
     for i in range(args.warmup + args.steps):
-        order = ("ste", "rotation") if i % 2 == 0 else ("rotation", "ste")  # alternate who goes first
+        order = names[i % len(names):] + names[: i % len(names)]  # rotate who goes first
         for name in order:
             t0 = time.perf_counter()
             steps[name](xs[i % len(xs)])
@@ -58,9 +68,9 @@ def main() -> None:
     med = {k: statistics.median(v) for k, v in times.items()}
     print(f"recipe {args.recipe}: batch {batch} × {size}², {torch.get_num_threads()} threads, "
           f"median of {args.steps} interleaved steps")
-    print(f"ste       {med['ste'] * 1e3:8.1f} ms/step")
-    print(f"rotation  {med['rotation'] * 1e3:8.1f} ms/step")
-    print(f"rotation / ste = {med['rotation'] / med['ste']:.3f}  (goal ≤ 1.02)")
+    for name in names:
+        goal = "  (goal ≤ 1.02)" if name == "rotation" else ""
+        print(f"{name:<18}{med[name] * 1e3:8.1f} ms/step   {name} / ste = {med[name] / med['ste']:.3f}{goal}")
 
 
 if __name__ == "__main__":
