@@ -4,13 +4,15 @@ then every run evaluated on the same validation set and put side by side (the pa
 Layout of the output folder::
 
     OUT/compare-job.json          the recipe the comparison is of (pins what may continue here)
-    OUT/<estimator>/              an ordinary run directory (checkpoints, metrics.jsonl, eval.json)
+    OUT/<estimator>/              an ordinary run directory (checkpoints, metrics.jsonl), plus
+                                  compare-eval.json: rvq eval on the recipe's validation set
     OUT/compare.json, compare.md  the results; OUT/figures/*.png the visual report
 
 Every run starts from the same seed, so the same initial weights (checked: the fingerprint of
 the initial parameters is recorded per run) and the same data order (the shard streams have
 their own seeded generators). A run that reached the recipe's step count and has its
-``eval.json`` is reused, a run with an earlier checkpoint resumes, so an interrupted comparison
+``compare-eval.json`` is reused (never a plain ``eval.json``, which ``rvq eval`` may have
+written on other data), a run with an earlier checkpoint resumes, so an interrupted comparison
 continues where it stopped. Separate processes may each train one estimator into the same
 OUT (each run directory is locked while trained); a last ``rvq compare`` naming them all then
 only evaluates what is missing and writes the report.
@@ -37,6 +39,7 @@ __all__ = ["COLUMNS", "CompareError", "CompareResult", "EstimatorRun", "compare"
 
 TRAIN_WINDOW = 0.1  # training metrics: the mean over the logs of the last tenth of the steps
 GRID_IMAGES = 8
+EVAL_FILE = "compare-eval.json"  # the comparison's own evaluation of each run (beside compare-eval.png)
 REPORT_FILES = ("compare.json", "compare.md", "figures")
 
 
@@ -287,8 +290,11 @@ def compare(estimators: list[str], recipe_path: str | os.PathLike, overrides: li
     notes: list[str] = []
     for i, name in enumerate(estimators, 1):
         run_dir = out / name
-        recipe = load_recipe(recipe_path, list(overrides) + [f"model.quantizer.estimator={name}",
-                                                              f"output.dir={run_dir}"])
+        try:
+            recipe = load_recipe(recipe_path, list(overrides) + [f"model.quantizer.estimator={name}",
+                                                                  f"output.dir={run_dir}"])
+        except RecipeError as err:
+            raise CompareError(f"{name}: {err}") from None
         fingerprint = init_fingerprint(recipe)
         with _Lock(run_dir):
             status, ckpt = _run_status(run_dir, recipe)
@@ -304,12 +310,13 @@ def compare(estimators: list[str], recipe_path: str | os.PathLike, overrides: li
                     status = label
                 else:
                     status = "reused"
-                eval_path = run_dir / "eval.json"
+                eval_path = run_dir / EVAL_FILE
                 report_ = json.loads(eval_path.read_text()) if eval_path.is_file() else None
                 if report_ is None or report_.get("step") != recipe.train.steps or \
                         (fid and report_["metrics"].get("rfid") is None and _has_inception(inception_weights)):
                     say(f"[{i}/{len(estimators)}] {name}: evaluating on {base.data.val}")
-                    report_ = evaluate(run_dir, inception_weights=inception_weights, fid=fid, quiet=quiet).report
+                    report_ = evaluate(run_dir, inception_weights=inception_weights, fid=fid, out=eval_path,
+                                       quiet=quiet).report
             except (TrainingError, DataError, CheckpointError, EvalError, FidelityError) as err:
                 raise CompareError(f"{name}: {err}") from None
         for note in report_.get("notes", []):

@@ -8,8 +8,9 @@ on disk, planned into the same resumable, deterministic shard writer as the imag
   ordered by the last number in their name). ``test`` is written as the ``val`` shards.
 - ``ucf101``: the UCF-101 tree of ``.avi`` files (``SRC/<Class>/v_<Class>_gNN_cNN.avi``) with the
   official split lists (``trainlist01.txt`` / ``testlist01.txt``, given with ``--train-list`` /
-  ``--val-list``, or found in ``ucfTrainTestlist/`` inside or beside SRC). Labels are the class
-  folders in sorted order (the order of the official ``classInd.txt``, 0-based).
+  ``--val-list``, or found in ``ucfTrainTestlist/`` inside or beside SRC). Labels are the official
+  ``classInd.txt`` numbers minus one when that file sits beside the lists, else the class
+  folders in sorted order.
 
 ``--size S`` resizes every frame so its short side is S (even sizes, as H.264 needs); without it
 frames keep their size (rounded down to even).
@@ -129,7 +130,9 @@ def plan_ucf101(src: Path, train_list: Optional[Path], val_list: Optional[Path]
     """Splits of video paths (relative to ``src``), classes, pins for the job record, and notes."""
     from .shards import DataError
 
-    classes = {c: i for i, c in enumerate(sorted(p.name for p in src.iterdir() if p.is_dir()))}
+    # a split-list folder kept inside SRC is not a class
+    names = sorted(p.name for p in src.iterdir() if p.is_dir() and p.name != "ucfTrainTestlist")
+    classes = {c: i for i, c in enumerate(names)}
     if not classes:
         raise DataError(f"`rvq data prepare ucf101` expects SRC/<Class>/v_<Class>_gNN_cNN.avi (the UCF-101 folder); "
                         f"{src} has no class folders.")
@@ -142,6 +145,19 @@ def plan_ucf101(src: Path, train_list: Optional[Path], val_list: Optional[Path]
                             f"{src}.")
         lists[split] = path
     splits, notes = {}, []
+    index = lists["train"].parent / "classInd.txt"  # the official numbering, when it came with the lists
+    if index.is_file():
+        official = {}
+        for line in index.read_text().splitlines():
+            if line.strip():
+                number, name = line.split()[:2]
+                official[name] = int(number) - 1
+        if set(official) != set(classes):
+            raise DataError(f"{index} names other classes than the folders of {src} (e.g. "
+                            f"{sorted(set(official) ^ set(classes))[:3]}). Is SRC the UCF-101 folder?")
+        classes = dict(sorted(official.items(), key=lambda kv: kv[1]))
+    else:
+        notes.append("no classInd.txt beside the split lists: labels are the class folders in sorted order")
     for split, path in lists.items():
         videos = _split_list(path)
         missing = [v for v in videos if not (src / v).is_file()]

@@ -151,7 +151,7 @@ def test_train_summary_window_and_duplicate_steps(tmp_path):
 def test_eval_metrics_are_the_run_dirs_eval_json(base):
     data = json.loads((base.out / "compare.json").read_text())
     for run, saved in zip(base.result.runs, data["runs"]):
-        report = json.loads((base.root / run.run_dir / "eval.json").read_text())
+        report = json.loads((base.root / run.run_dir / "compare-eval.json").read_text())
         assert report["step"] == STEPS and report["estimator"] == run.name
         assert run.eval == report["metrics"]
         assert saved["eval"] == report["metrics"]
@@ -187,7 +187,7 @@ def test_code_counts_cover_every_validation_token(base):
     tokens_per_image = (recipe.data.image_size // factor) ** 2
     assert tokens_per_image == 64  # 16×16 crops -> 8×8 tokens
     for run in base.result.runs:
-        report = json.loads((base.root / run.run_dir / "eval.json").read_text())
+        report = json.loads((base.root / run.run_dir / "compare-eval.json").read_text())
         assert report["data"]["images"] == 8  # the validation shard holds 8 images
         assert len(run.code_counts) == recipe.model.quantizer.codebook_size
         assert sum(run.code_counts) == report["data"]["images"] * tokens_per_image
@@ -285,7 +285,7 @@ def test_more_steps_extend_every_run(base, copy):
                       out=copy)
     assert [r.status for r in res.runs] == ["resumed", "resumed"]
     for r in res.runs:
-        assert r.eval and json.loads((r.run_dir / "eval.json").read_text())["step"] == STEPS + 1
+        assert r.eval and json.loads((r.run_dir / "compare-eval.json").read_text())["step"] == STEPS + 1
         assert _rows(r.run_dir)[-1]["step"] == STEPS + 1
     with pytest.raises(CompareError, match="more than"):  # and back to fewer is refused
         _compare(NAMES, base.recipe, OVERRIDES, out=copy)

@@ -137,3 +137,23 @@ def test_ucf101_cli_and_missing_lists(ucf, tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     assert "data.train=" in res.stdout and (tmp_path / "o2" / "train-000000.tar").is_file()
+
+
+def test_ucf101_labels_follow_classind_when_present(tmp_path):
+    from rvq_cli.data.video_datasets import plan_ucf101
+
+    src = tmp_path / "UCF-101"
+    for c in ("Hammering", "HammerThrow", "JumpRope"):
+        (src / c).mkdir(parents=True)
+    lists = src / "ucfTrainTestlist"  # inside SRC: found there, and not a class
+    lists.mkdir()
+    (lists / "trainlist01.txt").write_text("")
+    (lists / "testlist01.txt").write_text("")
+    _, classes, _, notes = plan_ucf101(src, None, None)
+    assert classes == {"HammerThrow": 0, "Hammering": 1, "JumpRope": 2} and "sorted order" in notes[0]
+    (lists / "classInd.txt").write_text("1 Hammering\n2 HammerThrow\n3 JumpRope\n")
+    _, classes, _, _ = plan_ucf101(src, None, None)
+    assert classes == {"Hammering": 0, "HammerThrow": 1, "JumpRope": 2}
+    (lists / "classInd.txt").write_text("1 Hammering\n2 Archery\n3 JumpRope\n")
+    with pytest.raises(DataError, match="other classes"):
+        plan_ucf101(src, None, None)
