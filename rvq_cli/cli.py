@@ -282,15 +282,19 @@ def compare(
                                  "instead of reusing finished runs."),
     synthetic: Optional[str] = typer.Option(None, "--synthetic", help="Run one of the paper's synthetic problems "
                                             "instead: himmelblau, voronoi or field."),
-    seeds: int = typer.Option(10, "--seeds", help="--synthetic himmelblau: number of seeds (mean ± std)."),
+    seeds: Optional[int] = typer.Option(None, "--seeds", help="Number of seeds: S, S+1, ... from --seed S (default "
+                                        "1; --synthetic himmelblau: 10). Over several seeds the report gives mean ± "
+                                        "std and seed-paired differences with 95% intervals."),
     inception_weights: Optional[Path] = typer.Option(None, "--inception-weights", help="torch-fidelity's Inception "
                                                      "weights for r-FID/r-IS (see rvq eval)."),
     no_fid: bool = typer.Option(False, "--no-fid", help="Skip r-FID and r-IS."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars: one log line per log interval."),
 ) -> None:
-    """Train the same recipe once per estimator (same seed, data order and initial weights),
-    evaluate each on the same validation set, and print a table like the paper's Table 1; writes
-    compare.json, compare.md and figures/ (curves, diagnostics, usage histograms, reconstructions).
+    """Train the same recipe once per estimator and seed (within a seed: the same data order and
+    initial weights), evaluate each on the same validation set, and print a table like the paper's
+    Table 1 (mean ± std over seeds, and seed-paired differences to the first estimator with 95%
+    intervals); writes compare.json, compare.md and figures/ (curves with the seed spread,
+    diagnostics, usage histograms, reconstructions).
     With --synthetic, run the paper's 2-D problems (seconds on a CPU) instead."""
     items = items or []
     names = [i for i in items if "=" not in i]
@@ -302,43 +306,48 @@ def compare(
                                       ("--inception-weights", inception_weights)) if v]
         if given:
             raise UserError(f"--synthetic runs the paper's 2-D problems, which take no recipe: drop {', '.join(given)}.")
-        _compare_synthetic(names, synthetic, out, seeds)
+        _compare_synthetic(names, synthetic, out, 10 if seeds is None else seeds)
         return
-    from .compare.runner import COLUMNS, CompareError, compare as run_compare
-    from .compare.report import format_value
+    from .compare.report import difference_table, summary_table
+    from .compare.runner import CompareError, compare as run_compare
 
     if recipe is None:
         recipe = _recipes_dir() / "quickstart.yaml"
         if not recipe.is_file():
             raise UserError(f"the default recipe {recipe} is missing; pass --recipe RECIPE.yaml.")
-    for flag, v in (("--steps", steps), ("--seed", seed)):
-        if v is not None and v < (1 if flag == "--steps" else 0):
-            raise UserError(f"{flag} must be {'positive' if flag == '--steps' else 'non-negative'}, got {v}.")
+    for flag, v in (("--steps", steps), ("--seeds", seeds), ("--seed", seed)):
+        if v is not None and v < (0 if flag == "--seed" else 1):
+            raise UserError(f"{flag} must be {'non-negative' if flag == '--seed' else 'positive'}, got {v}.")
     overrides += [f"train.steps={steps}"] if steps is not None else []
     overrides += [f"train.seed={seed}"] if seed is not None else []
     try:
-        result = run_compare(names, recipe, overrides, out=out, restart=restart, inception_weights=inception_weights,
-                             fid=not no_fid, quiet=quiet, say=lambda m: console.print(m, highlight=False, markup=False))
+        result = run_compare(names, recipe, overrides, seeds=seeds, out=out, restart=restart,
+                             inception_weights=inception_weights, fid=not no_fid, quiet=quiet,
+                             say=lambda m: console.print(m, highlight=False, markup=False))
     except CompareError as err:
         raise UserError(str(err)) from None
-    cols = [c for c in COLUMNS if any(r.value(c.key) is not None for r in result.runs)]
-    table = Table(title=f"rvq compare: {recipe}, {result.recipe.train.steps} steps, seed {result.recipe.train.seed} "
-                        "(* best)")
-    table.add_column("estimator")
-    for c in cols:
-        table.add_column(c.label, justify="right")
-    for r in result.runs:
-        cells = []
-        for c in cols:
-            text = format_value(r.value(c.key), c.fmt)
-            cells.append(f"[bold green]{text}*[/]" if r.name in result.best.get(c.key, []) else text)
-        table.add_row(r.name, *cells)
     # a log file or pipe gets the whole table, not one cut to 80 columns
-    (console if console.is_terminal else Console(width=max(console.width, 200))).print(table)
+    wide = console if console.is_terminal else Console(width=max(console.width, 200))
+    for i, table in enumerate(filter(None, (summary_table(result), difference_table(result)))):
+        prefix = f"rvq compare: {recipe}, {result.recipe.train.steps} steps, " if i == 0 else ""
+        wide.print(_rich_table(prefix + table.title + " (* best)" * (i == 0) +
+                               " (* interval excludes 0)" * (i == 1), table))
     for note in result.notes:
         console.print(f"note: {note}", highlight=False, markup=False, soft_wrap=True)
     console.print(f"report: {result.md_path} and {result.json_path}; figures in {result.out_dir / 'figures'}",
                   highlight=False, markup=False, soft_wrap=True)
+
+
+def _rich_table(title: str, table) -> Table:
+    """A report table (header and rows of cells) as a rich Table; marked cells bold with a star."""
+    from rich.markup import escape
+
+    out = Table(title=escape(title))
+    for i, col in enumerate(table.header):
+        out.add_column(escape(col), justify="left" if i == 0 else "right")
+    for row in table.rows:
+        out.add_row(*(f"[bold green]{escape(c.text)}*[/]" if c.mark else escape(c.text) for c in row))
+    return out
 
 
 def _compare_synthetic(names: list[str], problem: str, out: Optional[Path], seeds: int) -> None:

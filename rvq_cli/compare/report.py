@@ -1,5 +1,6 @@
-"""The visual report of ``rvq compare``: training curves, gradient diagnostics, codebook-usage
-histograms and a reconstruction grid (PNG, matplotlib's Agg backend), and compare.md.
+"""The report of ``rvq compare``: the tables (over seeds, seed-paired differences, per seed) as
+rows that the CLI and compare.md render alike, and the figures: training curves with the seed
+spread, gradient diagnostics, codebook-usage histograms and a reconstruction grid (PNG).
 
 Every plotting function returns the figure's data as drawn, so tests can compare what is on
 the page with what the runs logged.
@@ -7,18 +8,20 @@ the page with what the runs logged.
 
 from __future__ import annotations
 
-import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
 
+from .plotting import new_figure, save_figure
+
 if TYPE_CHECKING:
     from .runner import CompareResult, EstimatorRun
 
-__all__ = ["CURVES", "DIAGNOSTICS", "format_value", "plot_reconstructions", "plot_series", "plot_usage",
-           "write_figures", "write_markdown"]
+__all__ = ["CURVES", "DIAGNOSTICS", "Cell", "Table", "difference_table", "format_value", "plot_reconstructions",
+           "plot_series", "plot_usage", "seed_table", "summary_table", "write_figures", "write_markdown"]
 
 # (metric in metrics.jsonl, panel title, log scale)
 CURVES = (("rec_loss", "train reconstruction loss", True), ("usage", "codebook usage per batch", False),
@@ -27,82 +30,180 @@ DIAGNOSTICS = (("grad_cos", "cos(grad_e, g)", False), ("obtuse", "rows with angl
                ("fallbacks", "degenerate-row fallbacks per log", False))
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, no display
-    import matplotlib.pyplot as plt
-
-    return plt
+# --------------------------------------------------------------------------------------------
+# tables
+# --------------------------------------------------------------------------------------------
 
 
-def _save(fig, path: Path) -> Path:
-    """Write ``fig`` to ``path`` atomically (PNG) and close it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=80, bbox_inches="tight")
-    os.replace(tmp, path)
-    _plt().close(fig)
-    return path
+@dataclass(frozen=True)
+class Cell:
+    text: str
+    mark: bool = False  # best (summary table) or an interval that excludes zero (differences)
+
+
+@dataclass(frozen=True)
+class Table:
+    title: str
+    header: list[str]
+    rows: list[list[Cell]]
+
+    def markdown(self) -> list[str]:
+        lines = ["| " + " | ".join(self.header) + " |", "|---|" + "---|" * (len(self.header) - 1)]
+        for row in self.rows:
+            lines.append("| " + " | ".join(f"**{c.text}**" if c.mark else c.text for c in row) + " |")
+        return lines
+
+
+def format_value(v, fmt: str) -> str:
+    return "—" if v is None else fmt.format(v)
+
+
+def _signed(v: float, fmt: str) -> str:
+    text = fmt.format(v)
+    return text if text.startswith("-") else "+" + text
+
+
+def _columns(result: CompareResult, table: dict) -> list:
+    from .runner import COLUMNS
+
+    return [c for c in COLUMNS if any(c.key in per for per in table.values())]
+
+
+def summary_table(result: CompareResult) -> Table:
+    """One row per estimator: the mean ± std over seeds of every column (the value itself for
+    one seed); ``mark`` on the best, as :func:`runner.best_values` decides."""
+    cols = _columns(result, result.summary)
+    rows = []
+    for name in result.estimators:
+        cells = [Cell(name)]
+        for c in cols:
+            s = result.summary[name].get(c.key)
+            text = "—" if s is None else c.fmt.format(s.mean) + ("" if s.std is None else " ± " + c.fmt.format(s.std))
+            cells.append(Cell(text, name in result.best.get(c.key, [])))
+        rows.append(cells)
+    n = len(result.seeds)
+    title = f"mean ± std over {n} seeds" if n > 1 else f"seed {result.seeds[0]}"
+    return Table(title, ["estimator"] + [c.label for c in cols], rows)
+
+
+def difference_table(result: CompareResult) -> Table | None:
+    """One row per estimator after the first: the seed-paired difference to the first with its
+    interval, ``mark`` where the interval excludes zero; None with fewer than two seeds."""
+    from .stats import LEVEL
+
+    if len(result.seeds) < 2 or len(result.estimators) < 2:
+        return None
+    cols = _columns(result, result.differences)
+    rows = []
+    for name in result.estimators[1:]:
+        cells = [Cell(f"{name} − {result.baseline}")]
+        for c in cols:
+            d = result.differences[name].get(c.key)
+            if d is None:
+                cells.append(Cell("—"))
+                continue
+            cells.append(Cell(f"{_signed(d.mean, c.fmt)} [{_signed(d.low, c.fmt)}, {_signed(d.high, c.fmt)}]",
+                              d.excludes_zero))
+        rows.append(cells)
+    title = (f"seed-paired difference to {result.baseline}: mean [{LEVEL:.0%} interval] over "
+             f"{len(result.seeds)} seeds")
+    return Table(title, ["difference"] + [c.label for c in cols], rows)
+
+
+def seed_table(result: CompareResult) -> Table:
+    """One row per run (estimator and seed): the column values of that seed alone."""
+    from .runner import COLUMNS
+
+    cols = [c for c in COLUMNS if any(r.value(c.key) is not None for r in result.runs)]
+    rows = [[Cell(r.name), Cell(str(r.seed))] + [Cell(format_value(r.value(c.key), c.fmt)) for c in cols]
+            for r in sorted(result.runs, key=lambda r: (result.estimators.index(r.name), r.seed))]
+    return Table("every seed", ["estimator", "seed"] + [c.label for c in cols], rows)
+
+
+# --------------------------------------------------------------------------------------------
+# figures
+# --------------------------------------------------------------------------------------------
+
+
+def _by_estimator(runs: list[EstimatorRun]) -> dict[str, list[EstimatorRun]]:
+    out: dict[str, list[EstimatorRun]] = {}
+    for r in runs:
+        out.setdefault(r.name, []).append(r)
+    return out
 
 
 def plot_series(runs: list[EstimatorRun], panels, path: Path, title: str) -> dict[str, dict[str, tuple]]:
-    """One panel per metric, one line per estimator (metric vs step); returns
-    {metric: {estimator: (steps, values)}} as drawn."""
-    plt = _plt()
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
+    """One panel per metric, one line per estimator (metric vs step): the mean over its seeds at
+    the steps every seed logged, with the band from the lowest to the highest seed; returns
+    {metric: {estimator: (steps, mean, low, high)}} as drawn."""
+    fig, axes = new_figure(1, len(panels), figsize=(4.2 * len(panels), 3.4))
     drawn: dict[str, dict[str, tuple]] = {}
+    groups = _by_estimator(runs)
     for ax, (key, label, log) in zip(axes[0], panels):
         drawn[key] = {}
-        for run in runs:
-            pts = [(r["step"], r[key]) for r in run.history if r.get(key) is not None]
-            if not pts:
+        for name, group in groups.items():
+            series = [{r["step"]: r[key] for r in run.history if r.get(key) is not None} for run in group]
+            steps = sorted(set.intersection(*(set(s) for s in series))) if series else []
+            if not steps:
                 continue
-            steps, vals = zip(*pts)
-            ax.plot(steps, vals, label=run.name, marker="o" if len(pts) < 4 else None, linewidth=1.4)
-            drawn[key][run.name] = (steps, vals)
-        if log and any(v > 0 for _, vs in drawn[key].values() for v in vs):
+            vals = np.array([[s[t] for t in steps] for s in series], dtype=np.float64)  # (seeds, steps)
+            mean, low, high = vals.mean(0), vals.min(0), vals.max(0)
+            line, = ax.plot(steps, mean, label=name if len(group) == 1 else f"{name} ({len(group)} seeds)",
+                            marker="o" if len(steps) < 4 else None, linewidth=1.4)
+            if len(group) > 1:
+                ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
+            drawn[key][name] = (tuple(steps), tuple(mean), tuple(low), tuple(high))
+        if log and any(v > 0 for *_, vs in drawn[key].values() for v in vs):
             ax.set_yscale("log")
         ax.set_title(label, fontsize=10)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
-    fig.suptitle(title, fontsize=11)
-    _save(fig, path)
+    seeds = max((len(g) for g in groups.values()), default=1)
+    fig.suptitle(title + (f" (mean; band: lowest to highest of {seeds} seeds)" if seeds > 1 else ""), fontsize=11)
+    save_figure(fig, path)
     return drawn
 
 
-def plot_usage(runs: list[EstimatorRun], path: Path) -> dict[str, np.ndarray]:
+def plot_usage(runs: list[EstimatorRun], path: Path) -> dict[str, list[np.ndarray]]:
     """Per estimator, how often each code was chosen over the validation set, codes sorted from
-    most to least used (log scale); returns the sorted counts as drawn."""
-    plt = _plt()
-    fig, axes = plt.subplots(1, len(runs), figsize=(4.2 * len(runs), 3.2), squeeze=False, sharey=True)
+    most to least used (log scale): bars for one seed, one line per seed for several; returns
+    the sorted counts of each seed as drawn."""
+    groups = _by_estimator(runs)
+    fig, axes = new_figure(1, len(groups), figsize=(4.2 * len(groups), 3.2), sharey=True)
     drawn = {}
-    for ax, run in zip(axes[0], runs):
-        counts = np.sort(np.asarray(run.code_counts, dtype=np.int64))[::-1]
-        drawn[run.name] = counts
-        used = int((counts > 0).sum())
-        if used:  # unused codes get no bar: the empty tail is the unused part of the codebook
-            ax.bar(np.arange(used), counts[:used], width=1.0, color="tab:blue", linewidth=0)
+    for ax, (name, group) in zip(axes[0], groups.items()):
+        sorted_counts = [np.sort(np.asarray(r.code_counts, dtype=np.int64))[::-1] for r in group]
+        drawn[name] = sorted_counts
+        used = [int((c > 0).sum()) for c in sorted_counts]
+        for run, counts, u in zip(group, sorted_counts, used):
+            if not u:
+                continue
+            # unused codes get no bar or line: the empty tail is the unused part of the codebook
+            if len(group) == 1:
+                ax.bar(np.arange(u), counts[:u], width=1.0, color="tab:blue", linewidth=0)
+            else:
+                ax.step(np.arange(u), counts[:u], where="post", linewidth=1.0, label=f"seed {run.seed}")
+        if any(used):
             ax.set_yscale("log")
-        ax.set_xlim(0, max(len(counts), 1))
-        ax.set_title(f"{run.name}: {used} of {len(counts)} codes used", fontsize=10)
+        if len(group) > 1 and any(used):
+            ax.legend(fontsize=7)
+        size = len(sorted_counts[0]) if sorted_counts else 0
+        ax.set_xlim(0, max(size, 1))
+        ax.set_title(f"{name}: {', '.join(map(str, used))} of {size} codes used", fontsize=10)
         ax.set_xlabel("code (sorted by use)")
         ax.grid(alpha=0.3, axis="y")
     axes[0][0].set_ylabel("times chosen (validation set)")
-    _save(fig, path)
+    save_figure(fig, path)
     return drawn
 
 
 def plot_reconstructions(images: torch.Tensor, runs: list[EstimatorRun], path: Path) -> dict[str, torch.Tensor]:
-    """The same validation images (top row) reconstructed by each estimator's final checkpoint,
-    one row per estimator, in eval mode; returns the reconstructions in [-1, 1]."""
+    """The same validation images (top row) reconstructed by each run's final checkpoint, one row
+    per run, in eval mode; returns the reconstructions in [-1, 1]."""
     from ..evaluate import load_tokenizer
-
     from ..evaluate.evaluator import _grid_frames
 
-    plt = _plt()
     recs = {}
     for run in runs:
         tok = load_tokenizer(run.run_dir)
@@ -113,7 +214,7 @@ def plot_reconstructions(images: torch.Tensor, runs: list[EstimatorRun], path: P
         images, recs = _grid_frames(images), {k: _grid_frames(v) for k, v in recs.items()}
     rows = [("original", images)] + list(recs.items())
     n = len(images)
-    fig, axes = plt.subplots(len(rows), max(n, 1), figsize=(1.3 * max(n, 1), 1.4 * len(rows)), squeeze=False)
+    fig, axes = new_figure(len(rows), max(n, 1), figsize=(1.3 * max(n, 1), 1.4 * len(rows)))
     for i, (label, batch) in enumerate(rows):
         for j in range(max(n, 1)):
             ax = axes[i][j]
@@ -124,12 +225,13 @@ def plot_reconstructions(images: torch.Tensor, runs: list[EstimatorRun], path: P
                 ax.imshow(img.squeeze(-1) if img.shape[-1] == 1 else img, cmap="gray" if img.shape[-1] == 1 else None)
         axes[i][0].set_ylabel(label, fontsize=9, rotation=0, ha="right", va="center")
     fig.subplots_adjust(wspace=0.03, hspace=0.03)
-    _save(fig, path)
+    save_figure(fig, path)
     return recs
 
 
 def write_figures(folder: Path, runs: list[EstimatorRun], images: torch.Tensor,
                   say: Callable[[str], None] = print) -> dict[str, Path]:
+    """All figures of a comparison; the reconstructions are of the first seed's runs."""
     out = {
         "curves": folder / "curves.png", "diagnostics": folder / "diagnostics.png",
         "usage": folder / "usage.png", "reconstructions": folder / "reconstructions.png",
@@ -137,43 +239,39 @@ def write_figures(folder: Path, runs: list[EstimatorRun], images: torch.Tensor,
     plot_series(runs, CURVES, out["curves"], "training curves")
     plot_series(runs, DIAGNOSTICS, out["diagnostics"], "gradient diagnostics")
     plot_usage(runs, out["usage"])
-    plot_reconstructions(images, runs, out["reconstructions"])
+    first = min(r.seed for r in runs)
+    plot_reconstructions(images, [r for r in runs if r.seed == first], out["reconstructions"])
     return out
 
 
-def format_value(v, fmt: str) -> str:
-    return "—" if v is None else fmt.format(v)
-
-
 def write_markdown(result: CompareResult, recipe_path, overrides) -> Path:
-    from .runner import COLUMNS, TRAIN_WINDOW
+    from .runner import TRAIN_WINDOW
 
     r = result.recipe
-    cols = [c for c in COLUMNS if any(run.value(c.key) is not None for run in result.runs)]
+    seeds = ", ".join(map(str, result.seeds))
+    fingerprints = sorted({run.init_fingerprint for run in result.runs})
     lines = [
-        f"# rvq compare: {', '.join(run.name for run in result.runs)}",
+        f"# rvq compare: {', '.join(result.estimators)}",
         "",
         f"Recipe `{recipe_path}`" + (f" with `{' '.join(overrides)}`" if overrides else "") +
-        f": {r.train.steps} steps, seed {r.train.seed}, batch {r.train.batch_size} × accumulation "
-        f"{r.train.grad_accum}, {r.model.quantizer.codebook_size} codes of dimension "
+        f": {r.train.steps} steps, seed{'s' * (len(result.seeds) > 1)} {seeds}, batch {r.train.batch_size} × "
+        f"accumulation {r.train.grad_accum}, {r.model.quantizer.codebook_size} codes of dimension "
         f"{r.model.quantizer.codebook_dim or r.model.quantizer.dim} ({r.model.quantizer.lookup}, "
-        f"{r.model.quantizer.update}). Every run starts from the same weights "
-        f"(fingerprint {result.runs[0].init_fingerprint}) and reads the same data in the same order; "
-        "the estimator is the only difference.",
+        f"{r.model.quantizer.update}). Within a seed every run starts from the same weights "
+        f"(fingerprint{'s' * (len(fingerprints) > 1)} {', '.join(fingerprints)}) and reads the same data in the "
+        "same order; the estimator is the only difference.",
         "",
         f"Training columns: mean over the logs of the last {TRAIN_WINDOW:.0%} of the steps. Validation columns: "
-        f"`rvq eval` on `{r.data.val}`. Best value per column in **bold**.",
+        f"`rvq eval` on `{r.data.val}`. In **bold**: the estimator whose seed-paired difference to every other "
+        "has a 95% interval on the better side of zero (none with one seed).",
         "",
-        "| estimator | " + " | ".join(c.label for c in cols) + " |",
-        "|---|" + "---|" * len(cols),
     ]
-    for run in result.runs:
-        cells = []
-        for c in cols:
-            text = format_value(run.value(c.key), c.fmt)
-            cells.append(f"**{text}**" if run.name in result.best.get(c.key, []) else text)
-        lines.append(f"| {run.name} | " + " | ".join(cells) + " |")
-    lines += ["", "![training curves](figures/curves.png)", "", "![gradient diagnostics](figures/diagnostics.png)",
+    tables = [summary_table(result), difference_table(result)]
+    if len(result.seeds) > 1:
+        tables.append(seed_table(result))
+    for table in filter(None, tables):
+        lines += [f"**{table.title[0].upper() + table.title[1:]}**", ""] + table.markdown() + [""]
+    lines += ["![training curves](figures/curves.png)", "", "![gradient diagnostics](figures/diagnostics.png)",
               "", "![codebook usage](figures/usage.png)", "",
               "![reconstructions: originals on top, then one row per estimator](figures/reconstructions.png)", ""]
     if result.notes:

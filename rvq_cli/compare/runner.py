@@ -1,16 +1,17 @@
-"""``rvq compare``: one recipe trained once per estimator, the estimator the only difference,
-then every run evaluated on the same validation set and put side by side (the paper's Table 1).
+"""``rvq compare``: one recipe trained once per estimator and seed, the estimator the only
+difference within a seed, then every run evaluated on the same validation set and put side by
+side (the paper's Table 1), with the spread over seeds and seed-paired differences.
 
 Layout of the output folder::
 
     OUT/compare-job.json          the recipe the comparison is of (pins what may continue here)
-    OUT/<estimator>/              an ordinary run directory (checkpoints, metrics.jsonl), plus
+    OUT/<estimator>/seed-<S>/     an ordinary run directory (checkpoints, metrics.jsonl), plus
                                   compare-eval.json: rvq eval on the recipe's validation set
     OUT/compare.json, compare.md  the results; OUT/figures/*.png the visual report
 
-Every run starts from the same seed, so the same initial weights (checked: the fingerprint of
-the initial parameters is recorded per run) and the same data order (the shard streams have
-their own seeded generators). A run that reached the recipe's step count and has its
+Within a seed every run starts from the same weights (checked: the fingerprint of the initial
+parameters is recorded per run) and reads the same data in the same order (the shard streams
+have their own seeded generators). A run that reached the recipe's step count and has its
 ``compare-eval.json`` is reused (never a plain ``eval.json``, which ``rvq eval`` may have
 written on other data), a run with an earlier checkpoint resumes, so an interrupted comparison
 continues where it stopped. Separate processes may each train one estimator into the same
@@ -34,8 +35,9 @@ import torch
 from ..config import Recipe, RecipeError, load_recipe
 from ..jobs import job_differences, write_json_atomic
 from ..quantize import ESTIMATORS
+from .stats import LEVEL, Difference, Summary, better_than, paired_difference, summarize
 
-__all__ = ["COLUMNS", "CompareError", "CompareResult", "EstimatorRun", "compare", "init_fingerprint"]
+__all__ = ["COLUMNS", "CompareError", "CompareResult", "EstimatorRun", "compare", "init_fingerprint", "run_dir_of"]
 
 TRAIN_WINDOW = 0.1  # training metrics: the mean over the logs of the last tenth of the steps
 GRID_IMAGES = 8
@@ -76,6 +78,7 @@ COLUMNS = (
 @dataclass
 class EstimatorRun:
     name: str
+    seed: int
     run_dir: Path
     status: str  # "trained", "resumed" or "reused"
     train: dict  # training metrics over the last tenth of the run, plus steps_per_s
@@ -93,12 +96,24 @@ class EstimatorRun:
 class CompareResult:
     out_dir: Path
     recipe: Recipe
-    runs: list[EstimatorRun]
-    best: dict[str, list[str]]  # column key -> estimators with the best value
+    estimators: list[str]  # in the order given; the first is the baseline of the differences
+    seeds: list[int]
+    runs: list[EstimatorRun]  # one per (seed, estimator), seed-major
+    summary: dict[str, dict[str, Summary]]  # estimator -> column key -> over seeds
+    differences: dict[str, dict[str, Difference]]  # estimator (not the first) -> column key -> vs the first
+    best: dict[str, list[str]]  # column key -> the estimator shown better than every other (LEVEL interval)
     json_path: Path
     md_path: Path
     figures: dict[str, Path]
     notes: list[str]
+
+    @property
+    def baseline(self) -> str:
+        return self.estimators[0]
+
+    def runs_of(self, name: str) -> list[EstimatorRun]:
+        """The estimator's runs in seed order."""
+        return [r for r in self.runs if r.name == name]
 
 
 def init_fingerprint(recipe: Recipe) -> str:
@@ -119,14 +134,30 @@ def init_fingerprint(recipe: Recipe) -> str:
 
 def _job(recipe: Recipe) -> dict:
     """What every run of the comparison shares, as dotted keys: the recipe without the estimator,
-    the output dir and the step count (a comparison may be extended to more steps: every run
-    then resumes to the new count)."""
+    the seed, the output dir and the step count (a comparison may be extended to more seeds, and
+    to more steps: every run then resumes to the new count)."""
     from ..train.trainer import _flatten
 
     flat = _flatten(recipe.model_dump(mode="json"))
-    for key in ("model.quantizer.estimator", "output.dir", "train.steps"):
+    for key in ("model.quantizer.estimator", "train.seed", "output.dir", "train.steps"):
         flat.pop(key)
     return flat
+
+
+def run_dir_of(out: Path, name: str, seed: int) -> Path:
+    """The run directory of one estimator and seed in a comparison's output folder."""
+    return out / name / f"seed-{seed}"
+
+
+def _check_seeds(seeds: list[int]) -> None:
+    if not seeds:
+        raise CompareError("give at least one seed (--seeds N trains seeds S, S+1, ..., S+N-1 from --seed S).")
+    bad = [s for s in seeds if not isinstance(s, int) or isinstance(s, bool) or s < 0]
+    if bad:
+        raise CompareError(f"seeds must be non-negative integers, got {', '.join(map(repr, bad))}.")
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        raise CompareError(f"seed(s) given twice: {', '.join(map(str, repeated))}; give each once.")
 
 
 def _check_estimators(names: list[str]) -> None:
@@ -253,15 +284,12 @@ def _restart(out: Path, names: list[str]) -> None:
 
 
 def compare(estimators: list[str], recipe_path: str | os.PathLike, overrides: list[str] = (), *,
-            out: str | os.PathLike | None = None, restart: bool = False,
+            seeds: int | list[int] | None = None, out: str | os.PathLike | None = None, restart: bool = False,
             inception_weights: str | os.PathLike | None = None, fid: bool = True, quiet: bool = False,
             say: Callable[[str], None] = print) -> CompareResult:
-    """Train ``recipe_path`` (with ``overrides``) once per estimator into ``out``, evaluate each
-    run on the recipe's validation set, and write compare.json, compare.md and the figures."""
-    from ..data import DataError
-    from ..evaluate import CheckpointError, EvalError, evaluate
-    from ..evaluate.fidelity import FidelityError
-    from ..train import TrainingError, train
+    """Train ``recipe_path`` (with ``overrides``) once per estimator and seed into ``out``
+    (``seeds``: a list, or a count N for the recipe's seed S and S+1..S+N−1; default: S alone), evaluate each run on the recipe's validation set,
+    and write compare.json, compare.md and the figures."""
     from . import report
 
     estimators = list(estimators)
@@ -270,6 +298,13 @@ def compare(estimators: list[str], recipe_path: str | os.PathLike, overrides: li
         base = load_recipe(recipe_path, list(overrides))
     except RecipeError as err:
         raise CompareError(str(err)) from None
+    if seeds is None or isinstance(seeds, int) and not isinstance(seeds, bool):
+        count = 1 if seeds is None else seeds
+        if count < 1:
+            raise CompareError(f"the number of seeds must be at least 1, got {count}.")
+        seeds = list(range(base.train.seed, base.train.seed + count))
+    seeds = list(seeds)
+    _check_seeds(seeds)
     if base.data.val is None:
         raise CompareError(f"{recipe_path} has no validation set (data.val is null); rvq compare evaluates every run "
                            "on it. Set data.val=SHARDS (or demo).")
@@ -288,77 +323,133 @@ def compare(estimators: list[str], recipe_path: str | os.PathLike, overrides: li
 
     runs: list[EstimatorRun] = []
     notes: list[str] = []
-    for i, name in enumerate(estimators, 1):
-        run_dir = out / name
-        try:
-            recipe = load_recipe(recipe_path, list(overrides) + [f"model.quantizer.estimator={name}",
-                                                                  f"output.dir={run_dir}"])
-        except RecipeError as err:
-            raise CompareError(f"{name}: {err}") from None
-        fingerprint = init_fingerprint(recipe)
-        with _Lock(run_dir):
-            status, ckpt = _run_status(run_dir, recipe)
-            try:
-                if status != "done":
-                    label = "resumed" if ckpt is not None else "trained"
-                    say(f"[{i}/{len(estimators)}] {name}: {'resuming' if ckpt else 'training'} "
-                        f"{recipe.train.steps} steps into {run_dir}")
-                    train(recipe, run_dir, resume=ckpt is not None, quiet=quiet)
-                    done, ckpt = _run_status(run_dir, recipe)
-                    if done != "done":  # interrupted (Ctrl-C): the checkpoint is saved
-                        raise CompareError(f"{name} stopped at {ckpt}; run the same rvq compare again to continue.")
-                    status = label
-                else:
-                    status = "reused"
-                eval_path = run_dir / EVAL_FILE
-                report_ = json.loads(eval_path.read_text()) if eval_path.is_file() else None
-                if report_ is None or report_.get("step") != recipe.train.steps or \
-                        (fid and report_["metrics"].get("rfid") is None and _has_inception(inception_weights)):
-                    say(f"[{i}/{len(estimators)}] {name}: evaluating on {base.data.val}")
-                    report_ = evaluate(run_dir, inception_weights=inception_weights, fid=fid, out=eval_path,
-                                       quiet=quiet).report
-            except (TrainingError, DataError, CheckpointError, EvalError, FidelityError) as err:
-                raise CompareError(f"{name}: {err}") from None
-        for note in report_.get("notes", []):
-            if note not in notes:
-                notes.append(note)
-        history = _history(run_dir)
-        runs.append(EstimatorRun(
-            name=name, run_dir=run_dir, status=status,
-            train=_train_summary(history, recipe.train.steps, _images_per_step(ckpt, recipe)),
-            eval=report_["metrics"], init_fingerprint=fingerprint, history=history,
-            code_counts=report_.get("code_counts", []),
-        ))
+    total = len(seeds) * len(estimators)
+    for seed in seeds:
+        for name in estimators:
+            label = f"[{len(runs) + 1}/{total}] {name}" + (f", seed {seed}" if len(seeds) > 1 else "")
+            run, eval_notes = _train_and_evaluate(name, seed, recipe_path, overrides, out, label,
+                                                  inception_weights, fid, quiet, say, base)
+            for note in eval_notes:
+                if note not in notes:
+                    notes.append(note)
+            runs.append(run)
 
-    if len({r.init_fingerprint for r in runs}) > 1:  # cannot happen unless model building depends on the estimator
-        notes.append("the runs did not start from identical weights: " +
-                     ", ".join(f"{r.name} {r.init_fingerprint}" for r in runs))
-    best = best_values(runs)
+    for seed in seeds:  # cannot happen unless model building depends on the estimator
+        mine = [r for r in runs if r.seed == seed]
+        if len({r.init_fingerprint for r in mine}) > 1:
+            notes.append(f"seed {seed}: the runs did not start from identical weights: " +
+                         ", ".join(f"{r.name} {r.init_fingerprint}" for r in mine))
+    summary, differences = seed_statistics(runs, estimators, seeds)
+    best = best_values(runs, estimators, seeds)
+    if len(seeds) == 1 and len(estimators) > 1:
+        notes.append(f"one seed: no interval, so no value is marked best; rerun with --seeds 3 (seeds "
+                     f"{seeds[0]}..{seeds[0] + 2}) to see which differences exceed the seed-to-seed spread.")
     figures = report.write_figures(out / "figures", runs, _grid_images(base), say=say)
-    result = CompareResult(out, base, runs, best, out / "compare.json", out / "compare.md", figures, notes)
+    result = CompareResult(out, base, estimators, seeds, runs, summary, differences, best,
+                           out / "compare.json", out / "compare.md", figures, notes)
     write_json_atomic(result.json_path, to_json(result, recipe_path, overrides))
     report.write_markdown(result, recipe_path, overrides)
     return result
+
+
+def _train_and_evaluate(name: str, seed: int, recipe_path, overrides, out: Path, label: str, inception_weights,
+                        fid: bool, quiet: bool, say: Callable[[str], None], base: Recipe
+                        ) -> tuple[EstimatorRun, list[str]]:
+    """One run of the comparison, trained (or resumed, or reused) and evaluated under its lock;
+    with the evaluation's notes."""
+    from ..data import DataError
+    from ..evaluate import CheckpointError, EvalError, evaluate
+    from ..evaluate.fidelity import FidelityError
+    from ..train import TrainingError, train
+
+    run_dir = run_dir_of(out, name, seed)
+    try:
+        recipe = load_recipe(recipe_path, list(overrides) + [f"model.quantizer.estimator={name}",
+                                                              f"train.seed={seed}", f"output.dir={run_dir}"])
+    except RecipeError as err:
+        raise CompareError(f"{name}: {err}") from None
+    fingerprint = init_fingerprint(recipe)
+    with _Lock(run_dir):
+        status, ckpt = _run_status(run_dir, recipe)
+        try:
+            if status != "done":
+                done_label = "resumed" if ckpt is not None else "trained"
+                say(f"{label}: {'resuming' if ckpt else 'training'} {recipe.train.steps} steps into {run_dir}")
+                train(recipe, run_dir, resume=ckpt is not None, quiet=quiet)
+                done, ckpt = _run_status(run_dir, recipe)
+                if done != "done":  # interrupted (Ctrl-C): the checkpoint is saved
+                    raise CompareError(f"{name} (seed {seed}) stopped at {ckpt}; run the same rvq compare again "
+                                       "to continue.")
+                status = done_label
+            else:
+                status = "reused"
+            eval_path = run_dir / EVAL_FILE
+            report_ = json.loads(eval_path.read_text()) if eval_path.is_file() else None
+            if report_ is None or report_.get("step") != recipe.train.steps or \
+                    (fid and report_["metrics"].get("rfid") is None and _has_inception(inception_weights)):
+                say(f"{label}: evaluating on {base.data.val}")
+                report_ = evaluate(run_dir, inception_weights=inception_weights, fid=fid, out=eval_path,
+                                   quiet=quiet).report
+        except (TrainingError, DataError, CheckpointError, EvalError, FidelityError) as err:
+            raise CompareError(f"{name} (seed {seed}): {err}") from None
+    history = _history(run_dir)
+    return EstimatorRun(
+        name=name, seed=seed, run_dir=run_dir, status=status,
+        train=_train_summary(history, recipe.train.steps, _images_per_step(ckpt, recipe)),
+        eval=report_["metrics"], init_fingerprint=fingerprint,
+        history=history, code_counts=report_.get("code_counts", []),
+    ), report_.get("notes", [])
+
+
+def _column_values(runs: list[EstimatorRun], name: str, seeds: list[int], key: str) -> list[float] | None:
+    """The column's value for each seed of ``name``, or None when any seed lacks it."""
+    by_seed = {r.seed: r.value(key) for r in runs if r.name == name}
+    vals = [by_seed.get(s) for s in seeds]
+    return None if any(v is None for v in vals) else [float(v) for v in vals]
+
+
+def seed_statistics(runs: list[EstimatorRun], estimators: list[str], seeds: list[int]
+                    ) -> tuple[dict[str, dict[str, Summary]], dict[str, dict[str, Difference]]]:
+    """Per estimator and column: the summary over seeds; per estimator after the first: the
+    seed-paired difference to the first."""
+    summary: dict[str, dict[str, Summary]] = {n: {} for n in estimators}
+    differences: dict[str, dict[str, Difference]] = {n: {} for n in estimators[1:]}
+    for col in COLUMNS:
+        base = _column_values(runs, estimators[0], seeds, col.key)
+        for name in estimators:
+            vals = _column_values(runs, name, seeds, col.key)
+            if vals is None:
+                continue
+            summary[name][col.key] = summarize(vals)
+            if name != estimators[0] and base is not None:
+                differences[name][col.key] = paired_difference(vals, base)
+    return summary, differences
+
+
+def best_values(runs: list[EstimatorRun], estimators: list[str], seeds: list[int]) -> dict[str, list[str]]:
+    """Per ranked column, the estimator whose seed-paired difference to every other estimator has
+    a LEVEL interval on the better side of zero (at most one; none with one seed or one estimator)."""
+    best: dict[str, list[str]] = {}
+    if len(estimators) < 2 or len(seeds) < 2:
+        return best
+    for col in COLUMNS:
+        if not col.better:
+            continue
+        vals = {n: v for n in estimators if (v := _column_values(runs, n, seeds, col.key)) is not None}
+        if len(vals) < 2:
+            continue
+        for cand, mine in vals.items():
+            if all(better_than(paired_difference(mine, other), col.better)
+                   for name, other in vals.items() if name != cand):
+                best[col.key] = [cand]
+                break
+    return best
 
 
 def _has_inception(path) -> bool:
     from ..evaluate import fidelity
 
     return fidelity.find_inception_weights(path) is not None
-
-
-def best_values(runs: list[EstimatorRun]) -> dict[str, list[str]]:
-    """Per ranked column, the estimators with the best value (ties share it); none with one run."""
-    best: dict[str, list[str]] = {}
-    if len(runs) < 2:
-        return best
-    for col in COLUMNS:
-        vals = [(r.name, r.value(col.key)) for r in runs if r.value(col.key) is not None]
-        if not col.better or len(vals) < 2:
-            continue
-        top = (max if col.better == "high" else min)(v for _, v in vals)
-        best[col.key] = [n for n, v in vals if v == top]
-    return best
 
 
 def _grid_images(recipe: Recipe) -> torch.Tensor:
@@ -374,15 +465,31 @@ def _grid_images(recipe: Recipe) -> torch.Tensor:
     return torch.zeros(0, recipe.model.in_channels, recipe.data.image_size, recipe.data.image_size)
 
 
+def _summary_json(x: Summary | Difference) -> dict:
+    out = {"mean": x.mean, "std": x.std, "values": list(x.values)}
+    if isinstance(x, Difference):
+        out.update(low=x.low, high=x.high, excludes_zero=x.excludes_zero)
+    return out
+
+
 def to_json(result: CompareResult, recipe_path, overrides) -> dict:
     return {
         "recipe": str(recipe_path), "overrides": list(overrides), "steps": result.recipe.train.steps,
-        "seed": result.recipe.train.seed, "validation": result.recipe.data.val,
+        "estimators": result.estimators, "seeds": result.seeds, "validation": result.recipe.data.val,
         "train_window": f"mean over the logs of the last {TRAIN_WINDOW:.0%} of the steps",
         "columns": [{"key": c.key, "label": c.label, "better": c.better} for c in COLUMNS],
-        "runs": [{"estimator": r.name, "run_dir": str(r.run_dir), "status": r.status,
+        "runs": [{"estimator": r.name, "seed": r.seed, "run_dir": str(r.run_dir), "status": r.status,
                   "init_fingerprint": r.init_fingerprint, "train": r.train, "eval": r.eval} for r in result.runs],
+        "summary": {n: {k: _summary_json(v) for k, v in cols.items()} for n, cols in result.summary.items()},
+        "differences": {
+            "baseline": result.baseline, "level": LEVEL,
+            "interval": "Student's t over seeds of the seed-paired differences (estimator − baseline)",
+            "estimators": {n: {k: _summary_json(v) for k, v in cols.items()}
+                           for n, cols in result.differences.items()},
+        },
         "best": result.best,
+        "best_rule": f"the estimator whose paired difference to every other has a {LEVEL:.0%} interval on the "
+                     "better side of zero; none with one seed",
         "figures": {k: str(v) for k, v in result.figures.items()},
         "notes": result.notes,
         "written": time.strftime("%Y-%m-%d %H:%M:%S"),

@@ -16,7 +16,7 @@ import torch
 from ..quantize import ESTIMATORS, POINTWISE
 from ..jobs import write_json_atomic
 from . import synthetic as syn
-from .report import _plt, _save
+from .plotting import new_figure, save_figure
 
 __all__ = ["SyntheticError", "SyntheticResult", "plot_field", "plot_himmelblau", "plot_voronoi", "run_synthetic",
            "voronoi_summary"]
@@ -79,9 +79,8 @@ def run_synthetic(problem: str, names: list[str], *, out: Path, seeds: int = 10)
 def plot_himmelblau(runs: dict[str, syn.HimmelblauResult], curves: dict[str, np.ndarray], path: Path) -> dict:
     """Figure 8: per estimator (rows), points and codes at the start and after 33/66/100 updates
     over Himmelblau's contours; a last column with the mean loss over seeds per update."""
-    plt = _plt()
     cols = len(HIMMELBLAU_PANELS) + 1
-    fig, axes = plt.subplots(len(runs), cols, figsize=(3.0 * cols, 3.0 * len(runs)), squeeze=False)
+    fig, axes = new_figure(len(runs), cols, figsize=(3.0 * cols, 3.0 * len(runs)))
     xs = np.linspace(-5.5, 5.5, 200)
     gx, gy = np.meshgrid(xs, xs)
     fz = (gx**2 + gy - 11) ** 2 + (gx + gy**2 - 7) ** 2
@@ -107,7 +106,7 @@ def plot_himmelblau(runs: dict[str, syn.HimmelblauResult], curves: dict[str, np.
         ax.set_title("mean loss over seeds", fontsize=9)
         ax.set_xlabel("update")
         ax.legend(fontsize=7)
-    _save(fig, path)
+    save_figure(fig, path)
     return drawn
 
 
@@ -173,8 +172,7 @@ def voronoi_summary(r: syn.VoronoiResult) -> list[dict]:
 def plot_voronoi(runs: dict[str, syn.VoronoiResult], path: Path) -> dict:
     """Figure 4: per estimator, the Voronoi regions of the fixed codes, the points at the start
     (light) and after the updates (dark), each joined by its path."""
-    plt = _plt()
-    fig, axes = plt.subplots(1, len(runs), figsize=(4.2 * len(runs), 4.2), squeeze=False)
+    fig, axes = new_figure(1, len(runs), figsize=(4.2 * len(runs), 4.2))
     xs = np.linspace(-7, 7, 300)
     gx, gy = np.meshgrid(xs, xs)
     drawn = {}
@@ -195,7 +193,7 @@ def plot_voronoi(runs: dict[str, syn.VoronoiResult], path: Path) -> dict:
         ax.set_ylim(-6.5, 5.5)
         drawn[name] = (r.points[0], r.points[-1])
     axes[0][0].legend(fontsize=7, loc="lower left")
-    _save(fig, path)
+    save_figure(fig, path)
     return drawn
 
 
@@ -235,10 +233,9 @@ def _capped(v: np.ndarray, lo: float, hi: float) -> np.ndarray:
 def plot_field(fields: dict[str, dict[str, syn.FieldResult]], path: Path, cap: tuple[float, float] = (0.5, 3.0)) -> dict:
     """Figure 2 / 14: for each function (rows), the field without quantization, then the field
     each estimator induces (columns); arrow norms capped to ``cap``. Returns the drawn arrows."""
-    plt = _plt()
     names = list(next(iter(fields.values())))
     cols = len(names) + 1
-    fig, axes = plt.subplots(len(fields), cols, figsize=(3.6 * cols, 3.6 * len(fields)), squeeze=False)
+    fig, axes = new_figure(len(fields), cols, figsize=(3.6 * cols, 3.6 * len(fields)))
     drawn = {}
     for i, (fname, per) in enumerate(fields.items()):
         first = per[names[0]]
@@ -254,7 +251,7 @@ def plot_field(fields: dict[str, dict[str, syn.FieldResult]], path: Path, cap: t
             ax.set_xticks([])
             ax.set_yticks([])
             drawn[(fname, label)] = arrows
-    _save(fig, path)
+    save_figure(fig, path)
     return drawn
 
 

@@ -1,12 +1,14 @@
-"""rvq compare on the tiny recipe: the report against the run directories, identical initial
-weights, reuse / resume / restart of an output folder, locks, errors, and the CLI.
+"""rvq compare on the tiny recipe: the report against the run directories, the statistics over
+seeds against an independent computation, identical initial weights, reuse / resume / restart /
+extend of an output folder, locks, errors, and the CLI.
 
-One comparison (ste, rotation; 2 steps) is trained once per module into a folder addressed by a
-relative path (``cmp``), so every run's recorded output.dir is relative: tests that change a
-comparison copy that folder into their own tmp_path and run from there."""
+One comparison (ste, rotation; seeds 0 and 1; 2 steps) is trained once per module into a folder
+addressed by a relative path (``cmp``), so every run's recorded output.dir is relative: tests that
+change a comparison copy that folder into their own tmp_path and run from there."""
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -17,7 +19,9 @@ os.environ.setdefault("RVQ_COMPILE", "never")
 # tests/train is on sys.path only once pytest has collected a file there (after tests/compare)
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "train"))
 
+import numpy as np
 import pytest
+import scipy.stats
 import torch
 from safetensors.torch import load_file
 from test_train import recipe_file, shards  # noqa: F401
@@ -28,6 +32,7 @@ from rvq_cli.compare.runner import (
     CompareError,
     compare,
     init_fingerprint,
+    run_dir_of,
 )
 from rvq_cli.config import load_recipe
 from rvq_cli.quantize import ESTIMATORS
@@ -36,6 +41,7 @@ RVQ = shutil.which("rvq") or os.path.join(os.path.dirname(sys.executable), "rvq"
 STEPS = 2
 OVERRIDES = [f"train.steps={STEPS}", "train.ckpt_every=1", "train.keep_last=3"]
 NAMES = ["ste", "rotation"]
+SEEDS = [0, 1]
 FIGURES = ("curves", "diagnostics", "usage", "reconstructions")
 
 
@@ -51,7 +57,7 @@ def base(tmp_path_factory, shards):  # noqa: F811
     recipe = recipe_file(root, shards)
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
-        result, said = _compare(NAMES, recipe, out="cmp")
+        result, said = _compare(NAMES, recipe, out="cmp", seeds=len(SEEDS))
     return SimpleNamespace(root=root, recipe=recipe, result=result, said=said, out=root / "cmp")
 
 
@@ -78,35 +84,49 @@ def _mtimes(folder: Path) -> dict[str, int]:
 
 def test_compare_writes_the_report_and_figures(base):
     out, res = base.out, base.result
-    assert [r.name for r in res.runs] == NAMES
-    assert [r.status for r in res.runs] == ["trained", "trained"]
+    assert res.estimators == NAMES and res.seeds == SEEDS
+    assert [(r.name, r.seed) for r in res.runs] == [(n, s) for s in SEEDS for n in NAMES]
+    assert [r.status for r in res.runs] == ["trained"] * 4
+    assert [r.run_dir for r in res.runs] == [Path("cmp") / n / f"seed-{s}" for s in SEEDS for n in NAMES]
     assert res.json_path == Path("cmp") / "compare.json" and res.md_path == Path("cmp") / "compare.md"
     for name in FIGURES:
         png = out / "figures" / f"{name}.png"
         assert png.is_file() and png.read_bytes()[:4] == b"\x89PNG" and png.stat().st_size > 1000, name
     assert set(res.figures) == set(FIGURES)
     data = json.loads((out / "compare.json").read_text())
-    assert data["steps"] == STEPS and data["seed"] == 0 and data["overrides"] == OVERRIDES
-    assert [r["estimator"] for r in data["runs"]] == NAMES
-    assert [r["status"] for r in data["runs"]] == ["trained", "trained"]
+    assert data["steps"] == STEPS and data["seeds"] == SEEDS and data["overrides"] == OVERRIDES
+    assert data["estimators"] == NAMES
+    assert [(r["estimator"], r["seed"]) for r in data["runs"]] == [(n, s) for s in SEEDS for n in NAMES]
+    assert [r["status"] for r in data["runs"]] == ["trained"] * 4
     md = (out / "compare.md").read_text()
     assert md.startswith("# rvq compare: ste, rotation")
-    assert any(line.startswith("| ste |") for line in md.splitlines())
-    assert any(line.startswith("| rotation |") for line in md.splitlines())
+    lines = md.splitlines()
+    assert sum(line.startswith("| ste |") for line in lines) == 1 + len(SEEDS)  # summary + one per seed
+    assert any(line.startswith("| rotation − ste |") for line in lines)
     job = json.loads((out / "compare-job.json").read_text())
-    assert {"model.quantizer.estimator", "output.dir", "train.steps"}.isdisjoint(job) and job["train.seed"] == 0
-    for name in NAMES:  # each an ordinary run of its estimator, finished, lock released
-        saved = load_recipe(out / name / "recipe.yaml", check_paths=False)
-        assert saved.model.quantizer.estimator == name and saved.train.steps == STEPS
-        assert not (out / name / ".compare.lock").exists()
-    assert any("ste: training 2 steps" in m for m in base.said)
+    assert {"model.quantizer.estimator", "output.dir", "train.steps", "train.seed"}.isdisjoint(job)
+    for seed in SEEDS:
+        for name in NAMES:  # each an ordinary run of its estimator and seed, finished, lock released
+            run_dir = run_dir_of(out, name, seed)
+            saved = load_recipe(run_dir / "recipe.yaml", check_paths=False)
+            assert saved.model.quantizer.estimator == name and saved.train.steps == STEPS
+            assert saved.train.seed == seed
+            assert not (run_dir / ".compare.lock").exists()
+    assert any("ste, seed 0: training 2 steps" in m for m in base.said)
+    assert any("rotation, seed 1: training 2 steps" in m for m in base.said)
 
 
-def test_both_runs_start_from_the_same_weights(base):
-    fps = [r.init_fingerprint for r in base.result.runs]
-    assert fps[0] == fps[1] and len(fps[0]) == 16 and int(fps[0], 16) >= 0
+def test_runs_of_a_seed_start_from_the_same_weights(base):
+    runs = base.result.runs
+    for seed in SEEDS:
+        fps = {r.init_fingerprint for r in runs if r.seed == seed}
+        assert len(fps) == 1
+        recipe = load_recipe(base.recipe, OVERRIDES + [f"train.seed={seed}"], check_paths=False)
+        assert fps == {init_fingerprint(recipe)}
+    assert all(re.fullmatch("[0-9a-f]{16}", r.init_fingerprint) for r in runs)
+    assert runs[0].init_fingerprint != runs[2].init_fingerprint  # seeds 0 and 1 differ
     data = json.loads((base.out / "compare.json").read_text())
-    assert [r["init_fingerprint"] for r in data["runs"]] == fps
+    assert [r["init_fingerprint"] for r in data["runs"]] == [r.init_fingerprint for r in runs]
     assert not any("identical weights" in n for n in base.result.notes)
 
 
@@ -158,27 +178,141 @@ def test_eval_metrics_are_the_run_dirs_eval_json(base):
         assert run.code_counts == report["code_counts"]
 
 
-def test_best_values_are_recomputed(base):
-    runs = base.result.runs
+# --------------------------------------------------------------------------------------------
+# statistics over seeds, against numpy and scipy
+# --------------------------------------------------------------------------------------------
+
+
+def _per_seed(base, name, key):
+    """The column's value per seed, read back from the run folders (not from the result)."""
+    section, metric = key.split(".", 1)
+    vals = []
+    for seed in SEEDS:
+        run_dir = base.root / run_dir_of(Path("cmp"), name, seed)
+        if section == "eval":
+            v = json.loads((run_dir / "compare-eval.json").read_text())["metrics"].get(metric)
+        else:
+            v = next(r for r in base.result.runs if r.name == name and r.seed == seed).train.get(metric)
+        vals.append(v)
+    return None if any(v is None for v in vals) else np.array(vals, dtype=np.float64)
+
+
+def test_summary_is_mean_and_sample_std_over_seeds(base):
+    data = json.loads((base.out / "compare.json").read_text())
+    checked = 0
+    for name in NAMES:
+        for col in COLUMNS:
+            vals = _per_seed(base, name, col.key)
+            if vals is None:
+                assert col.key not in base.result.summary[name]
+                continue
+            s = base.result.summary[name][col.key]
+            assert s.values == pytest.approx(tuple(vals), rel=1e-12)
+            assert s.mean == pytest.approx(vals.mean(), rel=1e-12, abs=1e-15)
+            assert s.std == pytest.approx(vals.std(ddof=1), rel=1e-9, abs=1e-15)
+            saved = data["summary"][name][col.key]
+            assert saved["mean"] == pytest.approx(vals.mean(), rel=1e-12, abs=1e-15)
+            assert saved["values"] == pytest.approx(list(vals), rel=1e-12)
+            checked += 1
+    assert checked >= 16  # the columns logged without Inception weights, for both estimators
+
+
+def test_paired_differences_match_scipy(base):
+    data = json.loads((base.out / "compare.json").read_text())
+    assert data["differences"]["baseline"] == "ste" and data["differences"]["level"] == 0.95
+    assert set(base.result.differences) == {"rotation"}
+    checked = 0
+    for col in COLUMNS:
+        a, b = _per_seed(base, "rotation", col.key), _per_seed(base, "ste", col.key)
+        if a is None or b is None:
+            continue
+        d = base.result.differences["rotation"][col.key]
+        assert d.mean == pytest.approx((a - b).mean(), rel=1e-9, abs=1e-15)
+        if np.all(a - b == (a - b)[0]):  # no spread: the interval is the point itself
+            assert d.low == d.high == pytest.approx(d.mean)
+            continue
+        ci = scipy.stats.ttest_rel(a, b).confidence_interval(0.95)
+        assert (d.low, d.high) == pytest.approx((ci.low, ci.high), rel=1e-9, abs=1e-15), col.key
+        saved = data["differences"]["estimators"]["rotation"][col.key]
+        assert (saved["low"], saved["high"]) == pytest.approx((ci.low, ci.high), rel=1e-9, abs=1e-15)
+        assert saved["excludes_zero"] == (ci.low > 0 or ci.high < 0)
+        checked += 1
+    assert checked >= 6
+
+
+@pytest.mark.parametrize("n", [2, 3, 5, 12])
+def test_paired_difference_against_scipy_on_known_data(n):
+    from rvq_cli.compare.stats import paired_difference, summarize
+
+    rng = np.random.default_rng(n)
+    a, b = rng.normal(1.0, 0.3, n), rng.normal(0.8, 0.3, n)
+    d = paired_difference(list(a), list(b))
+    ci = scipy.stats.ttest_rel(a, b).confidence_interval(0.95)
+    assert d.mean == pytest.approx((a - b).mean()) and d.std == pytest.approx((a - b).std(ddof=1))
+    assert (d.low, d.high) == pytest.approx((ci.low, ci.high), rel=1e-10)
+    assert d.excludes_zero == (ci.low > 0 or ci.high < 0)
+    s = summarize(list(a))
+    assert (s.mean, s.std) == pytest.approx((a.mean(), a.std(ddof=1)))
+    one = paired_difference([1.0], [0.5])  # one seed: a difference, no interval
+    assert one.mean == 0.5 and one.low is None and not one.excludes_zero and summarize([2.0]).std is None
+
+
+def _best_by_scipy(base, names):
+    """The best rule written out independently: the estimator whose seed-paired t interval
+    against every other estimator lies wholly on the better side of zero."""
+    best = {}
+    for col in COLUMNS:
+        if not col.better:
+            continue
+        vals = {n: v for n in names if (v := _per_seed(base, n, col.key)) is not None}
+        for cand, mine in vals.items():
+            ok = True
+            for other, theirs in vals.items():
+                if other == cand:
+                    continue
+                diff = mine - theirs
+                if np.all(diff == diff[0]):  # zero spread: the interval is the point
+                    low = high = diff[0]
+                else:
+                    ci = scipy.stats.ttest_rel(mine, theirs).confidence_interval(0.95)
+                    low, high = ci.low, ci.high
+                ok &= bool(low > 0) if col.better == "high" else bool(high < 0)
+            if ok and len(vals) > 1:
+                best[col.key] = [cand]
+    return best
+
+
+def test_best_is_marked_only_where_the_interval_excludes_zero(base):
     best = base.result.best
-    for key, pick in (("train.quant_error", min), ("eval.quant_error", min), ("train.usage", max),
-                      ("eval.usage", max), ("eval.rec_loss", min), ("train.rec_loss", min)):
-        section, metric = key.split(".")
-        vals = {r.name: getattr(r, section)[metric] for r in runs}
-        top = pick(vals.values())
-        assert best[key] == [n for n, v in vals.items() if v == top], key
-    ranked = {c.key for c in COLUMNS if c.better}
-    assert set(best) <= ranked
-    assert not {c.key for c in COLUMNS if not c.better} & set(best)  # diagnostics are not ranked
+    assert best == _best_by_scipy(base, NAMES)
+    assert set(best) <= {c.key for c in COLUMNS if c.better}  # diagnostics are not ranked
     assert "eval.rfid" not in best  # no r-FID without --fid
     assert json.loads((base.out / "compare.json").read_text())["best"] == best
-    # compare.md bolds exactly the best cell of the quantization error column
+    # compare.md bolds exactly the best cells of the summary table
     md = (base.out / "compare.md").read_text().splitlines()
     header = next(line for line in md if line.startswith("| estimator |"))
-    col = [c.strip() for c in header.split("|")].index("quant err ↓")
-    for r in runs:
-        cell = [c.strip() for c in next(line for line in md if line.startswith(f"| {r.name} |")).split("|")][col]
-        assert cell.startswith("**") == (r.name in best["train.quant_error"]), (r.name, cell)
+    labels = [c.strip() for c in header.split("|")]
+    for name in NAMES:
+        cells = [c.strip() for c in next(line for line in md if line.startswith(f"| {name} |")).split("|")]
+        for col in COLUMNS:
+            if col.label in labels:
+                cell = cells[labels.index(col.label)]
+                assert cell.startswith("**") == (name in best.get(col.key, [])), (name, col.key, cell)
+
+
+def test_best_rule_on_separated_runs():
+    """Runs whose seeds separate clearly get a best mark; one seed never does."""
+    from rvq_cli.compare.runner import EstimatorRun, best_values
+
+    def run(name, seed, qerr):
+        return EstimatorRun(name, seed, Path(name), "trained", {"quant_error": qerr}, {}, "0" * 16)
+
+    sep = [run("ste", s, 1.0 + 0.01 * s) for s in range(3)] + [run("rotation", s, 0.5 + 0.02 * s) for s in range(3)]
+    assert best_values(sep, ["ste", "rotation"], [0, 1, 2])["train.quant_error"] == ["rotation"]
+    noisy = [run("ste", s, [1.0, 0.2, 0.9][s]) for s in range(3)] + [run("rotation", s, [0.5, 0.6, 0.4][s])
+                                                                     for s in range(3)]
+    assert "train.quant_error" not in best_values(noisy, ["ste", "rotation"], [0, 1, 2])
+    assert best_values(sep[:1] + sep[3:4], ["ste", "rotation"], [0]) == {}
 
 
 def test_code_counts_cover_every_validation_token(base):
@@ -194,9 +328,22 @@ def test_code_counts_cover_every_validation_token(base):
         assert run.eval["codes_used"] == sum(c > 0 for c in run.code_counts)
 
 
-# --------------------------------------------------------------------------------------------
-# identical initial weights
-# --------------------------------------------------------------------------------------------
+def test_curves_show_the_mean_and_spread_over_seeds(base, tmp_path):
+    from rvq_cli.compare.report import CURVES, plot_series, plot_usage
+
+    drawn = plot_series(base.result.runs, CURVES, tmp_path / "c.png", "t")
+    for name in NAMES:
+        steps, mean, low, high = drawn["rec_loss"][name]
+        per_seed = np.array([[r["rec_loss"] for r in _rows(base.root / run_dir_of(Path("cmp"), name, s))]
+                             for s in SEEDS])
+        assert steps == tuple(range(1, STEPS + 1))
+        assert np.allclose(mean, per_seed.mean(0)) and np.allclose(low, per_seed.min(0))
+        assert np.allclose(high, per_seed.max(0))
+    usage = plot_usage(base.result.runs, tmp_path / "u.png")
+    for name in NAMES:
+        assert len(usage[name]) == len(SEEDS)
+        for counts, run in zip(usage[name], [r for r in base.result.runs if r.name == name]):
+            assert list(counts) == sorted(run.code_counts, reverse=True)
 
 
 def test_init_fingerprint_depends_on_the_seed_not_the_estimator(base):
@@ -221,33 +368,53 @@ def test_init_fingerprint_depends_on_the_seed_not_the_estimator(base):
 
 
 # --------------------------------------------------------------------------------------------
-# an output folder continued: reuse, resume, another recipe
+# an output folder continued: reuse, resume, more seeds, another recipe
 # --------------------------------------------------------------------------------------------
 
 
-def test_second_compare_reuses_both_runs(base, copy):
+def test_second_compare_reuses_every_run(base, copy):
     before = {name: _mtimes(copy / name) for name in NAMES}
-    res, said = _compare(NAMES, base.recipe, out=copy)
-    assert [r.status for r in res.runs] == ["reused", "reused"]
+    res, said = _compare(NAMES, base.recipe, out=copy, seeds=SEEDS)
+    assert [r.status for r in res.runs] == ["reused"] * 4
     assert not any("training" in m or "evaluating" in m for m in said)
     for name in NAMES:
         assert _mtimes(copy / name) == before[name], name  # checkpoints, metrics, eval.json untouched
     for new, old in zip(res.runs, base.result.runs):
         assert new.eval == old.eval and new.train == old.train and new.init_fingerprint == old.init_fingerprint
-    assert [r["status"] for r in json.loads((copy / "compare.json").read_text())["runs"]] == ["reused", "reused"]
+    assert res.summary == base.result.summary and res.differences == base.result.differences
+    assert [r["status"] for r in json.loads((copy / "compare.json").read_text())["runs"]] == ["reused"] * 4
+
+
+def test_one_seed_of_a_comparison_reuses_its_runs(base, copy):
+    res, said = _compare(NAMES, base.recipe, out=copy, seeds=[1])
+    assert [(r.name, r.seed, r.status) for r in res.runs] == [("ste", 1, "reused"), ("rotation", 1, "reused")]
+    assert res.best == {} and res.differences["rotation"]["train.usage"].low is None
+    assert any("one seed" in n for n in res.notes)
+
+
+def test_more_seeds_train_only_the_new_ones(base, copy):
+    res, said = _compare(NAMES, base.recipe, out=copy, seeds=3)
+    assert res.seeds == [0, 1, 2]
+    assert [(r.name, r.seed, r.status) for r in res.runs] == \
+        [(n, s, "reused" if s < 2 else "trained") for s in range(3) for n in NAMES]
+    assert sum("training" in m for m in said) == 2
+    assert all(len(s.values) == 3 for s in res.summary["ste"].values())
+    fps = [r.init_fingerprint for r in res.runs if r.seed == 2]
+    assert fps[0] == fps[1] and fps[0] not in {r.init_fingerprint for r in base.result.runs}
 
 
 def test_partial_run_resumes_to_the_recipes_steps(base, copy):
-    final = copy / "rotation" / f"ckpt-{STEPS:08d}"
-    assert (copy / "rotation" / f"ckpt-{STEPS - 1:08d}").is_dir()
+    run_dir = run_dir_of(copy, "rotation", 0)
+    final = run_dir / f"ckpt-{STEPS:08d}"
+    assert (run_dir / f"ckpt-{STEPS - 1:08d}").is_dir()
     shutil.rmtree(final)
-    res, said = _compare(NAMES, base.recipe, out=copy)
-    assert [r.status for r in res.runs] == ["reused", "resumed"]
-    assert any("rotation: resuming" in m for m in said)
+    res, said = _compare(NAMES, base.recipe, out=copy, seeds=SEEDS)
+    assert [r.status for r in res.runs] == ["reused", "resumed", "reused", "reused"]
+    assert any("rotation, seed 0: resuming" in m for m in said)
     assert json.loads((final / "state.json").read_text())["step"] == STEPS
     assert [r["step"] for r in res.runs[1].history] == list(range(1, STEPS + 1))
     # the resumed run ends with the weights the uninterrupted one had
-    a = load_file(str(base.out / "rotation" / final.name / "model.safetensors"))
+    a = load_file(str(run_dir_of(base.out, "rotation", 0) / final.name / "model.safetensors"))
     b = load_file(str(final / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
@@ -255,21 +422,21 @@ def test_partial_run_resumes_to_the_recipes_steps(base, copy):
 def test_another_recipe_needs_restart(base, copy):
     before = _mtimes(copy)
     with pytest.raises(CompareError, match="--restart") as info:
-        _compare(NAMES, base.recipe, OVERRIDES + ["train.seed=1"], out=copy)
+        _compare(NAMES, base.recipe, OVERRIDES + ["optim.lr=0.002"], out=copy)
     assert "another recipe" in str(info.value)
     assert _mtimes(copy) == before  # nothing touched
-    res, _ = _compare(["ste"], base.recipe, OVERRIDES + ["train.seed=1"], out=copy, restart=True)
+    res, _ = _compare(["ste"], base.recipe, OVERRIDES + ["optim.lr=0.002"], out=copy, restart=True)
     assert [r.status for r in res.runs] == ["trained"]
     assert not (copy / "rotation").exists()  # a run of the old recipe is gone
-    assert load_recipe(copy / "ste" / "recipe.yaml", check_paths=False).train.seed == 1
-    assert json.loads((copy / "compare-job.json").read_text())["train.seed"] == 1
-    assert res.runs[0].init_fingerprint != base.result.runs[0].init_fingerprint
+    assert not run_dir_of(copy, "ste", 1).exists()
+    assert load_recipe(run_dir_of(copy, "ste", 0) / "recipe.yaml", check_paths=False).optim.lr == 0.002
+    assert json.loads((copy / "compare-job.json").read_text())["optim.lr"] == 0.002
 
 
 def test_another_recipe_error_names_the_setting(base, copy):
     with pytest.raises(CompareError) as info:
-        _compare(NAMES, base.recipe, OVERRIDES + ["train.seed=1"], out=copy)
-    assert "train.seed: 0 before, 1 now" in str(info.value), str(info.value)
+        _compare(NAMES, base.recipe, OVERRIDES + ["optim.lr=0.002"], out=copy)
+    assert "optim.lr: 0.001 before, 0.002 now" in str(info.value), str(info.value)
 
 
 def test_restart_of_one_estimator_keeps_the_others(base, copy):
@@ -291,6 +458,13 @@ def test_more_steps_extend_every_run(base, copy):
         _compare(NAMES, base.recipe, OVERRIDES, out=copy)
 
 
+@pytest.mark.parametrize("seeds, fragment", [([], "at least one seed"), ([0, 0], "given twice: 0"),
+                                             ([-1], "non-negative"), (0, "at least 1")])
+def test_bad_seeds_are_errors(base, copy, seeds, fragment):
+    with pytest.raises(CompareError, match=re.escape(fragment)):
+        _compare(NAMES, base.recipe, out=copy, seeds=seeds)
+
+
 # --------------------------------------------------------------------------------------------
 # locks and errors
 # --------------------------------------------------------------------------------------------
@@ -298,20 +472,20 @@ def test_more_steps_extend_every_run(base, copy):
 
 def test_live_lock_names_the_process(tmp_path, shards):  # noqa: F811
     out = tmp_path / "out"
-    (out / "ste").mkdir(parents=True)
-    lock = out / "ste" / ".compare.lock"
+    run_dir_of(out, "ste", 0).mkdir(parents=True)
+    lock = run_dir_of(out, "ste", 0) / ".compare.lock"
     lock.write_text(str(os.getpid()))
     with pytest.raises(CompareError, match=f"process {os.getpid()}"):
         _compare(["ste"], recipe_file(tmp_path, shards), out=out)
     assert lock.read_text() == str(os.getpid())  # still ours
-    assert not list((out / "ste").glob("ckpt-*"))
+    assert not list(run_dir_of(out, "ste", 0).glob("ckpt-*"))
 
 
 def test_stale_lock_is_taken_over(base, copy):
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
     assert not Path(f"/proc/{proc.pid}").exists()
-    lock = copy / "ste" / ".compare.lock"
+    lock = run_dir_of(copy, "ste", 0) / ".compare.lock"
     lock.write_text(str(proc.pid))
     res, _ = _compare(["ste"], base.recipe, out=copy)
     assert [r.status for r in res.runs] == ["reused"]
@@ -358,6 +532,7 @@ def test_cli_synthetic_field(tmp_path):
     (("ste", "--synthetic", "field", "--steps", "3"), ["take no recipe", "--steps"]),
     (("bogus", "--recipe", "RECIPE"), ["unknown estimator(s) bogus", *ESTIMATORS]),
     (("ste", "--steps", "0"), ["--steps must be positive, got 0"]),
+    (("ste", "--seeds", "0"), ["--seeds must be positive, got 0"]),
 ])
 def test_cli_bad_compare_arguments_exit_2(tmp_path, shards, args, fragments):  # noqa: F811
     recipe = str(recipe_file(tmp_path, shards))
@@ -368,3 +543,22 @@ def test_cli_bad_compare_arguments_exit_2(tmp_path, shards, args, fragments):  #
     for f in fragments:
         assert f in err, (f, res.stderr)
     assert not (tmp_path / "runs").exists() and not (tmp_path / "run").exists()
+
+
+def test_cli_prints_the_tables_over_seeds(base, copy):
+    """The CLI on the module's comparison (every run reused): the summary over seeds, then the
+    paired differences, with the same cells as compare.md."""
+    from rvq_cli.compare.report import difference_table, summary_table
+
+    res = rvq("compare", "ste", "rotation", "--recipe", str(base.recipe), "--seeds", "2", "--out", str(copy),
+              "--no-fid", "--quiet", *OVERRIDES, cwd=copy.parent)
+    assert res.returncode == 0, res.stdout + res.stderr
+    text = " ".join(res.stdout.split())
+    assert "mean ± std over 2 seeds" in text and "seed-paired difference to ste" in text
+    again = json.loads((copy / "compare.json").read_text())
+    assert again["seeds"] == SEEDS and [r["status"] for r in again["runs"]] == ["reused"] * 4
+    summary, diff = summary_table(base.result), difference_table(base.result)
+    for row in summary.rows + diff.rows:
+        assert row[0].text in res.stdout
+    usage = summary.rows[0][summary.header.index("usage ↑")].text
+    assert usage in res.stdout
