@@ -173,13 +173,23 @@ class TrainConfig(_Section):
     steps: int = Field(1000, ge=1, description="optimizer steps")
     batch_size: int = Field(16, ge=1, description="per process, per micro-batch")
     grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
-    precision: Literal["no", "fp16", "bf16"] = "no"
+    precision: Literal["auto", "no", "fp16", "bf16"] = Field(
+        "no", description="autocast precision: no (fp32), bf16, fp16, or auto (bf16 where the device runs it "
+        "natively: CUDA with bf16, CPUs with AVX512-BF16 or AMX; else fp32). The quantizer computes in fp32 always")
+    memory_format: Literal["contiguous", "channels_last"] = Field(
+        "contiguous", description="layout of the conv family's weights and inputs (channels_last: NHWC)")
     grad_clip: float = Field(1.0, ge=0.0, description="max gradient norm (0: no clipping)")
     log_every: int = Field(10, ge=1)
     sample_every: int = Field(500, ge=1, description="steps between reconstruction grids")
     ckpt_every: int = Field(1000, ge=1)
     keep_last: int = Field(3, ge=1, description="checkpoints kept")
     seed: int = 0
+
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _yaml_no(cls, v):
+        """YAML 1.1 reads a bare ``no`` as false: ``precision: no`` means fp32, as written."""
+        return "no" if v is False else v
 
 
 class OutputConfig(_Section):

@@ -31,6 +31,8 @@ class CheckpointState:
     micro_batches: int  # batches each process has drawn from its training stream
     world_size: int
     num_workers: int
+    precision: str = "no"  # the autocast precision that ran ("auto" resolved): no, bf16, fp16
+    memory_format: str = "contiguous"  # of the model's weights and inputs: contiguous or channels_last
 
 
 def checkpoint_dirs(run_dir: str | os.PathLike) -> list[Path]:
@@ -101,4 +103,4 @@ def load_checkpoint(ckpt: Path, model: nn.Module, optimizer=None, scheduler=None
     if rng.is_file():
         torch.set_rng_state(load_file(str(rng))["torch"])
     raw = json.loads((ckpt / "state.json").read_text())
-    return CheckpointState(**{k: raw[k] for k in CheckpointState.__dataclass_fields__})
+    return CheckpointState(**{k: raw[k] for k in CheckpointState.__dataclass_fields__ if k in raw})

@@ -23,6 +23,7 @@ from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 
 from ..config import DEMO, Recipe, recipe_to_yaml
+from ..hardware import resolve_memory_format, resolve_precision, torch_memory_format
 from .build import build_optimizer, build_scheduler, build_tokenizer, count_parameters
 from .checkpoint import CheckpointState, latest_checkpoint, load_checkpoint, save_checkpoint, save_rng
 from .loss_level import estimator_loss, forward_context
@@ -148,7 +149,11 @@ class Trainer:
         # Accelerate keeps one process-wide state; a second run in the same Python process (the
         # library used from a notebook or a test) may ask for another precision.
         AcceleratorState._reset_state(reset_partial_state=False)
-        self.acc = Accelerator(mixed_precision=t.precision, cpu=not torch.cuda.is_available(),
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.precision = resolve_precision(t.precision, device)
+        self.memory_format = resolve_memory_format(t.memory_format, recipe.model.name)
+        self._layout = torch_memory_format(self.memory_format)
+        self.acc = Accelerator(mixed_precision=self.precision.value, cpu=device.type == "cpu",
                                log_with="tensorboard" if recipe.output.tensorboard else None,
                                project_dir=str(self.run_dir))
         if recipe.loss.perceptual_weight > 0:  # fail before anything heavy when LPIPS cannot be built
@@ -161,12 +166,16 @@ class Trainer:
         self._prepare_run_dir(resume)
         set_seed(t.seed)
         self.model = build_tokenizer(recipe.model, recipe.data.image_size, recipe.data.frames)
+        self.model.to(memory_format=self._layout)
         self.optimizer = build_optimizer(self.model.parameters(), recipe.optim)
         self.scheduler = build_scheduler(self.optimizer, recipe.optim, t.steps)
         self.disc = build_discriminator(recipe.loss, recipe.model.in_channels)
+        if self.disc is not None:
+            self.disc.to(memory_format=self._layout)
         self.opt_d = build_disc_optimizer(self.disc, recipe.loss, recipe.optim.lr) if self.disc is not None else None
         self.state = CheckpointState(step=0, micro_batches=0, world_size=self.acc.num_processes,
-                                     num_workers=recipe.data.num_workers)
+                                     num_workers=recipe.data.num_workers, precision=self.precision.value,
+                                     memory_format=self.memory_format.value)
         if resume:
             self._resume()
         self.model, self.optimizer = self.acc.prepare(self.model, self.optimizer)
@@ -208,6 +217,7 @@ class Trainer:
             raise TrainingError(f"{ckpt} was written by {state.world_size} process(es) with {state.num_workers} data "
                                 f"workers each; resume with the same numbers so every process continues its own data "
                                 f"stream (now: {self.acc.num_processes} process(es), {self.recipe.data.num_workers} workers).")
+        state.precision, state.memory_format = self.precision.value, self.memory_format.value  # what runs now
         self.state = state
 
     # ---------------------------------------------------------------- steps
@@ -261,6 +271,8 @@ class Trainer:
             batch = next(batches)
             skipped += int(batch.get("skipped", 0))
             x = batch_tensor(batch).to(self.acc.device)
+            if x.dim() == 4:
+                x = x.contiguous(memory_format=self._layout)
             if not self._checked:
                 _check_batch(x, self.state.step)
                 self._checked = True
@@ -417,5 +429,6 @@ def train(recipe: Recipe, run_dir: str | Path | None = None, resume: bool = Fals
         print(f"rvq train: {count_parameters(trainer.acc.unwrap_model(trainer.model)) / 1e6:.2f}M parameters, "
               f"estimator {q.estimator}, {q.codebook_size} codes, loss = "
               f"{describe(recipe.loss, q.beta, q.update == 'learned')}, {trainer.acc.num_processes} process(es) on "
-              f"{trainer.acc.device}, run dir {trainer.run_dir}")
+              f"{trainer.acc.device}, precision {trainer.precision}, memory format {trainer.memory_format}, "
+              f"run dir {trainer.run_dir}")
     return trainer.run()

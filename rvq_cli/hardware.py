@@ -1,0 +1,98 @@
+"""What the hardware runs fast: the numeric precision a recipe's ``auto`` resolves to, detected
+(never guessed), and the memory format, each explained in one line for the logs.
+
+bf16 autocast is fast on CUDA devices that support bf16 (compute capability 8.0 and later) and on
+CPUs with AVX512-BF16 or AMX instructions (oneDNN then runs bf16 convolutions and matrix products
+natively); elsewhere it is emulated and slower than fp32, so ``auto`` means fp32 there. The
+quantizer's own math stays in fp32 whatever the precision (DESIGN: quantizer math in fp32).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+__all__ = ["Choice", "cpu_bf16_instructions", "resolve_memory_format", "resolve_precision"]
+
+PRECISIONS = ("auto", "no", "bf16", "fp16")
+MEMORY_FORMATS = ("contiguous", "channels_last")
+
+
+@dataclass(frozen=True)
+class Choice:
+    value: str  # what runs: "no" | "bf16" | "fp16" (Accelerate's names), or a memory format
+    reason: str  # one line for the logs
+
+    def __str__(self) -> str:
+        return f"{self.value} ({self.reason})"
+
+
+def cpu_bf16_instructions() -> list[str]:
+    """The CPU's native bf16 instruction sets among AVX512-BF16 and AMX-BF16 (empty: none).
+    Asks torch's CPU feature detection, then /proc/cpuinfo where torch does not tell."""
+    found = []
+    probes = (("AVX512-BF16", "_is_avx512_bf16_supported", "avx512_bf16"),
+              ("AMX-BF16", "_is_amx_tile_supported", "amx_bf16"))
+    flags = None
+    for name, probe, flag in probes:
+        fn = getattr(torch.cpu, probe, None)
+        if fn is not None:
+            try:
+                if fn():
+                    found.append(name)
+                continue
+            except RuntimeError:
+                pass
+        if flags is None:
+            flags = _cpuinfo_flags()
+        if flag in flags:
+            found.append(name)
+    return found
+
+
+def _cpuinfo_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.partition(":")[2].split())
+    return set()
+
+
+def resolve_precision(setting: str, device: torch.device) -> Choice:
+    """The autocast precision for ``setting`` on ``device``: explicit settings as they are;
+    ``auto`` is bf16 where the device runs it natively, else fp32 ("no")."""
+    if setting not in PRECISIONS:
+        raise ValueError(f"unknown precision {setting!r}; valid: {', '.join(PRECISIONS)}")
+    if setting != "auto":
+        return Choice(setting, "set in the recipe")
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return Choice("bf16", f"auto: {torch.cuda.get_device_name(device)} supports bf16")
+        return Choice("no", f"auto: {torch.cuda.get_device_name(device)} has no native bf16")
+    if device.type == "cpu":
+        found = cpu_bf16_instructions()
+        if found:
+            return Choice("bf16", f"auto: the CPU has {' and '.join(found)}")
+        return Choice("no", "auto: the CPU has neither AVX512-BF16 nor AMX, so bf16 would be emulated")
+    return Choice("no", f"auto: no bf16 detection for {device.type} devices, fp32")
+
+
+def resolve_memory_format(setting: str, model_name: str) -> Choice:
+    """The layout of the model's weights and 4-D inputs. channels_last applies to the
+    convolutional family only (transformers have no 4-D activations to reorder). Measured on a
+    2-core AVX512-BF16 CPU (docs/benchmarks.md), it did not speed up the quickstart's small model
+    (fp32 1.02×, bf16 1.08× the contiguous time), so it is not the default."""
+    if setting not in MEMORY_FORMATS:
+        raise ValueError(f"unknown memory format {setting!r}; valid: {', '.join(MEMORY_FORMATS)}")
+    if setting == "channels_last" and model_name != "conv":
+        return Choice("contiguous", f"channels_last asked, but the {model_name} model has no convolutional trunk")
+    return Choice(setting, "set in the recipe")
+
+
+def torch_memory_format(choice: Choice) -> torch.memory_format:
+    return torch.channels_last if choice.value == "channels_last" else torch.contiguous_format

@@ -1,0 +1,88 @@
+"""Precision and memory-format choices: explicit settings kept, ``auto`` resolved from what the
+CPU reports (checked against /proc/cpuinfo), and the choice recorded in a trained run."""
+
+import json
+import os
+from pathlib import Path
+
+os.environ.setdefault("RVQ_COMPILE", "never")
+
+import pytest
+import torch
+
+from rvq_cli import hardware
+from rvq_cli.config import Recipe, load_recipe
+from rvq_cli.hardware import cpu_bf16_instructions, resolve_memory_format, resolve_precision
+
+
+def _cpuinfo_flags():
+    p = Path("/proc/cpuinfo")
+    if not p.is_file():
+        return None
+    line = next((x for x in p.read_text().splitlines() if x.startswith("flags")), "")
+    return set(line.partition(":")[2].split())
+
+
+@pytest.mark.parametrize("setting", ["no", "bf16", "fp16"])
+def test_explicit_precisions_are_kept(setting):
+    assert resolve_precision(setting, torch.device("cpu")).value == setting
+
+
+def test_auto_on_this_cpu_follows_its_instruction_sets():
+    flags = _cpuinfo_flags()
+    if flags is None:
+        pytest.skip("no /proc/cpuinfo")
+    native = bool({"avx512_bf16", "amx_bf16"} & flags)
+    assert bool(cpu_bf16_instructions()) == native
+    choice = resolve_precision("auto", torch.device("cpu"))
+    assert choice.value == ("bf16" if native else "no")
+    assert choice.reason.startswith("auto:") and (("AVX512-BF16" in choice.reason) == ("avx512_bf16" in flags))
+
+
+def test_auto_without_bf16_instructions_is_fp32(monkeypatch):
+    monkeypatch.setattr(hardware, "cpu_bf16_instructions", lambda: [])
+    choice = resolve_precision("auto", torch.device("cpu"))
+    assert choice.value == "no" and "emulated" in choice.reason
+
+
+def test_unknown_settings_are_refused():
+    with pytest.raises(ValueError, match="valid: auto, no, bf16, fp16"):
+        resolve_precision("fp8", torch.device("cpu"))
+    with pytest.raises(ValueError, match="valid: contiguous, channels_last"):
+        resolve_memory_format("nhwc", "conv")
+
+
+def test_channels_last_applies_to_conv_models_only():
+    assert resolve_memory_format("channels_last", "conv").value == "channels_last"
+    assert resolve_memory_format("channels_last", "vit").value == "contiguous"
+    assert resolve_memory_format("contiguous", "conv").value == "contiguous"
+
+
+def test_yaml_no_means_fp32(tmp_path):
+    p = tmp_path / "r.yaml"
+    p.write_text("train:\n  precision: no\n")
+    assert load_recipe(p, check_paths=False).train.precision == "no"
+    assert load_recipe(p, ["train.precision=no"], check_paths=False).train.precision == "no"
+    assert Recipe().train.precision == "no" and Recipe().train.memory_format == "contiguous"
+
+
+def test_a_run_records_what_ran(tmp_path):
+    from tiny import TINY, png
+
+    from rvq_cli.data import write_shards
+    from rvq_cli.train import train
+    from rvq_cli.train.trainer import Trainer
+
+    write_shards(({"__key__": f"i{i:03d}", "png": png(i)} for i in range(8)), tmp_path / "d", max_count=8)
+    shard = str(tmp_path / "d" / "shard-000000.tar")
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY.format(train=shard, val=shard, out=tmp_path / "run"))
+    recipe = load_recipe(path, ["train.steps=2", "train.precision=auto", "train.memory_format=channels_last"])
+    result = train(recipe, quiet=True)
+    state = json.loads((result.run_dir / "ckpt-00000002" / "state.json").read_text())
+    assert state["precision"] == resolve_precision("auto", torch.device("cpu")).value
+    assert state["memory_format"] == "channels_last"
+    trainer = Trainer(load_recipe(path, ["train.memory_format=channels_last", f"output.dir={tmp_path / 'r2'}"]),
+                      tmp_path / "r2")
+    w = trainer.acc.unwrap_model(trainer.model).encoder.conv_in.weight
+    assert w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
