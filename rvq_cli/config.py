@@ -64,6 +64,12 @@ class QuantizerConfig(_Section):
     temperature: tuple[float, float] = Field((1.0, 0.0625), description="estimator 'gumbel': softmax temperature "
                                              "at the start and at the end of training (cosine ramp)")
     kl_weight: float = Field(5e-4, ge=0.0, description="estimator 'gumbel': weight of KL(softmax(logits) ‖ uniform)")
+    cosine_output: Literal["as_is", "renormalize"] = Field(
+        "as_is", description="cosine lookup: renormalize l2-normalises the estimator's output again, as the "
+        "official Table 1 code (same value; the STE's gradient is then projected at q)")
+    ema_counts: Literal["ones", "zeros"] = Field(
+        "ones", description="initial EMA code counts: ones, or zeros as in vector-quantize-pytorch (the official "
+        "Table 1 code), where a code never chosen shrinks to the origin within tens of updates")
 
     @field_validator("temperature")
     @classmethod
@@ -120,6 +126,15 @@ class ModelConfig(_Section):
     vit: ViTConfig = Field(ViTConfig(), description="the vit family's encoder/decoder")
     timesformer: TimeSformerConfig = Field(TimeSformerConfig(), description="the timesformer family's encoder/decoder")
     quantizer: QuantizerConfig = QuantizerConfig()
+    projection: Literal["conv", "none", "conv_layernorm"] = Field(
+        "conv", description="around the quantizer: conv (taming's 1×1 convs z_channels ↔ quantizer.dim), none "
+        "(needs z_channels == quantizer.dim: the official Table 1 VQ-VAE when they match), or conv_layernorm "
+        "(the 1×1 conv, then LayerNorm over channels: its cosine 1024 × 32 model)")
+
+    @property
+    def z_channels(self) -> int:
+        """Channels of the encoder output (conv: encoder.z_channels; transformers: their width)."""
+        return {"vit": self.vit.dim, "timesformer": self.timesformer.dim}.get(self.name, self.encoder.z_channels)
 
     @property
     def in_channels(self) -> int:
@@ -343,6 +358,11 @@ def check_recipe(recipe: Recipe, check_paths: bool = True) -> list[Problem]:
     """Checks across fields, which the per-field schema cannot express."""
     q = recipe.model.quantizer
     problems = _check_conv(recipe) if recipe.model.name == "conv" else _check_vit(recipe)
+    if recipe.model.projection == "none" and recipe.model.z_channels != q.dim:
+        where = "model.encoder.z_channels" if recipe.model.name == "conv" else f"model.{recipe.model.name}.dim"
+        problems.append(Problem("model.projection", f"'none' feeds the encoder output to the quantizer as it is, so "
+                                f"{where} ({recipe.model.z_channels}) must equal model.quantizer.dim ({q.dim}); "
+                                "set them equal or use projection: conv"))
     if q.gamma is not None and q.estimator != "rotation":
         problems.append(Problem("model.quantizer.gamma", f"gamma is an option of the rotation estimator, not of {q.estimator!r}"))
     g = recipe.loss.gan

@@ -84,6 +84,24 @@ model:
     assert "rotation" in found["model.quantizer.gamma"]
 
 
+def test_projection_none_needs_matching_channels(tmp_path):
+    path = write(tmp_path, """
+model:
+  projection: none
+  encoder: {z_channels: 32}
+  quantizer: {dim: 4}
+""")
+    found = problems_of(path)
+    assert "model.encoder.z_channels (32) must equal model.quantizer.dim (4)" in found["model.projection"]
+    vit = write(tmp_path, "model: {name: vit, projection: none, vit: {dim: 64, heads: 4}, quantizer: {dim: 32}}\n", "v.yaml")
+    assert "model.vit.dim (64)" in problems_of(vit)["model.projection"]
+    ok = load_recipe(path, ["model.quantizer.dim=32"], check_paths=False)
+    assert ok.model.projection == "none" and ok.model.z_channels == 32
+    bad = write(tmp_path, "model: {projection: linear, quantizer: {ema_counts: two, cosine_output: twice}}\n", "b.yaml")
+    found = problems_of(bad)
+    assert {"model.projection", "model.quantizer.ema_counts", "model.quantizer.cosine_output"} <= set(found)
+
+
 def test_existing_shards_pass_the_path_check(tmp_path):
     for i in range(2):
         (tmp_path / f"s-{i}.tar").write_bytes(b"")

@@ -1,4 +1,7 @@
-"""VQ tokenizer: encoder → 1×1 conv → VectorQuantizer → 1×1 conv → decoder (VQGAN, Esser et al. 2021).
+"""VQ tokenizer: encoder → projection → VectorQuantizer → projection → decoder (VQGAN, Esser et al.
+2021). The projections are taming's 1×1 convolutions, or none at all where the encoder's channels
+are the code dimension (the official Table 1 VQ-VAE of the rotation-trick paper), or a 1×1 conv
+followed by a LayerNorm over channels (its cosine-lookup 1024 × 32 model).
 
 Tokens are the quantizer's code indices on the latent grid (B, H/f, W/f). Decoding tokens runs
 exactly the operations the forward pass runs after the quantizer, on exactly the values it saw
@@ -19,7 +22,11 @@ from torch import Tensor, nn
 from ..quantize import QuantizeOutput, VectorQuantizer
 from .conv import Decoder, Encoder
 
-__all__ = ["TokenizerOutput", "VQTokenizer", "build_conv_tokenizer"]
+__all__ = ["PROJECTIONS", "ChannelLayerNorm", "TokenizerOutput", "VQTokenizer", "build_conv_tokenizer"]
+
+# Around the quantizer: taming's 1×1 convs; none (encoder channels = code dimension); or a 1×1 conv
+# then LayerNorm over the channels (the official Table 1 cosine model: Linear(256 → 32) + LayerNorm).
+PROJECTIONS = ("conv", "none", "conv_layernorm")
 
 
 @dataclass
@@ -45,19 +52,37 @@ def _lookup_only(quantizer: VectorQuantizer) -> Iterator[None]:
         quantizer.train(was_training)
 
 
+class ChannelLayerNorm(nn.Module):
+    """LayerNorm over the channel axis of (B, C, *spatial) maps: what a per-position
+    ``nn.LayerNorm(C)`` does to (B, *spatial, C) tokens."""
+
+    def __init__(self, channels: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(channels, eps=eps)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.norm(x.movedim(1, -1)).movedim(-1, 1)  # (B, C, ...) -> (B, ..., C) -> back
+
+
 class VQTokenizer(nn.Module):
     """Image tokenizer: ``encoder`` → ``quant_conv`` (1×1, z_channels → embed_dim) → ``quantize`` →
     ``post_quant_conv`` (1×1, embed_dim → z_channels) → ``decoder``. Submodule names are taming's.
 
     ``encoder`` maps (B, C, H, W) to (B, z_channels, H/f, W/f) and ``decoder`` maps back; both
     must expose ``downsample_factor`` (f) and ``z_channels``, the encoder also ``in_channels``.
+    ``projection`` (:data:`PROJECTIONS`): "conv" as above; "none" (identities: needs
+    z_channels == embed_dim); "conv_layernorm" (the 1×1 conv, then LayerNorm over channels).
     """
 
     def __init__(self, encoder: nn.Module, decoder: nn.Module, quantizer: VectorQuantizer, *,
-                 embed_dim: int, z_channels: int) -> None:
+                 embed_dim: int, z_channels: int, projection: str = "conv") -> None:
         super().__init__()
         if quantizer.dim != embed_dim:
             raise ValueError(f"the quantizer's input dim ({quantizer.dim}) must equal embed_dim ({embed_dim})")
+        if projection not in PROJECTIONS:
+            raise ValueError(f"unknown projection {projection!r}; valid: {', '.join(PROJECTIONS)}")
+        if projection == "none" and z_channels != embed_dim:
+            raise ValueError(f"projection 'none' needs z_channels == embed_dim, got {z_channels} and {embed_dim}")
         for name, module in (("encoder", encoder), ("decoder", decoder)):
             if module.z_channels != z_channels:
                 raise ValueError(f"the {name} has z_channels={module.z_channels}, expected {z_channels}")
@@ -68,9 +93,15 @@ class VQTokenizer(nn.Module):
         # 2 for images (B, C, H, W); 3 for video clips (B, C, T, H, W), whose frames keep their own tokens
         self.spatial_dims: int = getattr(encoder, "spatial_dims", 2)
         conv = nn.Conv3d if self.spatial_dims == 3 else nn.Conv2d
-        self.quant_conv = conv(z_channels, embed_dim, 1)
+        if projection == "none":
+            self.quant_conv, self.post_quant_conv = nn.Identity(), nn.Identity()
+        else:
+            self.quant_conv = conv(z_channels, embed_dim, 1)
+            if projection == "conv_layernorm":
+                self.quant_conv = nn.Sequential(self.quant_conv, ChannelLayerNorm(embed_dim))
+            self.post_quant_conv = conv(embed_dim, z_channels, 1)
         self.quantize = quantizer
-        self.post_quant_conv = conv(embed_dim, z_channels, 1)
+        self.projection = projection
         self.embed_dim, self.z_channels = embed_dim, z_channels
         self.in_channels: int = encoder.in_channels
         self.downsample_factor: int = encoder.downsample_factor
@@ -129,7 +160,16 @@ class VQTokenizer(nn.Module):
             grid = "(B, T, h, w)" if self.spatial_dims == 3 else "(B, h, w)"
             raise ValueError(f"expected token indices {grid}, got shape {tuple(indices.shape)}")
         codes = self.quantize.indices_to_codes(indices)  # fp32; forward hands codes on in the model's dtype
-        return self.decode_codes(codes.to(self.post_quant_conv.weight.dtype))
+        return self.decode_codes(codes.to(self.decoder_dtype))
+
+    @property
+    def decoder_dtype(self) -> torch.dtype:
+        """The dtype the layers after the quantizer compute in (the model may be cast)."""
+        return next(self.decoder.parameters()).dtype
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.decoder.parameters()).device
 
     def forward(self, x: Tensor) -> TokenizerOutput:
         """Reconstruct ``x`` (B, C, H, W) through the quantizer; in training mode the quantizer
@@ -165,6 +205,7 @@ def build_conv_tokenizer(
     num_res_blocks: int = 2,
     dropout: float = 0.0,
     norm_groups: int = 32,
+    projection: str = "conv",
 ) -> VQTokenizer:
     """A :class:`VQTokenizer` with the convolutional :class:`Encoder`/:class:`Decoder`.
 
@@ -178,4 +219,4 @@ def build_conv_tokenizer(
                   z_channels=z_channels, num_res_blocks=num_res_blocks, dropout=dropout, norm_groups=norm_groups)
     encoder = Encoder(in_channels=in_channels, **common)
     decoder = Decoder(out_channels=in_channels if out_channels is None else out_channels, **common)
-    return VQTokenizer(encoder, decoder, quantizer, embed_dim=embed_dim, z_channels=z_channels)
+    return VQTokenizer(encoder, decoder, quantizer, embed_dim=embed_dim, z_channels=z_channels, projection=projection)

@@ -185,6 +185,7 @@ def build_timesformer_tokenizer(
     out_channels: int | None = None,
     dropout: float = 0.0,
     activation: str = "gelu",
+    projection: str = "conv",
 ) -> VQTokenizer:
     """A video :class:`VQTokenizer`: :class:`TimeSformerEncoder` / :class:`TimeSformerDecoder`
     around a quantizer (a built :class:`VectorQuantizer` with ``dim == embed_dim``, or its
@@ -193,4 +194,4 @@ def build_timesformer_tokenizer(
               "heads": heads, "mlp_dim": mlp_dim, "z_channels": z_channels, "dropout": dropout,
               "activation": activation}
     return mirrored_tokenizer(TimeSformerEncoder, TimeSformerDecoder, common, quantizer, embed_dim, in_channels,
-                              out_channels)
+                              out_channels, projection)

@@ -246,6 +246,7 @@ def build_vit_tokenizer(
     out_channels: int | None = None,
     dropout: float = 0.0,
     activation: str = "tanh",
+    projection: str = "conv",
 ) -> VQTokenizer:
     """A :class:`VQTokenizer` with a :class:`ViTEncoder` / :class:`ViTDecoder` of the same shape.
 
@@ -255,14 +256,16 @@ def build_vit_tokenizer(
     """
     common = {"image_size": image_size, "patch_size": patch_size, "dim": dim, "depth": depth, "heads": heads,
               "mlp_dim": mlp_dim, "z_channels": z_channels, "dropout": dropout, "activation": activation}
-    return mirrored_tokenizer(ViTEncoder, ViTDecoder, common, quantizer, embed_dim, in_channels, out_channels)
+    return mirrored_tokenizer(ViTEncoder, ViTDecoder, common, quantizer, embed_dim, in_channels, out_channels,
+                              projection)
 
 
 def mirrored_tokenizer(encoder_cls, decoder_cls, common: dict, quantizer, embed_dim: int, in_channels: int,
-                       out_channels: int | None) -> VQTokenizer:
+                       out_channels: int | None, projection: str = "conv") -> VQTokenizer:
     """A :class:`VQTokenizer` of an encoder and a decoder built from the same ``common`` arguments
     (transformer tokenizers: ViT, TimeSformer); ``out_channels`` defaults to ``in_channels``."""
     quantizer = as_quantizer(quantizer, embed_dim)
     encoder = encoder_cls(in_channels=in_channels, **common)
     decoder = decoder_cls(out_channels=in_channels if out_channels is None else out_channels, **common)
-    return VQTokenizer(encoder, decoder, quantizer, embed_dim=embed_dim, z_channels=common["z_channels"])
+    return VQTokenizer(encoder, decoder, quantizer, embed_dim=embed_dim, z_channels=common["z_channels"],
+                       projection=projection)

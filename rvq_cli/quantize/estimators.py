@@ -15,6 +15,16 @@ Notation (paper §4.2): ê = e/‖e‖, q̂ = q/‖q‖, λ = ‖q‖/‖e‖, r
 - rotation_unscaled:  grad_e = Rᵀg                                  (A.9, γ = 1)
 - reflection:         grad_e = λ(I − 2ssᵀ)g,  s = (ê − q̂)/‖ê − q̂‖   (A.8)
 
+The rotation-trick authors' released VQGAN code (Tables 3, 4, 7; exp_weights_and_configs/table_3
+rot_vqgan.py and table_4 rot_vitvqgan.py of cfifty/rotation_trick) detaches R and ‖q‖ but not
+ê = e/‖e‖, so the gradient passes through the normalisation too; both variants are here by name:
+
+- rotation_released:           grad_e = λ (I − êêᵀ) Rᵀg   (rot_trick)
+- rotation_unscaled_released:  grad_e = (1/‖e‖)(I − êêᵀ) Rᵀg   (no_grad_scale, Table 7)
+
+(I − êêᵀ)Rᵀg = Rᵀ(I − q̂q̂ᵀ)g: the part of g along q is dropped, so the decoder's loss never
+changes ‖e‖. In dot products: ê·Rᵀg = v/b, so the projection is one more scalar on e.
+
 No d×d matrix is built. With five row dot products a² = e·e, b² = q·q, p = e·q, u = e·g,
 v = q·g, and c = p/(ab):
 
@@ -64,7 +74,7 @@ INV_SQ_DIST_FLOOR = 1e-6  # floor on ‖q − e‖² in γ = 1/(8‖q − e‖²
 
 # γ(e) of the general family (A.9.2), chosen by name. A float is a constant γ.
 GAMMAS = ("norm_ratio", "one", "inverse_sq_distance")
-_GAMMA_CODE = {"norm_ratio": 0, "one": 1, "inverse_sq_distance": 2, "constant": 3}
+_GAMMA_CODE = {"norm_ratio": 0, "one": 1, "inverse_sq_distance": 2, "constant": 3, "inverse_e_norm": 4}
 
 GammaLike = Union[str, float, Callable[[Tensor, Tensor], Tensor]]
 
@@ -79,8 +89,10 @@ def _row_stats(e: Tensor, q: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return (e * e).sum(-1, keepdim=True), (q * q).sum(-1, keepdim=True), (e * q).sum(-1, keepdim=True)
 
 
-def _rotation_vjp_kernel(e: Tensor, q: Tensor, g: Tensor, gamma_code: int, gamma_const: float) -> Tensor:
-    """γ Rᵀg with the STE fallback on degenerate rows (see module docstring)."""
+def _rotation_vjp_kernel(e: Tensor, q: Tensor, g: Tensor, gamma_code: int, gamma_const: float,
+                         tangent: bool = False) -> Tensor:
+    """γ Rᵀg with the STE fallback on degenerate rows (see module docstring); with ``tangent``,
+    (I − êêᵀ) γ Rᵀg (the released VQGAN code's form) on the rows that are not degenerate."""
     a2, b2, p = _row_stats(e, q)
     u = (e * g).sum(-1, keepdim=True)  # e·g
     v = (q * g).sum(-1, keepdim=True)  # q·g
@@ -98,8 +110,12 @@ def _rotation_vjp_kernel(e: Tensor, q: Tensor, g: Tensor, gamma_code: int, gamma
         gamma = torch.ones_like(ia)
     elif gamma_code == 2:  # 1 / (8‖q − e‖²)
         gamma = 1.0 / (8.0 * (a2 + b2 - 2.0 * p).clamp_min(INV_SQ_DIST_FLOOR))
+    elif gamma_code == 4:  # 1/‖e‖
+        gamma = ia
     else:
         gamma = torch.full_like(ia, gamma_const)
+    if tangent:  # ê·Rᵀg = q̂·g = v/‖q‖: subtract ê(ê·Rᵀg) = e (v ib ia)·ia from α e
+        alpha = alpha - v * ib * ia
     lam = torch.where(ok, gamma, 1.0)
     alpha = torch.where(ok, gamma * alpha, 0.0)
     beta = torch.where(ok, gamma * beta, 0.0)
@@ -209,14 +225,19 @@ def _gamma_args(gamma: GammaLike) -> dict:
     return {"gamma_code": _GAMMA_CODE["constant"], "gamma_const": float(gamma)}
 
 
-def rotation_vjp(e: Tensor, q: Tensor, g: Tensor, gamma: GammaLike = "norm_ratio") -> Tensor:
-    """γ(e) Rᵀ g for rows of shape (..., D): the gradient the rotation family sends to e.
+def rotation_vjp(e: Tensor, q: Tensor, g: Tensor, gamma: GammaLike = "norm_ratio", tangent: bool = False) -> Tensor:
+    """γ(e) Rᵀ g for rows of shape (..., D): the gradient the rotation family sends to e; with
+    ``tangent``, (I − êêᵀ) γ(e) Rᵀg (the released VQGAN code's form, see the module docstring).
 
-    ``gamma`` is a name from :data:`GAMMAS`, a float (constant γ) or a callable
-    ``(e, q) -> γ`` returning shape (..., 1) evaluated in fp32 without gradient."""
+    ``gamma`` is a name from :data:`GAMMAS` (or "inverse_e_norm", γ = 1/‖e‖), a float (constant
+    γ) or a callable ``(e, q) -> γ`` returning shape (..., 1) evaluated in fp32 without gradient."""
     shape, dtype = e.shape, e.dtype
     e32, q32, g32 = _flat32(e), _flat32(q), _flat32(g)
-    if callable(gamma):
+    if tangent:
+        if callable(gamma):
+            raise ValueError("tangent=True takes a named or constant gamma, not a callable")
+        out = _run(_rotation_vjp_kernel, e32, q32, g32, tangent=True, **_gamma_args(gamma))
+    elif callable(gamma):
         rot = _run(_rotation_vjp_kernel, e32, q32, g32, gamma_code=1, gamma_const=0.0)
         ok = ~_run(_fallback_kernel, e32, q32, parallel=False)
         with torch.no_grad():
@@ -245,16 +266,16 @@ class _STE(torch.autograd.Function):
 
 class _Rotation(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, e: Tensor, q: Tensor, gamma: GammaLike) -> Tensor:
+    def forward(ctx, e: Tensor, q: Tensor, gamma: GammaLike, tangent: bool = False) -> Tensor:
         ctx.save_for_backward(e, q)  # recompute everything else in backward
-        ctx.gamma = gamma
+        ctx.gamma, ctx.tangent = gamma, tangent
         return q
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g: Tensor):
         e, q = ctx.saved_tensors
-        return rotation_vjp(e, q, g, ctx.gamma), None, None
+        return rotation_vjp(e, q, g, ctx.gamma, ctx.tangent), None, None, None
 
 
 class _Reflection(torch.autograd.Function):
@@ -298,6 +319,20 @@ def reflection(e: Tensor, q: Tensor) -> Tensor:
     return _Reflection.apply(e, q)
 
 
+def rotation_released(e: Tensor, q: Tensor) -> Tensor:
+    """The rotation trick as the authors' released VQGAN code computes it (Tables 3, 4):
+    q̃ = sg(R)·(e/‖e‖)·sg(‖q‖), so backward λ(I − êêᵀ)Rᵀg."""
+    _check_pair(e, q)
+    return _Rotation.apply(e, q, "norm_ratio", True)
+
+
+def rotation_unscaled_released(e: Tensor, q: Tensor) -> Tensor:
+    """The released code's unscaled variant (Table 7, ``no_grad_scale``): q̃ = sg(R)ê + sg(q − Rê),
+    so backward (1/‖e‖)(I − êêᵀ)Rᵀg."""
+    _check_pair(e, q)
+    return _Rotation.apply(e, q, "inverse_e_norm", True)
+
+
 # --------------------------------------------------------------------------------------------
 # Registry
 # --------------------------------------------------------------------------------------------
@@ -320,6 +355,7 @@ class Estimator:
     fallback: str = "none"  # which rows fall back: "none", "antiparallel" or "parallel"
     kind: str = "pointwise"  # one of KINDS
     section: str = ""  # where the paper defines it
+    acts_on: str = "normalized"  # cosine lookup: the estimator sees ê ("normalized") or the unnormalised e ("raw")
 
     @property
     def pointwise(self) -> bool:
@@ -354,6 +390,20 @@ ESTIMATORS: dict[str, Estimator] = {
         Estimator(
             "reflection", reflection, "one Householder reflection across (e − q)⊥ (A.8); an ablation, trains poorly",
             "λ (I − 2ssᵀ) g", "parallel", section="A.8",
+        ),
+        Estimator(
+            "rotation_released", rotation_released, "the rotation trick as the authors' released VQGAN code runs it "
+            "(Tables 3, 4): ê = e/‖e‖ is not detached, so g's part along q is dropped", "λ (I − êêᵀ) Rᵀg",
+            "antiparallel", section="Tables 3-4 code",
+        ),
+        Estimator(
+            "rotation_unscaled_released", rotation_unscaled_released, "the released code's unscaled rotation "
+            "(Table 7, no_grad_scale)", "(1/‖e‖)(I − êêᵀ) Rᵀg", "antiparallel", section="Table 7 code",
+        ),
+        Estimator(
+            "ste_raw", ste, "straight-through to the unnormalised encoder output under cosine lookup, as "
+            "enhancing-transformers' ViT-VQGAN (the Tables 4-5 STE baseline); same as ste for euclidean lookup",
+            "g (to e before l2-normalisation)", section="Tables 4-5 code", acts_on="raw",
         ),
         Estimator(
             "hessian", None, "second-order Taylor step from q to e through the decoder and loss (a Hessian-vector "

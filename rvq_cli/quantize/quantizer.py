@@ -16,6 +16,27 @@ UPDATES = ("ema", "learned")
 GUMBEL_TEMPERATURE = (1.0, 1.0 / 16.0)  # the paper's Gumbel baseline (A.10.1, after karpathy/deep-vector-quantization)
 
 
+class _Renormalize(torch.autograd.Function):
+    """x/‖x‖ for rows x that are already unit vectors (codes of a cosine lookup): the value is
+    returned as it is (bit for bit: a recomputed norm may differ from 1 in the last place), the
+    gradient is the normalisation's Jacobian, (I − x̂x̂ᵀ)g/‖x‖."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        ctx.save_for_backward(x)
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        (x,) = ctx.saved_tensors
+        n = x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        xh = x / n
+        return (g - xh * (xh * g).sum(-1, keepdim=True)) / n
+
+
+COSINE_OUTPUTS = ("as_is", "renormalize")
+
+
 class _ScaleGrad(torch.autograd.Function):
     """Identity forward; the gradient is multiplied by ``scale`` on the way back."""
 
@@ -111,6 +132,12 @@ class VectorQuantizer(nn.Module):
         temperature: the ``gumbel`` estimator's (start, end) temperature; :meth:`anneal` moves
             between them along a cosine ramp as training progresses.
         kl_weight: the ``gumbel`` estimator's weight on KL(softmax(logits) ‖ uniform).
+        ema_counts: initial EMA code counts, "ones" or "zeros" (vector-quantize-pytorch and the
+            official Table 1 code: a code never chosen then shrinks towards the origin within
+            tens of updates, since its smoothed count is ~eps while its sum decays).
+        cosine_output: cosine lookup only: "as_is", or "renormalize" (the official Table 1 code
+            l2-normalises the estimator's output again: same value, and the gradient is projected
+            at q, which changes the STE's gradient and leaves the rotation trick's unchanged).
 
     Loss-level and stochastic estimators (see :data:`ESTIMATORS`): ``hessian`` and ``exact``
     send no gradient to e through the decoder path by themselves; in training their output holds
@@ -139,6 +166,8 @@ class VectorQuantizer(nn.Module):
         epsilon: float = 1e-6,
         temperature: tuple[float, float] = GUMBEL_TEMPERATURE,
         kl_weight: float = 5e-4,
+        ema_counts: str = "ones",
+        cosine_output: str = "as_is",
     ) -> None:
         super().__init__()
         if dim < 1 or codebook_size < 2:
@@ -175,7 +204,10 @@ class VectorQuantizer(nn.Module):
             self.codebook = nn.Parameter(codes)
             self.embed_sum = None
         # EMA of per-code counts: drives the EMA update and dead-code detection in both modes.
-        self.register_buffer("cluster_size", torch.ones(codebook_size))
+        self.ema_counts = _choice("ema_counts", ema_counts, ("ones", "zeros"))
+        self.cosine_output = _choice("cosine_output", cosine_output, COSINE_OUTPUTS)
+        counts = torch.ones(codebook_size) if ema_counts == "ones" else torch.zeros(codebook_size)
+        self.register_buffer("cluster_size", counts)
         self.register_buffer("initialized", torch.tensor(init != "kmeans"))
         self._grad_cos: Tensor | None = None  # Σ over backward passes of mean cos(grad_e, g) (gradient_cosine)
         self._grad_cos_n = 0
@@ -223,7 +255,7 @@ class VectorQuantizer(nn.Module):
         """Quantize channel-first features ``z`` (B, D, *spatial)."""
         with torch.autocast(device_type=z.device.type, enabled=False):  # quantizer math in fp32
             x, grid = self._flatten(z)
-            e = self._project(self.project_in, x)  # (N, d)
+            e = e_raw = self._project(self.project_in, x)  # (N, d)
             if self.lookup == "cosine":
                 e = F.normalize(e, dim=-1)
             if self.init == "kmeans" and self.training and not bool(self.initialized):
@@ -241,7 +273,10 @@ class VectorQuantizer(nn.Module):
             extra: dict[str, Tensor] = {}
             kind = self.estimator.kind
             if kind == "pointwise":
-                q_tilde = self.estimator(self._watch_gradients(e), q)  # forward value: q, bit for bit
+                at = e_raw if self.estimator.acts_on == "raw" else e  # ste_raw: g reaches e before normalisation
+                q_tilde = self.estimator(self._watch_gradients(at), q)  # forward value: q, bit for bit
+                if self.lookup == "cosine" and self.cosine_output == "renormalize":
+                    q_tilde = _Renormalize.apply(q_tilde)
             elif not (self.training and torch.is_grad_enabled() and e.requires_grad):
                 q_tilde = q.detach()  # eval (or no gradient wanted): the nearest code, hard
             elif kind == "stochastic":  # gumbel

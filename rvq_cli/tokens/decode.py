@@ -36,7 +36,7 @@ def decode_tokens(model: VQTokenizer, tokens: torch.Tensor | np.ndarray) -> torc
     """Images (B, C, H, W) (video: clips (B, C, T, H, W)) in about [-1, 1] (unclamped) from tokens
     (B, h, w) (video: (B, T, h, w))."""
     t = torch.as_tensor(np.asarray(tokens).astype(np.int64) if isinstance(tokens, np.ndarray) else tokens)
-    return model.decode_indices(t.long().to(model.post_quant_conv.weight.device)).float()
+    return model.decode_indices(t.long().to(model.device)).float()
 
 
 def _image_path(out: Path, key: str, suffix: str = ".png") -> Path:

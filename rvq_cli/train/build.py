@@ -19,26 +19,27 @@ def build_tokenizer(model: ModelConfig, image_size: int, frames: int = 16) -> VQ
         codebook_size=q.codebook_size, estimator=q.estimator, gamma=q.gamma, lookup=q.lookup, update=q.update,
         decay=q.decay, beta=q.beta, codebook_dim=q.codebook_dim, init=q.init, kmeans_iters=q.kmeans_iters,
         dead_code_threshold=q.dead_code_threshold, epsilon=q.epsilon, temperature=tuple(q.temperature),
-        kl_weight=q.kl_weight,
+        kl_weight=q.kl_weight, ema_counts=q.ema_counts, cosine_output=q.cosine_output,
     )
     if model.name == "timesformer":
         v = model.timesformer
         return build_timesformer_tokenizer(
             frames=frames, image_size=image_size, patch_size=v.patch_size, dim=v.dim, depth=v.depth, heads=v.heads,
             mlp_dim=v.mlp_dim, z_channels=v.dim, embed_dim=q.dim, quantizer=quantizer, in_channels=v.in_channels,
-            dropout=v.dropout, activation=v.activation,
+            dropout=v.dropout, activation=v.activation, projection=model.projection,
         )
     if model.name == "vit":
         v = model.vit
         return build_vit_tokenizer(
             image_size=image_size, patch_size=v.patch_size, dim=v.dim, depth=v.depth, heads=v.heads,
             mlp_dim=v.mlp_dim, z_channels=v.dim, embed_dim=q.dim, quantizer=quantizer, in_channels=v.in_channels,
-            dropout=v.dropout, activation=v.activation,
+            dropout=v.dropout, activation=v.activation, projection=model.projection,
         )
     return build_conv_tokenizer(
         ch=enc.ch, ch_mult=tuple(enc.ch_mult), attn_resolutions=tuple(enc.attn_resolutions), resolution=image_size,
         z_channels=enc.z_channels, embed_dim=q.dim, quantizer=quantizer, in_channels=enc.in_channels,
         num_res_blocks=enc.num_res_blocks, dropout=enc.dropout, norm_groups=enc.norm_groups,
+        projection=model.projection,
     )
 
 

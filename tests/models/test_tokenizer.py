@@ -218,3 +218,35 @@ def test_bad_inputs():
         tok.decode_indices(torch.full((1, 4, 4), 32))
     with pytest.raises(ValueError, match="integer tensor"):
         tok.decode_indices(torch.zeros(1, 4, 4))
+
+
+# ---------------------------------------------------------------- projections around the quantizer
+
+SMALL = dict(ch=8, ch_mult=(1, 2), attn_resolutions=(), resolution=16, num_res_blocks=1, norm_groups=4)
+
+
+def test_projection_none_feeds_the_encoder_output_to_the_quantizer():
+    torch.manual_seed(0)
+    tok = build_conv_tokenizer(**SMALL, z_channels=4, embed_dim=4, quantizer={"codebook_size": 16},
+                               projection="none").eval()
+    assert not any(n.startswith(("quant_conv", "post_quant_conv")) for n, _ in tok.named_parameters())
+    x = smooth_images()
+    assert torch.equal(tok.encode_latents(x), tok.encoder(x))
+    out = tok(x)
+    assert torch.equal(out.reconstruction, tok.decoder(out.quantize.quantized))
+    assert torch.equal(tok.decode_indices(tok.encode(x)), out.reconstruction)
+    with pytest.raises(ValueError, match="z_channels == embed_dim"):
+        build_conv_tokenizer(**SMALL, z_channels=8, embed_dim=4, quantizer={"codebook_size": 16}, projection="none")
+    with pytest.raises(ValueError, match="valid: conv, none, conv_layernorm"):
+        build_conv_tokenizer(**SMALL, z_channels=4, embed_dim=4, quantizer={"codebook_size": 16}, projection="linear")
+
+
+def test_projection_conv_layernorm_normalises_over_channels():
+    torch.manual_seed(0)
+    tok = build_conv_tokenizer(**SMALL, z_channels=8, embed_dim=4, quantizer={"codebook_size": 16, "lookup": "cosine"},
+                               projection="conv_layernorm").eval()
+    x = smooth_images()
+    h = tok.quant_conv[0](tok.encoder(x))  # the 1×1 conv alone
+    want = F.layer_norm(h.movedim(1, -1), (4,), eps=1e-5).movedim(-1, 1)  # LN weight 1, bias 0 at init
+    torch.testing.assert_close(tok.encode_latents(x), want)
+    assert torch.equal(tok.decode_indices(tok.encode(x)), tok(x).reconstruction)
