@@ -323,7 +323,7 @@ def compare(
     try:
         result = run_compare(names, recipe, overrides, seeds=seeds, out=out, restart=restart,
                              inception_weights=inception_weights, fid=not no_fid, quiet=quiet,
-                             say=lambda m: console.print(m, highlight=False, markup=False))
+                             say=lambda m: console.print(m, highlight=False, markup=False, soft_wrap=True))
     except CompareError as err:
         raise UserError(str(err)) from None
     # a log file or pipe gets the whole table, not one cut to 80 columns

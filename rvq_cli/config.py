@@ -28,6 +28,11 @@ class DataConfig(_Section):
     val: Optional[str] = Field(DEMO, description="validation shards, 'demo', or null for none")
     image_size: int = Field(64, ge=8, description="square crop fed to the model, in pixels")
     random_flip: bool = Field(True, description="horizontal flips for training samples")
+    crop: Literal["random", "center"] = Field(
+        "random", description="random: training takes random image_size crops of each stored image, evaluation "
+        "resizes its short side to image_size and takes the centre; center: both take the central image_size "
+        "square of the stored image, resized only when smaller (the official Table 1 code on native-resolution "
+        "ImageNet: prepare the shards without --size)")
     num_workers: int = Field(2, ge=0, description="data loader worker processes per training process")
     shuffle_buffer: int = Field(1000, ge=0, description="samples held for shuffling (0: no shuffle)")
     frames: int = Field(16, ge=1, description="video models: frames per clip")
@@ -56,7 +61,10 @@ class QuantizerConfig(_Section):
     lookup: Literal["euclidean", "cosine"] = "euclidean"
     update: Literal["ema", "learned"] = "ema"
     decay: float = Field(0.8, ge=0.0, lt=1.0, description="EMA decay (paper: 0.8)")
-    beta: float = Field(1.0, ge=0.0, description="commitment weight")
+    beta: float = Field(1.0, ge=0.0, description="commitment weight (vq_loss taming_legacy: the codebook term's)")
+    vq_loss: Literal["vqvae", "taming_legacy"] = Field(
+        "vqvae", description="where beta goes: vqvae (β·commitment + codebook term) or taming_legacy (commitment + "
+        "β·codebook term, taming-transformers' legacy quantizer that the paper's VQGAN rows ran)")
     init: Literal[INITS] = "kaiming_uniform"  # type: ignore[valid-type]
     kmeans_iters: int = Field(10, ge=0)
     dead_code_threshold: float = Field(0.0, ge=0.0)
@@ -182,6 +190,8 @@ class OptimConfig(_Section):
     schedule: Literal["constant", "cosine"] = "constant"
     warmup_steps: int = Field(0, ge=0)
     min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0, description="cosine floor as a fraction of lr")
+    decay_steps: Optional[int] = Field(None, ge=1, description="cosine: the step at which lr reaches the floor, "
+                                       "then stays there (null: train.steps)")
 
 
 class TrainConfig(_Section):

@@ -89,6 +89,17 @@ def center_crop(im: Image.Image, size: int) -> np.ndarray:
     return np.asarray(im.crop((x, y, x + size, y + size)), dtype=np.uint8)
 
 
+def center_crop_native(im: Image.Image, size: int) -> np.ndarray:
+    """The central ``size``×``size`` square of the image as stored (resized only when its short
+    side is below ``size``): torchvision's CenterCrop on native-resolution images, which the
+    official Table 1 code applies for training and evaluation. Returns uint8 (size, size, 3)."""
+    if min(im.size) < size:
+        im = _resize_short(im, size)
+    w, h = im.size
+    x, y = (w - size) // 2, (h - size) // 2
+    return np.asarray(im.crop((x, y, x + size, y + size)), dtype=np.uint8)
+
+
 def to_batch(arrays: list[np.ndarray]) -> torch.Tensor:
     """uint8 (H, W, 3) arrays -> float32 (B, 3, H, W) in [-1, 1] (0 -> -1, 255 -> 1)."""
     a = np.ascontiguousarray(np.stack(arrays).transpose(0, 3, 1, 2))  # (B, 3, H, W)

@@ -37,7 +37,7 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
-from .images import center_crop, random_crop, sample_image, to_batch
+from .images import center_crop, center_crop_native, random_crop, sample_image, to_batch
 
 
 class DataError(Exception):
@@ -381,14 +381,17 @@ class ImageShardStream(ShardStream):
 
     field, what, hint = "image", "images", "Are these image shards (png/jpg fields)?"
 
-    def __init__(self, shards: list[str], *, image_size: int, random_flip: bool, **kw):
+    def __init__(self, shards: list[str], *, image_size: int, random_flip: bool, crop: str = "random", **kw):
         super().__init__(shards, **kw)
-        self.image_size, self.random_flip = image_size, random_flip
+        self.image_size, self.random_flip, self.crop = image_size, random_flip, crop
 
     def _decode(self, sample: dict, w: int, n: int):
         return sample_image(sample)
 
     def _finish(self, im, w: int, n: int):
+        if self.crop == "center":  # training and evaluation alike: the stored image's centre
+            a = center_crop_native(im, self.image_size)
+            return a[:, ::-1].copy() if self.train and self.random_flip and self._rng(w, n).random() < 0.5 else a
         if not self.train:
             return center_crop(im, self.image_size)
         return random_crop(im, self.image_size, self._rng(w, n), self.random_flip)
@@ -399,7 +402,7 @@ class ImageShardStream(ShardStream):
 
 def image_batches(pattern: str | os.PathLike, *, image_size: int, batch_size: int, train: bool, seed: int,
                   rank: int = 0, world_size: int = 1, num_workers: int = 0, random_flip: bool = True,
-                  shuffle_buffer: int = 1000, start_batch: int = 0) -> DataLoader:
+                  shuffle_buffer: int = 1000, start_batch: int = 0, crop: str = "random") -> DataLoader:
     """Batches ``{"image": float32 (B, 3, S, S) in [-1, 1], "key": list[str], "skipped": int}``
     from the image shards named by ``pattern`` (or ``"demo"``: the built-in demo shards, see
     ``demo_shards``), for process ``rank`` of ``world_size``.
@@ -415,6 +418,10 @@ def image_batches(pattern: str | os.PathLike, *, image_size: int, batch_size: in
     to ``image_size`` and centre-cropped; each worker's last partial batch is kept. Ranks
     beyond the number of shards get no batches.
 
+    ``crop="center"``: training and evaluation both take the central ``image_size`` square of
+    each stored image, resized only when it is smaller (flips still follow ``random_flip`` in
+    training): the official Table 1 pipeline.
+
     Corrupt or image-less samples (and unreadable shard data) are skipped, never fatal unless
     1,000 in a row fail; ``skipped`` counts what the worker that made the batch dropped since its
     previous batch (drops at the very end of a validation pass go to its last batch), so the sum
@@ -428,6 +435,8 @@ def image_batches(pattern: str | os.PathLike, *, image_size: int, batch_size: in
             raise ValueError(f"{name} must be an integer ≥ {lo}, got {v!r}")
     if not 0 <= rank < world_size:
         raise ValueError(f"rank must be in 0..{world_size - 1} for world_size {world_size}, got {rank}")
+    if crop not in ("random", "center"):
+        raise ValueError(f"crop must be 'random' or 'center', got {crop!r}")
     if start_batch and not train:
         raise ValueError("start_batch resumes a training stream; a validation pass always starts at the beginning")
     if os.fspath(pattern) == "demo":  # config.DEMO: the built-in demo shards (default cache)
@@ -437,7 +446,7 @@ def image_batches(pattern: str | os.PathLike, *, image_size: int, batch_size: in
         pattern = d.train if train else d.val
     seed, rank = operator.index(seed), operator.index(rank)  # plain ints: seeds are hashed from their repr
     ds = ImageShardStream(expand_pattern(pattern), image_size=image_size, batch_size=batch_size, train=train,
-                          seed=seed, rank=rank, world_size=world_size, random_flip=random_flip,
+                          seed=seed, rank=rank, world_size=world_size, random_flip=random_flip, crop=crop,
                           shuffle_buffer=shuffle_buffer, start_batch=start_batch)
     # The generator only keeps DataLoader from drawing its base seed from torch's global RNG
     # (which would shift the trainer's random state); our streams do not use that seed.

@@ -274,7 +274,8 @@ def evaluate(checkpoint: str | os.PathLike, *, data: str | None = None, split: s
                                world_size=acc.num_processes, num_workers=workers)
     else:
         loader = image_batches(pattern, image_size=size, batch_size=bs, train=False, seed=recipe.train.seed,
-                               rank=acc.process_index, world_size=acc.num_processes, num_workers=workers)
+                               rank=acc.process_index, world_size=acc.num_processes, num_workers=workers,
+                               crop=recipe.data.crop)
     grid = (torch.zeros(0), torch.zeros(0))
     t0 = time.perf_counter()
     total = count_samples(files[acc.process_index :: acc.num_processes])
@@ -327,7 +328,8 @@ def evaluate(checkpoint: str | os.PathLike, *, data: str | None = None, split: s
                  **({"frames_per_clip": recipe.data.frames, "frame_stride": recipe.data.frame_stride,
                      "frames": int(s["frames"]), "clip": "centred"} if video else {}),
                  "skipped": int(s["skipped"]), "duplicate_keys": duplicates, "image_size": size,
-                 "recipe_image_size": recipe.data.image_size, "crop": "center", "resize": RESIZE_METHOD},
+                 "recipe_image_size": recipe.data.image_size, "crop": "center",
+                 "resize": RESIZE_METHOD if recipe.data.crop == "random" else "none (centre of the stored image)"},
         "settings": {"batch_size": bs, "processes": acc.num_processes, "num_workers": workers,
                      "reconstruction_loss": recipe.loss.reconstruction, "precision": "fp32",
                      "fid_feature": fidelity.FID_FEATURE if inception is not None else None,

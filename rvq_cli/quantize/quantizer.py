@@ -35,6 +35,7 @@ class _Renormalize(torch.autograd.Function):
 
 
 COSINE_OUTPUTS = ("as_is", "renormalize")
+VQ_LOSSES = ("vqvae", "taming_legacy")
 
 
 class _ScaleGrad(torch.autograd.Function):
@@ -61,8 +62,8 @@ def cosine_anneal(start: float, end: float, progress: float) -> float:
 class QuantizeLosses:
     """Loss terms of the layer, already weighted: add ``total`` to the training loss."""
 
-    commitment: Tensor  # β · mean (e − sg(q))²
-    codebook: Tensor  # mean (sg(e) − q)² for a learned codebook, 0 with EMA updates
+    commitment: Tensor  # β · mean (e − sg(q))² (vq_loss "taming_legacy": weight 1)
+    codebook: Tensor  # mean (sg(e) − q)² for a learned codebook (taming_legacy: × β), 0 with EMA updates
     prior: Tensor  # gumbel: weighted KL(softmax(logits) ‖ uniform), mean over rows; 0 otherwise
 
     @property
@@ -135,6 +136,9 @@ class VectorQuantizer(nn.Module):
         ema_counts: initial EMA code counts, "ones" or "zeros" (vector-quantize-pytorch and the
             official Table 1 code: a code never chosen then shrinks towards the origin within
             tens of updates, since its smoothed count is ~eps while its sum decays).
+        vq_loss: where β goes: "vqvae" (β·commitment + codebook term, van den Oord et al.) or
+            "taming_legacy" (commitment + β·codebook term: taming-transformers' VectorQuantizer2
+            with legacy=True, which the VQGAN rows of Tables 2, 3 and 7 ran).
         cosine_output: cosine lookup only: "as_is", or "renormalize" (the official Table 1 code
             l2-normalises the estimator's output again: same value, and the gradient is projected
             at q, which changes the STE's gradient and leaves the rotation trick's unchanged).
@@ -168,6 +172,7 @@ class VectorQuantizer(nn.Module):
         kl_weight: float = 5e-4,
         ema_counts: str = "ones",
         cosine_output: str = "as_is",
+        vq_loss: str = "vqvae",
     ) -> None:
         super().__init__()
         if dim < 1 or codebook_size < 2:
@@ -206,6 +211,7 @@ class VectorQuantizer(nn.Module):
         # EMA of per-code counts: drives the EMA update and dead-code detection in both modes.
         self.ema_counts = _choice("ema_counts", ema_counts, ("ones", "zeros"))
         self.cosine_output = _choice("cosine_output", cosine_output, COSINE_OUTPUTS)
+        self.vq_loss = _choice("vq_loss", vq_loss, VQ_LOSSES)
         counts = torch.ones(codebook_size) if ema_counts == "ones" else torch.zeros(codebook_size)
         self.register_buffer("cluster_size", counts)
         self.register_buffer("initialized", torch.tensor(init != "kmeans"))
@@ -265,9 +271,10 @@ class VectorQuantizer(nn.Module):
             q = F.embedding(indices, codes)  # (N, d); carries gradient to a learned codebook
 
             sq_err = F.mse_loss(e, q.detach())
+            commit_w, codebook_w = (self.beta, 1.0) if self.vq_loss == "vqvae" else (1.0, self.beta)
             losses = QuantizeLosses(
-                commitment=self.beta * sq_err,
-                codebook=F.mse_loss(q, e.detach()) if self.update == "learned" else sq_err.new_zeros(()),
+                commitment=commit_w * sq_err,
+                codebook=codebook_w * F.mse_loss(q, e.detach()) if self.update == "learned" else sq_err.new_zeros(()),
                 prior=sq_err.new_zeros(()),
             )
             extra: dict[str, Tensor] = {}

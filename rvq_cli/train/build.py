@@ -19,7 +19,7 @@ def build_tokenizer(model: ModelConfig, image_size: int, frames: int = 16) -> VQ
         codebook_size=q.codebook_size, estimator=q.estimator, gamma=q.gamma, lookup=q.lookup, update=q.update,
         decay=q.decay, beta=q.beta, codebook_dim=q.codebook_dim, init=q.init, kmeans_iters=q.kmeans_iters,
         dead_code_threshold=q.dead_code_threshold, epsilon=q.epsilon, temperature=tuple(q.temperature),
-        kl_weight=q.kl_weight, ema_counts=q.ema_counts, cosine_output=q.cosine_output,
+        kl_weight=q.kl_weight, ema_counts=q.ema_counts, cosine_output=q.cosine_output, vq_loss=q.vq_loss,
     )
     if model.name == "timesformer":
         v = model.timesformer
@@ -50,12 +50,13 @@ def build_optimizer(params, optim: OptimConfig) -> torch.optim.Optimizer:
 
 def lr_factor(step: int, optim: OptimConfig, total_steps: int) -> float:
     """Multiplier of the base lr at optimizer step ``step``: linear warmup, then constant or a
-    cosine decay to ``min_lr_ratio`` at ``total_steps``."""
+    cosine decay to ``min_lr_ratio`` at ``optim.decay_steps`` (default ``total_steps``), flat after."""
     if optim.warmup_steps and step < optim.warmup_steps:
         return (step + 1) / optim.warmup_steps
     if optim.schedule == "constant":
         return 1.0
-    span = max(1, total_steps - optim.warmup_steps)
+    end = optim.decay_steps if optim.decay_steps is not None else total_steps
+    span = max(1, end - optim.warmup_steps)
     progress = min(1.0, (step - optim.warmup_steps) / span)
     return optim.min_lr_ratio + (1.0 - optim.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 

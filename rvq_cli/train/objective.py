@@ -94,14 +94,17 @@ def build_objective(loss: LossConfig, device, disc: nn.Module | None, disc_modul
     return Objective(loss, lpips, disc, disc_module)
 
 
-def describe(loss: LossConfig, beta: float, learned_codebook: bool) -> str:
+def describe(loss: LossConfig, beta: float, learned_codebook: bool, vq_loss: str = "vqvae") -> str:
     """The resolved loss terms in one line, printed when training starts (USERS.md: no hidden β)."""
     parts = [f"{loss.rec_weight} × {loss.reconstruction}"]
     for w, name in ((loss.laplace_weight, "laplace"), (loss.gaussian_weight, "gaussian"),
                     (loss.perceptual_weight, "LPIPS")):
         if w:
             parts.append(f"{w} × {name}")
-    vq = f"{beta} × commitment" + (" + codebook" if learned_codebook else "")
+    if vq_loss == "taming_legacy":  # taming's legacy quantizer: β on the codebook term
+        vq = "commitment" + (f" + {beta} × codebook" if learned_codebook else "")
+    else:
+        vq = f"{beta} × commitment" + (" + codebook" if learned_codebook else "")
     parts.append(f"{loss.codebook_weight} × ({vq})")
     g = loss.gan
     if g.weight:

@@ -89,7 +89,7 @@ def _loader(pattern: str, recipe: Recipe, train: bool, rank: int = 0, world_size
                   random_flip=d.random_flip, shuffle_buffer=d.shuffle_buffer, start_batch=start_batch)
     if recipe.model.video:
         return video_batches(pattern, frames=d.frames, stride=d.frame_stride, **common)
-    return image_batches(pattern, **common)
+    return image_batches(pattern, crop=d.crop, **common)
 
 
 def batch_tensor(batch: dict) -> torch.Tensor:
@@ -428,7 +428,7 @@ def train(recipe: Recipe, run_dir: str | Path | None = None, resume: bool = Fals
         q = recipe.model.quantizer
         print(f"rvq train: {count_parameters(trainer.acc.unwrap_model(trainer.model)) / 1e6:.2f}M parameters, "
               f"estimator {q.estimator}, {q.codebook_size} codes, loss = "
-              f"{describe(recipe.loss, q.beta, q.update == 'learned')}, {trainer.acc.num_processes} process(es) on "
+              f"{describe(recipe.loss, q.beta, q.update == 'learned', q.vq_loss)}, {trainer.acc.num_processes} process(es) on "
               f"{trainer.acc.device}, precision {trainer.precision}, memory format {trainer.memory_format}, "
               f"run dir {trainer.run_dir}")
     return trainer.run()

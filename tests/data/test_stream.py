@@ -187,3 +187,32 @@ def test_iterating_leaves_torch_global_rng_alone(make_shards):
     train(p, n=2)
     list(image_batches(p, image_size=S, batch_size=3, train=False, seed=0))
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_center_crop_takes_the_centre_of_the_stored_image_in_training_and_validation(make_shards):
+    """crop="center" (the official Table 1 pipeline): the central S×S of the 20×28 image as
+    stored, no resize, for training (flips aside) and validation alike."""
+    import numpy as np
+
+    def image(seed):  # the images make_shards writes (tests/data/conftest.py), 20×28 RGB
+        return np.random.default_rng(seed).integers(0, 256, (20, 28, 3), dtype=np.uint8)
+
+    p = make_shards(4, 4)
+    want = torch.stack([torch.from_numpy(image(i)[2:18, 6:22].copy()).permute(2, 0, 1).float() / 127.5 - 1
+                        for i in range(4)])  # rows (20 − 16)/2 = 2.., columns (28 − 16)/2 = 6..
+    val = next(iter(image_batches(p, image_size=S, batch_size=4, train=False, seed=0, crop="center")))
+    assert val["key"] == [f"img{i:04d}" for i in range(4)]
+    assert torch.equal(val["image"], want)
+    resized = next(iter(image_batches(p, image_size=S, batch_size=4, train=False, seed=0)))
+    assert not torch.equal(resized["image"], want)  # the default resizes the short side first
+    tr = train(p, n=2, crop="center", random_flip=False, shuffle_buffer=0)
+    for b in tr:
+        idx = [int(k[3:]) for k in b["key"]]
+        assert torch.equal(b["image"], want[idx])
+    flipped = train(p, n=4, crop="center", shuffle_buffer=0)
+    images = [img for b in flipped for img in b["image"]]
+    keys = [int(k[3:]) for b in flipped for k in b["key"]]
+    assert all(torch.equal(x, want[k]) or torch.equal(x, want[k].flip(-1)) for x, k in zip(images, keys))
+    assert any(torch.equal(x, want[k].flip(-1)) for x, k in zip(images, keys))
+    with pytest.raises(ValueError, match="crop"):
+        image_batches(p, image_size=S, batch_size=4, train=False, seed=0, crop="middle")

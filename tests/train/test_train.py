@@ -231,3 +231,35 @@ def test_low_usage_warning_names_fitting_remedies():
     assert "Remedies" not in low_usage_warning(0.01, 500, 1000, tuned)
     low_dim = QuantizerConfig(estimator="rotation", dim=8, dead_code_threshold=1.0, init="kmeans")  # codes of dim 8
     assert "Remedies" not in low_usage_warning(0.01, 500, 1000, low_dim)
+
+
+def test_cosine_decay_horizon_and_floor():
+    """optim.decay_steps: the cosine reaches min_lr_ratio there and stays (the official Table 1
+    schedule: warmup 3,000, cosine to lr/2 at 50,000, whatever the run's length)."""
+    import math
+
+    from rvq_cli.config import OptimConfig
+    from rvq_cli.train.build import lr_factor
+
+    o = OptimConfig(schedule="cosine", warmup_steps=10, min_lr_ratio=0.5, decay_steps=110)
+    assert lr_factor(0, o, 50) == pytest.approx(0.1) and lr_factor(9, o, 50) == pytest.approx(1.0)
+    assert lr_factor(10, o, 50) == pytest.approx(1.0)
+    assert lr_factor(60, o, 50) == pytest.approx(0.5 + 0.5 * 0.5 * (1 + math.cos(math.pi * 0.5)))  # halfway: 0.75
+    assert lr_factor(110, o, 50) == pytest.approx(0.5) and lr_factor(500, o, 50) == pytest.approx(0.5)
+    default = OptimConfig(schedule="cosine", warmup_steps=10)
+    assert lr_factor(50, default, 50) == pytest.approx(0.0)  # null: the horizon is train.steps
+
+
+def test_taming_legacy_vq_loss_puts_beta_on_the_codebook_term():
+    from rvq_cli.quantize import VectorQuantizer
+
+    torch.manual_seed(0)
+    z = torch.randn(2, 4, 3, 3)
+    out = {}
+    for name in ("vqvae", "taming_legacy"):
+        torch.manual_seed(1)
+        vq = VectorQuantizer(4, 8, update="learned", beta=0.25, vq_loss=name)
+        out[name] = vq(z).losses
+    d2 = float(out["vqvae"].commitment) / 0.25  # mean (e − sg q)², the same for both
+    assert float(out["taming_legacy"].commitment) == pytest.approx(d2)
+    assert float(out["taming_legacy"].codebook) == pytest.approx(0.25 * float(out["vqvae"].codebook))
