@@ -28,15 +28,18 @@ from rvq_cli.quantize import codebook as cb
 from rvq_cli.train.build import build_tokenizer
 from rvq_cli.train.trainer import _data_patterns, _loader, batch_tensor
 
+def _setting(dim: int, projection: str, groups: int) -> list[str]:
+    return [f"model.quantizer.dim={dim}", f"model.projection={projection}", f"model.encoder.norm_groups={groups}",
+            f"model.encoder.z_channels={dim if projection == 'none' else 32}"]
+
+
 SETTINGS = {
-    "quickstart before (d 4, 1×1 convs, 8 groups)": [],
-    "d 4, no projection, 8 groups": ["model.projection=none", "model.encoder.z_channels=4"],
-    "d 4, no projection, 32 groups": ["model.projection=none", "model.encoder.z_channels=4",
-                                      "model.encoder.norm_groups=32"],
-    "d 32, 1×1 convs, 8 groups": ["model.quantizer.dim=32"],
-    "d 32, no projection, 8 groups": ["model.quantizer.dim=32", "model.projection=none"],
-    "d 32, no projection, 32 groups": ["model.quantizer.dim=32", "model.projection=none",
-                                       "model.encoder.norm_groups=32"],
+    "d 4, 1×1 convs, 8 groups (the earlier quickstart)": _setting(4, "conv", 8),
+    "d 4, no projection, 8 groups (the quickstart)": _setting(4, "none", 8),
+    "d 4, no projection, 32 groups": _setting(4, "none", 32),
+    "d 32, 1×1 convs, 8 groups": _setting(32, "conv", 8),
+    "d 32, no projection, 8 groups": _setting(32, "none", 8),
+    "d 32, no projection, 32 groups": _setting(32, "none", 32),
 }
 
 
@@ -75,10 +78,10 @@ def main() -> None:
     args = ap.parse_args()
     settings = {s[0]: s[1:] for s in args.setting} if args.setting else SETTINGS
     print(f"recipe {args.recipe}, {args.batches} training batches, model at initialisation")
-    print(f"{'setting':48s} {'codes':>11s} {'eff. dim':>10s} {'‖e‖/‖c‖':>9s} {'spread':>7s}")
+    print(f"{'setting':52s} {'codes':>11s} {'eff. dim':>10s} {'‖e‖/‖c‖':>9s} {'spread':>7s}")
     for name, over in settings.items():
         r = describe(args.recipe, over, args.batches)
-        print(f"{name:48s} {r['codes']:5d}/{r['K']:<5d} {r['eff_dim']:5.2f}/{r['d']:<4d} {r['e_over_c']:9.1f} "
+        print(f"{name:52s} {r['codes']:5d}/{r['K']:<5d} {r['eff_dim']:5.2f}/{r['d']:<4d} {r['e_over_c']:9.1f} "
               f"{r['spread']:7.3f}")
 
 
