@@ -136,7 +136,7 @@ def _encode_units(acc: Accelerator, tok: LoadedTokenizer, todo: list[Unit], out:
     writer = _UnitWriter(out, tok, {u.index: u for u in todo}, per_shard)
     n = 0
     with JobProgress("encode", total, silent=quiet or not acc.is_main_process) as progress, torch.no_grad():
-        for batch in unit_batches(todo, size, batch_size, num_workers, _clip(tok)):
+        for batch in unit_batches(todo, size, batch_size, num_workers, _clip(tok), tok.recipe.data.crop):
             tokens = None
             if batch["x"] is not None:
                 tokens = tok.model.encode(batch["x"].to(acc.device)).cpu().numpy()  # (B, h, w) or (B, T, h, w)
@@ -161,6 +161,7 @@ def _manifest(out: Path, tok: LoadedTokenizer, src: Source, size: int, per_shard
         "format": FORMAT, "tokenizer": tok.tokenizer_id, "checkpoint": str(tok.checkpoint.resolve()), "step": tok.step,
         "codebook_size": q.codebook_size, "dtype": token_dtype(q.codebook_size).name,
         "grid": list(tok.model.latent_shape(_grid_input(tok, size))), "image_size": size, "crop": "center",
+        "resize": "short side to image_size" if tok.recipe.data.crop == "random" else "none (centre of the stored image)",
         **({"clip": {"frames": _clip(tok)[0], "stride": _clip(tok)[1], "from": "every whole clip, frame 0 on"}}
            if _clip(tok) else {}),
         "source": src.description, "per_shard": per_shard, "count": count, "shards": shards,

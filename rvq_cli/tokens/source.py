@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from ..config import DEMO
-from ..data.images import center_crop, decode_rgb, sample_image, to_batch
+from ..data.images import center_crop, center_crop_native, decode_rgb, sample_image, to_batch
 from ..data.prepare import _class_layout, _keys, _list_images
 from ..data.shards import DataError, expand_pattern
 
@@ -118,11 +118,14 @@ def _clips(key: str, s: dict, size: int, clip: tuple[int, int]) -> Iterator[tupl
         yield f"{key}_c{j:03d}", c, {**meta, "video": key, "start": j * span, "stride": stride}, label
 
 
-def _decoded(unit: Unit, size: int, errors: _UnitErrors, clip: tuple[int, int] | None = None
-             ) -> Iterator[tuple[str, object, dict, object]]:
-    """(key, uint8 image or clip, metadata, label) of each decodable sample of ``unit``."""
+def _decoded(unit: Unit, size: int, errors: _UnitErrors, clip: tuple[int, int] | None = None,
+             crop: str = "random") -> Iterator[tuple[str, object, dict, object]]:
+    """(key, uint8 image or clip, metadata, label) of each decodable sample of ``unit``; images
+    are the recipe's evaluation view (``crop``: "random" recipes resize the short side, then take
+    the centre; "center" recipes take the stored image's centre)."""
     import json
 
+    view = center_crop_native if crop == "center" else center_crop
     if clip is not None:
         for key, s in _shard_samples(unit.source, errors):
             try:
@@ -133,7 +136,7 @@ def _decoded(unit: Unit, size: int, errors: _UnitErrors, clip: tuple[int, int] |
     if unit.files:
         for path, key, label in unit.files:
             try:
-                im = center_crop(decode_rgb(Path(path).read_bytes()), size)
+                im = view(decode_rgb(Path(path).read_bytes()), size)
             except Exception as exn:
                 errors.errors.append((key, f"{path}: {type(exn).__name__}: {exn}".replace("\n", " ")))
                 continue
@@ -141,7 +144,7 @@ def _decoded(unit: Unit, size: int, errors: _UnitErrors, clip: tuple[int, int] |
         return
     for key, s in _shard_samples(unit.source, errors):
         try:
-            im = center_crop(sample_image(s), size)
+            im = view(sample_image(s), size)
             meta = json.loads(s["json"]) if "json" in s else {}
             label = int(s["cls"]) if "cls" in s else None
         except Exception as exn:
@@ -155,9 +158,10 @@ class UnitStream(IterableDataset):
     "meta", "skipped", "end"}``; a batch never mixes units, and each unit's last batch has
     ``end=True`` (with its skipped samples as (key, reason) pairs)."""
 
-    def __init__(self, units: list[Unit], image_size: int, batch_size: int, clip: tuple[int, int] | None = None):
+    def __init__(self, units: list[Unit], image_size: int, batch_size: int, clip: tuple[int, int] | None = None,
+                 crop: str = "random"):
         super().__init__()
-        self.units, self.image_size, self.batch_size, self.clip = units, image_size, batch_size, clip
+        self.units, self.image_size, self.batch_size, self.clip, self.crop = units, image_size, batch_size, clip, crop
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
@@ -167,7 +171,7 @@ class UnitStream(IterableDataset):
 
     def _unit(self, unit: Unit) -> Iterator[dict]:
         errors, rows = _UnitErrors(), []
-        for row in _decoded(unit, self.image_size, errors, self.clip):
+        for row in _decoded(unit, self.image_size, errors, self.clip, self.crop):
             rows.append(row)
             if len(rows) == self.batch_size:
                 yield self._batch(unit, rows, [], end=False)
@@ -183,9 +187,9 @@ class UnitStream(IterableDataset):
 
 
 def unit_batches(units: list[Unit], image_size: int, batch_size: int, num_workers: int,
-                 clip: tuple[int, int] | None = None) -> DataLoader:
+                 clip: tuple[int, int] | None = None, crop: str = "random") -> DataLoader:
     """Decoded batches of ``units`` from ``num_workers`` worker processes (0: this process);
-    ``clip`` = (frames, stride) for a video tokenizer."""
+    ``clip`` = (frames, stride) for a video tokenizer; ``crop``: the recipe's ``data.crop``."""
     workers = min(num_workers, len(units))
-    return DataLoader(UnitStream(units, image_size, batch_size, clip), batch_size=None, num_workers=workers,
+    return DataLoader(UnitStream(units, image_size, batch_size, clip, crop), batch_size=None, num_workers=workers,
                       generator=torch.Generator().manual_seed(0))
