@@ -278,8 +278,8 @@ def compare(
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of every run (default: the recipe's)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: runs/compare-RECIPE, or "
                                        "runs/synthetic-PROBLEM with --synthetic)."),
-    restart: bool = typer.Option(False, "--restart", help="Retrain the named estimators (and remove the report) "
-                                 "instead of reusing finished runs."),
+    restart: bool = typer.Option(False, "--restart", help="Retrain the named estimators for the seeds asked (and "
+                                 "remove the report) instead of reusing finished runs; other seeds are kept."),
     synthetic: Optional[str] = typer.Option(None, "--synthetic", help="Run one of the paper's synthetic problems "
                                             "instead: himmelblau, voronoi or field."),
     seeds: Optional[int] = typer.Option(None, "--seeds", help="Number of seeds: S, S+1, ... from --seed S (default "

@@ -31,8 +31,8 @@ class DataConfig(_Section):
     crop: Literal["random", "center"] = Field(
         "random", description="random: training takes random image_size crops of each stored image, evaluation "
         "resizes its short side to image_size and takes the centre; center: both take the central image_size "
-        "square of the stored image, resized only when smaller (the official Table 1 code on native-resolution "
-        "ImageNet: prepare the shards without --size)")
+        "square of the stored image, zero-padded where it is smaller, as torchvision's CenterCrop in the official "
+        "Table 1 code on native-resolution ImageNet (prepare the shards without --size)")
     num_workers: int = Field(2, ge=0, description="data loader worker processes per training process")
     shuffle_buffer: int = Field(1000, ge=0, description="samples held for shuffling (0: no shuffle)")
     frames: int = Field(16, ge=1, description="video models: frames per clip")
@@ -77,7 +77,7 @@ class QuantizerConfig(_Section):
         "official Table 1 code (same value; the STE's gradient is then projected at q)")
     ema_counts: Literal["ones", "zeros"] = Field(
         "ones", description="initial EMA code counts: ones, or zeros as in vector-quantize-pytorch (the official "
-        "Table 1 code), where a code never chosen shrinks to the origin within tens of updates")
+        "Table 1 code), where a code not chosen in the first update jumps far out, then shrinks back by the decay")
 
     @field_validator("temperature")
     @classmethod

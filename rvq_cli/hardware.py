@@ -63,6 +63,18 @@ def _cpuinfo_flags() -> set[str]:
     return set()
 
 
+def cuda_bf16_native(device: torch.device) -> bool:
+    """Whether a CUDA device runs bf16 natively: compute capability 8.0 (Ampere) or later on
+    NVIDIA GPUs (torch's ``is_bf16_supported`` also says yes where bf16 is only emulated);
+    torch's answer without emulation on ROCm."""
+    if getattr(torch.version, "hip", None):
+        try:
+            return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+        except TypeError:
+            return bool(torch.cuda.is_bf16_supported())
+    return torch.cuda.get_device_capability(device)[0] >= 8
+
+
 def resolve_precision(setting: str, device: torch.device) -> Choice:
     """The autocast precision for ``setting`` on ``device``: explicit settings as they are;
     ``auto`` is bf16 where the device runs it natively, else fp32 ("no")."""
@@ -71,9 +83,10 @@ def resolve_precision(setting: str, device: torch.device) -> Choice:
     if setting != "auto":
         return Choice(setting, "set in the recipe")
     if device.type == "cuda":
-        if torch.cuda.is_bf16_supported():
-            return Choice("bf16", f"auto: {torch.cuda.get_device_name(device)} supports bf16")
-        return Choice("no", f"auto: {torch.cuda.get_device_name(device)} has no native bf16")
+        name = torch.cuda.get_device_name(device)
+        if cuda_bf16_native(device):
+            return Choice("bf16", f"auto: {name} runs bf16 natively")
+        return Choice("no", f"auto: {name} has no native bf16 (it would be emulated)")
     if device.type == "cpu":
         found = cpu_bf16_instructions()
         if found:

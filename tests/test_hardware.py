@@ -86,3 +86,14 @@ def test_a_run_records_what_ran(tmp_path):
                       tmp_path / "r2")
     w = trainer.acc.unwrap_model(trainer.model).encoder.conv_in.weight
     assert w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
+
+
+@pytest.mark.parametrize("capability, want", [((7, 5), "no"), ((8, 0), "bf16"), ((9, 0), "bf16")])
+def test_auto_on_cuda_needs_native_bf16(monkeypatch, capability, want):
+    """torch's is_bf16_supported() says yes on a T4 (sm_75), where bf16 is emulated: auto looks
+    at the compute capability instead."""
+    monkeypatch.setattr(torch.version, "hip", None, raising=False)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "GPU")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert resolve_precision("auto", torch.device("cuda")).value == want

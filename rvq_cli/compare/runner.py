@@ -268,13 +268,14 @@ def _images_per_step(ckpt: Path, recipe: Recipe) -> int:
     return recipe.train.batch_size * recipe.train.grad_accum * world
 
 
-def _restart(out: Path, names: list[str]) -> None:
-    """Remove the comparison's own outputs: the named runs (and every run when the recipe changed)
-    and the report; nothing else in OUT."""
+def _restart(out: Path, names: list[str], seeds: list[int] | None) -> None:
+    """Remove the comparison's own outputs: the named runs of the given seeds (every seed of every
+    estimator when ``seeds`` is None: the recipe changed) and the report; nothing else in OUT."""
     for name in names:
-        d = out / name
-        if d.is_dir():
-            shutil.rmtree(d)
+        dirs = [out / name] if seeds is None else [run_dir_of(out, name, s) for s in seeds]
+        for d in dirs:
+            if d.is_dir():
+                shutil.rmtree(d)
     for f in REPORT_FILES + ("compare-job.json",):
         p = out / f
         if p.is_dir():
@@ -312,7 +313,8 @@ def compare(estimators: list[str], recipe_path: str | os.PathLike, overrides: li
     job = _job(base)
     record = out / "compare-job.json"
     if restart and out.is_dir():
-        _restart(out, estimators if job_differences(record, job) in (None, []) else list(ESTIMATORS))
+        same = job_differences(record, job) in (None, [])
+        _restart(out, estimators if same else list(ESTIMATORS), seeds if same else None)
     diffs = job_differences(record, job)
     if diffs:
         shown = "; ".join(diffs[:8]) + (f"; and {len(diffs) - 8} more" if len(diffs) > 8 else "")

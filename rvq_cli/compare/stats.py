@@ -9,6 +9,7 @@ called better only when that interval excludes zero; with one seed there is no i
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -50,10 +51,8 @@ class Difference:
 
 
 def _std(xs: Sequence[float]) -> float | None:
-    if len(xs) < 2:
-        return None
-    m = sum(xs) / len(xs)
-    return math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
+    """Sample standard deviation (n − 1), exactly 0 for equal values; None for one value."""
+    return statistics.stdev(xs) if len(xs) > 1 else None
 
 
 def summarize(values: Sequence[float]) -> Summary:

@@ -90,14 +90,18 @@ def center_crop(im: Image.Image, size: int) -> np.ndarray:
 
 
 def center_crop_native(im: Image.Image, size: int) -> np.ndarray:
-    """The central ``size``×``size`` square of the image as stored (resized only when its short
-    side is below ``size``): torchvision's CenterCrop on native-resolution images, which the
-    official Table 1 code applies for training and evaluation. Returns uint8 (size, size, 3)."""
-    if min(im.size) < size:
-        im = _resize_short(im, size)
-    w, h = im.size
-    x, y = (w - size) // 2, (h - size) // 2
-    return np.asarray(im.crop((x, y, x + size, y + size)), dtype=np.uint8)
+    """The central ``size``×``size`` square of the image as stored, as torchvision's
+    ``CenterCrop(size)``, which the official Table 1 code applies for training and evaluation: a
+    side shorter than ``size`` is zero-padded (split as torchvision splits it), the crop's offset
+    is round((side − size)/2). Returns uint8 (size, size, 3)."""
+    a = np.asarray(im.convert("RGB"), dtype=np.uint8)
+    h, w = a.shape[:2]
+    if h < size or w < size:
+        ph, pw = max(0, size - h), max(0, size - w)
+        a = np.pad(a, ((ph // 2, (ph + 1) // 2), (pw // 2, (pw + 1) // 2), (0, 0)))
+        h, w = a.shape[:2]
+    y, x = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
+    return np.ascontiguousarray(a[y : y + size, x : x + size])
 
 
 def to_batch(arrays: list[np.ndarray]) -> torch.Tensor:

@@ -133,9 +133,9 @@ class VectorQuantizer(nn.Module):
         temperature: the ``gumbel`` estimator's (start, end) temperature; :meth:`anneal` moves
             between them along a cosine ramp as training progresses.
         kl_weight: the ``gumbel`` estimator's weight on KL(softmax(logits) ‖ uniform).
-        ema_counts: initial EMA code counts, "ones" or "zeros" (vector-quantize-pytorch and the
-            official Table 1 code: a code never chosen then shrinks towards the origin within
-            tens of updates, since its smoothed count is ~eps while its sum decays).
+        ema_counts: initial EMA code counts, "ones" or "zeros" (vector-quantize-pytorch as the
+            official Table 1 code vendors it: a code not chosen in the first update jumps far out,
+            its sum over a smoothed count of ~eps, then shrinks by the decay every update).
         vq_loss: where β goes: "vqvae" (β·commitment + codebook term, van den Oord et al.) or
             "taming_legacy" (commitment + β·codebook term: taming-transformers' VectorQuantizer2
             with legacy=True, which the VQGAN rows of Tables 2, 3 and 7 ran).

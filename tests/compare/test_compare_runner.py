@@ -447,6 +447,14 @@ def test_restart_of_one_estimator_keeps_the_others(base, copy):
     assert _mtimes(copy / "rotation") == before
 
 
+def test_restart_of_one_seed_keeps_the_other_seeds(base, copy):
+    before = {s: _mtimes(run_dir_of(copy, "ste", s)) for s in SEEDS}
+    res, _ = _compare(["ste"], base.recipe, out=copy, seeds=[1], restart=True)
+    assert [(r.seed, r.status) for r in res.runs] == [(1, "trained")]
+    assert _mtimes(run_dir_of(copy, "ste", 0)) == before[0]  # seed 0 untouched
+    assert run_dir_of(copy, "rotation", 1).is_dir()
+
+
 def test_more_steps_extend_every_run(base, copy):
     res, _ = _compare(NAMES, base.recipe, [f"train.steps={STEPS + 1}", "train.ckpt_every=1", "train.keep_last=3"],
                       out=copy)

@@ -216,3 +216,16 @@ def test_center_crop_takes_the_centre_of_the_stored_image_in_training_and_valida
     assert any(torch.equal(x, want[k].flip(-1)) for x, k in zip(images, keys))
     with pytest.raises(ValueError, match="crop"):
         image_batches(p, image_size=S, batch_size=4, train=False, seed=0, crop="middle")
+
+
+@pytest.mark.parametrize("h, w", [(20, 28), (27, 33), (10, 40), (15, 9), (16, 16)])
+def test_center_crop_native_is_torchvisions_center_crop(h, w):
+    """The official Table 1 code's CenterCrop(256): odd offsets rounded, small sides zero-padded."""
+    import numpy as np
+    from PIL import Image
+    from torchvision.transforms import CenterCrop
+
+    from rvq_cli.data.images import center_crop_native
+
+    a = np.random.default_rng(h * w).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    assert np.array_equal(center_crop_native(Image.fromarray(a), S), np.asarray(CenterCrop(S)(Image.fromarray(a))))
