@@ -13,8 +13,11 @@ from typing import Any, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from .hardware import MEMORY_FORMATS, PRECISIONS
+from .models.tokenizer import PROJECTIONS
 from .quantize.codebook import INITS
 from .quantize.estimators import ESTIMATORS, GAMMAS
+from .quantize.quantizer import COSINE_OUTPUTS, EMA_COUNTS, VQ_LOSSES
 
 DEMO = "demo"  # data source name: the photographs shipped inside scikit-image, cut into shards
 
@@ -62,7 +65,7 @@ class QuantizerConfig(_Section):
     update: Literal["ema", "learned"] = "ema"
     decay: float = Field(0.8, ge=0.0, lt=1.0, description="EMA decay (paper: 0.8)")
     beta: float = Field(1.0, ge=0.0, description="commitment weight (vq_loss taming_legacy: the codebook term's)")
-    vq_loss: Literal["vqvae", "taming_legacy"] = Field(
+    vq_loss: Literal[VQ_LOSSES] = Field(  # type: ignore[valid-type]
         "vqvae", description="where beta goes: vqvae (β·commitment + codebook term) or taming_legacy (commitment + "
         "β·codebook term, taming-transformers' legacy quantizer that the paper's VQGAN rows ran)")
     init: Literal[INITS] = "kaiming_uniform"  # type: ignore[valid-type]
@@ -72,10 +75,10 @@ class QuantizerConfig(_Section):
     temperature: tuple[float, float] = Field((1.0, 0.0625), description="estimator 'gumbel': softmax temperature "
                                              "at the start and at the end of training (cosine ramp)")
     kl_weight: float = Field(5e-4, ge=0.0, description="estimator 'gumbel': weight of KL(softmax(logits) ‖ uniform)")
-    cosine_output: Literal["as_is", "renormalize"] = Field(
+    cosine_output: Literal[COSINE_OUTPUTS] = Field(  # type: ignore[valid-type]
         "as_is", description="cosine lookup: renormalize l2-normalises the estimator's output again, as the "
         "official Table 1 code (same value; the STE's gradient is then projected at q)")
-    ema_counts: Literal["ones", "zeros"] = Field(
+    ema_counts: Literal[EMA_COUNTS] = Field(  # type: ignore[valid-type]
         "ones", description="initial EMA code counts: ones, or zeros as in vector-quantize-pytorch (the official "
         "Table 1 code), where a code not chosen in the first update jumps far out, then shrinks back by the decay")
 
@@ -134,7 +137,7 @@ class ModelConfig(_Section):
     vit: ViTConfig = Field(ViTConfig(), description="the vit family's encoder/decoder")
     timesformer: TimeSformerConfig = Field(TimeSformerConfig(), description="the timesformer family's encoder/decoder")
     quantizer: QuantizerConfig = QuantizerConfig()
-    projection: Literal["conv", "none", "conv_layernorm"] = Field(
+    projection: Literal[PROJECTIONS] = Field(  # type: ignore[valid-type]
         "conv", description="around the quantizer: conv (taming's 1×1 convs z_channels ↔ quantizer.dim), none "
         "(needs z_channels == quantizer.dim: the official Table 1 VQ-VAE when they match), or conv_layernorm "
         "(the 1×1 conv, then LayerNorm over channels: its cosine 1024 × 32 model)")
@@ -198,10 +201,10 @@ class TrainConfig(_Section):
     steps: int = Field(1000, ge=1, description="optimizer steps")
     batch_size: int = Field(16, ge=1, description="per process, per micro-batch")
     grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
-    precision: Literal["auto", "no", "fp16", "bf16"] = Field(
+    precision: Literal[PRECISIONS] = Field(  # type: ignore[valid-type]
         "no", description="autocast precision: no (fp32), bf16, fp16, or auto (bf16 where the device runs it "
         "natively: CUDA with bf16, CPUs with AVX512-BF16 or AMX; else fp32). The quantizer computes in fp32 always")
-    memory_format: Literal["contiguous", "channels_last"] = Field(
+    memory_format: Literal[MEMORY_FORMATS] = Field(  # type: ignore[valid-type]
         "contiguous", description="layout of the conv family's weights and inputs (channels_last: NHWC)")
     grad_clip: float = Field(1.0, ge=0.0, description="max gradient norm (0: no clipping)")
     log_every: int = Field(10, ge=1)

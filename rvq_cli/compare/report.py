@@ -63,7 +63,8 @@ def _signed(v: float, fmt: str) -> str:
     return text if text.startswith("-") else "+" + text
 
 
-def _columns(result: CompareResult, table: dict) -> list:
+def _columns(table: dict) -> list:
+    """The columns that any estimator has a value for in ``table`` (estimator -> column -> value)."""
     from .runner import COLUMNS
 
     return [c for c in COLUMNS if any(c.key in per for per in table.values())]
@@ -72,7 +73,7 @@ def _columns(result: CompareResult, table: dict) -> list:
 def summary_table(result: CompareResult) -> Table:
     """One row per estimator: the mean ± std over seeds of every column (the value itself for
     one seed); ``mark`` on the best, as :func:`runner.best_values` decides."""
-    cols = _columns(result, result.summary)
+    cols = _columns(result.summary)
     rows = []
     for name in result.estimators:
         cells = [Cell(name)]
@@ -93,7 +94,7 @@ def difference_table(result: CompareResult) -> Table | None:
 
     if len(result.seeds) < 2 or len(result.estimators) < 2:
         return None
-    cols = _columns(result, result.differences)
+    cols = _columns(result.differences)
     rows = []
     for name in result.estimators[1:]:
         cells = [Cell(f"{name} − {result.baseline}")]

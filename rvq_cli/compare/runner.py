@@ -111,10 +111,6 @@ class CompareResult:
     def baseline(self) -> str:
         return self.estimators[0]
 
-    def runs_of(self, name: str) -> list[EstimatorRun]:
-        """The estimator's runs in seed order."""
-        return [r for r in self.runs if r.name == name]
-
 
 def init_fingerprint(recipe: Recipe) -> str:
     """SHA-256 (16 hex digits) of the initial parameters and buffers a run of ``recipe`` starts
@@ -288,9 +284,9 @@ def compare(estimators: list[str], recipe_path: str | os.PathLike, overrides: li
             seeds: int | list[int] | None = None, out: str | os.PathLike | None = None, restart: bool = False,
             inception_weights: str | os.PathLike | None = None, fid: bool = True, quiet: bool = False,
             say: Callable[[str], None] = print) -> CompareResult:
-    """Train ``recipe_path`` (with ``overrides``) once per estimator and seed into ``out``
-    (``seeds``: a list, or a count N for the recipe's seed S and S+1..S+N−1; default: S alone), evaluate each run on the recipe's validation set,
-    and write compare.json, compare.md and the figures."""
+    """Train ``recipe_path`` (with ``overrides``) once per estimator and seed into ``out``,
+    evaluate each run on the recipe's validation set, and write compare.json, compare.md and the
+    figures. ``seeds``: a list, or a count N for the recipe's seed S and S+1..S+N−1 (default: S)."""
     from . import report
 
     estimators = list(estimators)

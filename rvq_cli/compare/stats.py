@@ -26,10 +26,6 @@ class Summary:
     std: float | None  # sample standard deviation (n − 1); None for a single seed
     values: tuple[float, ...]  # per seed, in the comparison's seed order
 
-    @property
-    def n(self) -> int:
-        return len(self.values)
-
 
 @dataclass(frozen=True)
 class Difference:
@@ -40,10 +36,6 @@ class Difference:
     low: float | None  # LEVEL interval of the mean difference; None for a single seed
     high: float | None
     values: tuple[float, ...]  # per seed
-
-    @property
-    def n(self) -> int:
-        return len(self.values)
 
     @property
     def excludes_zero(self) -> bool:

@@ -36,6 +36,7 @@ class _Renormalize(torch.autograd.Function):
 
 COSINE_OUTPUTS = ("as_is", "renormalize")
 VQ_LOSSES = ("vqvae", "taming_legacy")
+EMA_COUNTS = ("ones", "zeros")
 
 
 class _ScaleGrad(torch.autograd.Function):
@@ -209,7 +210,7 @@ class VectorQuantizer(nn.Module):
             self.codebook = nn.Parameter(codes)
             self.embed_sum = None
         # EMA of per-code counts: drives the EMA update and dead-code detection in both modes.
-        self.ema_counts = _choice("ema_counts", ema_counts, ("ones", "zeros"))
+        self.ema_counts = _choice("ema_counts", ema_counts, EMA_COUNTS)
         self.cosine_output = _choice("cosine_output", cosine_output, COSINE_OUTPUTS)
         self.vq_loss = _choice("vq_loss", vq_loss, VQ_LOSSES)
         counts = torch.ones(codebook_size) if ema_counts == "ones" else torch.zeros(codebook_size)
