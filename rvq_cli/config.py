@@ -17,7 +17,7 @@ from .hardware import MEMORY_FORMATS, PRECISIONS
 from .models.tokenizer import PROJECTIONS
 from .quantize.codebook import INITS
 from .quantize.estimators import ESTIMATORS, GAMMAS
-from .quantize.quantizer import COSINE_OUTPUTS, EMA_COUNTS, VQ_LOSSES
+from .quantize.quantizer import COSINE_INITS, COSINE_OUTPUTS, EMA_COUNTS, VQ_LOSSES
 
 DEMO = "demo"  # data source name: the photographs shipped inside scikit-image, cut into shards
 
@@ -81,6 +81,10 @@ class QuantizerConfig(_Section):
     ema_counts: Literal[EMA_COUNTS] = Field(  # type: ignore[valid-type]
         "ones", description="initial EMA code counts: ones, or zeros as in vector-quantize-pytorch (the official "
         "Table 1 code), where a code not chosen in the first update jumps far out, then shrinks back by the decay")
+    cosine_init: Literal[COSINE_INITS] = Field(  # type: ignore[valid-type]
+        "unit", description="cosine lookup: the initial codes stored as unit vectors (unit), or as drawn (as_drawn: "
+        "ViT-VQGAN's enhancing-transformers code keeps N(0, 1) codes of norm ≈ √d, normalised only at lookup, "
+        "so a learned codebook's Adam steps turn them by smaller angles)")
 
     @field_validator("temperature")
     @classmethod
@@ -367,6 +371,25 @@ def _check_vit(recipe: Recipe) -> list[Problem]:
     return problems
 
 
+def _check_without_effect(recipe: Recipe) -> list[Problem]:
+    """Settings that the rest of the recipe would silently ignore: refused, so that what a
+    recipe says is what runs."""
+    q, problems = recipe.model.quantizer, []
+    if q.lookup != "cosine":
+        for key, default in (("cosine_output", "as_is"), ("cosine_init", "unit")):
+            if getattr(q, key) != default:
+                problems.append(Problem(f"model.quantizer.{key}", f"{getattr(q, key)!r} acts on cosine lookup only; "
+                                        f"this recipe's lookup is {q.lookup!r} (remove the key or set lookup: cosine)"))
+    if q.vq_loss == "taming_legacy" and q.update == "ema":
+        problems.append(Problem("model.quantizer.vq_loss", "taming_legacy puts beta on the codebook term, which an "
+                                "EMA codebook does not have (beta would be unused); use vq_loss: vqvae with the "
+                                "commitment weight as beta, or update: learned"))
+    if recipe.optim.decay_steps is not None and recipe.optim.schedule != "cosine":
+        problems.append(Problem("optim.decay_steps", "sets where the cosine schedule ends; this recipe's schedule "
+                                f"is {recipe.optim.schedule!r} (remove the key or set optim.schedule: cosine)"))
+    return problems
+
+
 def check_recipe(recipe: Recipe, check_paths: bool = True) -> list[Problem]:
     """Checks across fields, which the per-field schema cannot express."""
     q = recipe.model.quantizer
@@ -376,6 +399,7 @@ def check_recipe(recipe: Recipe, check_paths: bool = True) -> list[Problem]:
         problems.append(Problem("model.projection", f"'none' feeds the encoder output to the quantizer as it is, so "
                                 f"{where} ({recipe.model.z_channels}) must equal model.quantizer.dim ({q.dim}); "
                                 "set them equal or use projection: conv"))
+    problems += _check_without_effect(recipe)
     if q.gamma is not None and q.estimator != "rotation":
         problems.append(Problem("model.quantizer.gamma", f"gamma is an option of the rotation estimator, not of {q.estimator!r}"))
     g = recipe.loss.gan

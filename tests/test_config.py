@@ -161,3 +161,18 @@ def test_cli_recipes_lists_every_recipe():
     for p in RECIPES:
         assert p.stem in res.stdout
     assert "Quickstart" in res.stdout
+
+
+@pytest.mark.parametrize("overrides, path", [
+    (["model.quantizer.cosine_output=renormalize"], "model.quantizer.cosine_output"),
+    (["model.quantizer.cosine_init=as_drawn"], "model.quantizer.cosine_init"),
+    (["model.quantizer.vq_loss=taming_legacy", "model.quantizer.update=ema"], "model.quantizer.vq_loss"),
+    (["optim.schedule=constant", "optim.decay_steps=100"], "optim.decay_steps"),
+])
+def test_settings_without_effect_are_refused(tmp_path, overrides, path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model:\n  quantizer:\n    lookup: euclidean\n")
+    with pytest.raises(RecipeError) as err:
+        load_recipe(recipe, overrides)
+    assert [p.path for p in err.value.problems] == [path]
+    assert "euclidean" in str(err.value) or "ema" in str(err.value).lower() or "constant" in str(err.value)

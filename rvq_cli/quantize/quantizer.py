@@ -37,6 +37,7 @@ class _Renormalize(torch.autograd.Function):
 COSINE_OUTPUTS = ("as_is", "renormalize")
 VQ_LOSSES = ("vqvae", "taming_legacy")
 EMA_COUNTS = ("ones", "zeros")
+COSINE_INITS = ("unit", "as_drawn")
 
 
 class _ScaleGrad(torch.autograd.Function):
@@ -143,6 +144,10 @@ class VectorQuantizer(nn.Module):
         cosine_output: cosine lookup only: "as_is", or "renormalize" (the official Table 1 code
             l2-normalises the estimator's output again: same value, and the gradient is projected
             at q, which changes the STE's gradient and leaves the rotation trick's unchanged).
+        cosine_init: cosine lookup only: the initial codes are stored as unit vectors ("unit"),
+            or "as_drawn" (ViT-VQGAN's enhancing-transformers code keeps its N(0, 1) codes of norm
+            ≈ √d and normalises them only at lookup; a learned codebook's Adam steps then turn
+            the codes by angles about √d times smaller).
 
     Loss-level and stochastic estimators (see :data:`ESTIMATORS`): ``hessian`` and ``exact``
     send no gradient to e through the decoder path by themselves; in training their output holds
@@ -174,6 +179,7 @@ class VectorQuantizer(nn.Module):
         ema_counts: str = "ones",
         cosine_output: str = "as_is",
         vq_loss: str = "vqvae",
+        cosine_init: str = "unit",
     ) -> None:
         super().__init__()
         if dim < 1 or codebook_size < 2:
@@ -201,7 +207,8 @@ class VectorQuantizer(nn.Module):
         self.project_out = nn.Linear(self.codebook_dim, dim) if factorised else nn.Identity()
 
         codes = cb.init_codebook(codebook_size, self.codebook_dim, init)
-        if lookup == "cosine":
+        self.cosine_init = _choice("cosine_init", cosine_init, COSINE_INITS)
+        if lookup == "cosine" and cosine_init == "unit":
             codes = F.normalize(codes, dim=-1)
         if update == "ema":
             self.register_buffer("codebook", codes)

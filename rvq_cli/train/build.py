@@ -20,6 +20,7 @@ def build_tokenizer(model: ModelConfig, image_size: int, frames: int = 16) -> VQ
         decay=q.decay, beta=q.beta, codebook_dim=q.codebook_dim, init=q.init, kmeans_iters=q.kmeans_iters,
         dead_code_threshold=q.dead_code_threshold, epsilon=q.epsilon, temperature=tuple(q.temperature),
         kl_weight=q.kl_weight, ema_counts=q.ema_counts, cosine_output=q.cosine_output, vq_loss=q.vq_loss,
+        cosine_init=q.cosine_init,
     )
     if model.name == "timesformer":
         v = model.timesformer

@@ -5,7 +5,8 @@ upstream forward pass written out here with autograd in float64 (R formed as a d
   (rot_trick, no_grad_scale), which detach R and ‖q‖ but not ê = e/‖e‖;
 - ste_raw: enhancing-transformers' STE under l2-normalised lookup (z + sg(ĉ − z), g to z);
 - cosine_output="renormalize": the official Table 1 model's q̃/‖q̃‖ after the estimator;
-- ema_counts="zeros": vector-quantize-pytorch's zero-initialised cluster sizes.
+- ema_counts="zeros": vector-quantize-pytorch's zero-initialised cluster sizes;
+- cosine_init="as_drawn": enhancing-transformers' N(0, 1) codes, normalised only at lookup.
 """
 
 import pytest
@@ -158,3 +159,39 @@ def test_zero_ema_counts_send_unused_codes_away_then_to_the_origin():
     assert run("zeros", 120).max() < 1e-3 and run("ones", 120).max() < 1e-3  # 0.8¹²⁰ ≪ ε: at the origin
     with pytest.raises(ValueError, match="ema_counts"):
         VectorQuantizer(4, 8, ema_counts="half")
+
+
+def test_codes_stored_as_drawn_get_the_upstream_codebook_gradient():
+    """enhancing-transformers' quantizer (quantizers.py): an nn.Embedding drawn N(0, 1) and kept so;
+    lookup, commitment (β = 0.25) and codebook terms all on l2-normalised vectors. Same draws, same
+    input: the same indices and the same gradient to the stored (unnormalised) codebook."""
+    torch.manual_seed(3)
+    vq = VectorQuantizer(8, 16, estimator="ste", lookup="cosine", update="learned", beta=0.25, init="normal",
+                         cosine_init="as_drawn").double()
+    stored = vq.codebook.detach().clone()
+    norms = stored.norm(dim=-1)
+    assert norms.min() > 1.1 and abs(float(norms.mean()) - 8**0.5) < 1.0  # ≈ √d, not unit
+    torch.manual_seed(3)
+    unit = VectorQuantizer(8, 16, estimator="ste", lookup="cosine", update="learned", init="normal")
+    torch.testing.assert_close(unit.codebook.detach().double(), F.normalize(stored, dim=-1))
+
+    z = rand(4, 8, 3, 3, seed=1)
+    out = vq(z)
+    (out.loss).backward()
+
+    weight = stored.clone().requires_grad_(True)
+    flat = z.movedim(1, -1).reshape(-1, 8)
+    zn, wn = F.normalize(flat, dim=-1), F.normalize(weight, dim=-1)
+    dist = (zn**2).sum(1, keepdim=True) + (wn**2).sum(1) - 2 * zn @ wn.t()
+    idx = dist.argmin(1)
+    qn = F.normalize(weight[idx], dim=-1)
+    loss = 0.25 * ((qn.detach() - zn) ** 2).mean() + ((qn - zn.detach()) ** 2).mean()
+    loss.backward()
+    assert torch.equal(out.indices.reshape(-1), idx)
+    torch.testing.assert_close(vq.codebook.grad, weight.grad)
+    assert float(weight.grad.norm()) > 0
+
+
+def test_cosine_init_is_refused_when_unknown():
+    with pytest.raises(ValueError, match="cosine_init"):
+        VectorQuantizer(4, 8, lookup="cosine", cosine_init="raw")
