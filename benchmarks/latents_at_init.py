@@ -47,7 +47,7 @@ SETTINGS = {
 def describe(recipe_path: str, overrides: list[str], batches: int) -> dict:
     recipe = load_recipe(recipe_path, overrides + ["data.num_workers=0"])
     torch.manual_seed(recipe.train.seed)  # as the trainer: accelerate's set_seed seeds torch the same way
-    model = build_tokenizer(recipe.model, recipe.data.image_size).train()
+    model = build_tokenizer(recipe.model, recipe.data.image_size, recipe.data.frames).train()
     train, _ = _data_patterns(recipe)
     xs = []
     for i, b in enumerate(_loader(train, recipe, True)):

@@ -306,6 +306,9 @@ def compare(
                                       ("--inception-weights", inception_weights)) if v]
         if given:
             raise UserError(f"--synthetic runs the paper's 2-D problems, which take no recipe: drop {', '.join(given)}.")
+        if seeds is not None and synthetic != "himmelblau":
+            raise UserError(f"--synthetic {synthetic} runs one fixed setting (the paper's figure): drop --seeds, "
+                            "which only --synthetic himmelblau takes.")
         _compare_synthetic(names, synthetic, out, 10 if seeds is None else seeds)
         return
     from .compare.report import difference_table, summary_table

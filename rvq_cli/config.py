@@ -14,10 +14,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .hardware import MEMORY_FORMATS, PRECISIONS
-from .models.tokenizer import PROJECTIONS
+from .losses import DISCRIMINATORS, GAN_LOSSES, NORMS
+from .models.tokenizer import PIXEL_NORMS, PROJECTIONS
+from .models.video import FLAVOURS
+from .models.vit import WEIGHT_INITS
 from .quantize.codebook import INITS
 from .quantize.estimators import ESTIMATORS, GAMMAS
-from .quantize.quantizer import COSINE_INITS, COSINE_OUTPUTS, EMA_COUNTS, VQ_LOSSES
+from .quantize.quantizer import COSINE_INITS, COSINE_OUTPUTS, EMA_COUNTS, GUMBEL_LOGITS, VQ_LOSSES
 
 DEMO = "demo"  # data source name: the photographs shipped inside scikit-image, cut into shards
 
@@ -64,7 +67,8 @@ class QuantizerConfig(_Section):
     lookup: Literal["euclidean", "cosine"] = "euclidean"
     update: Literal["ema", "learned"] = "ema"
     decay: float = Field(0.8, ge=0.0, lt=1.0, description="EMA decay (paper: 0.8)")
-    beta: float = Field(1.0, ge=0.0, description="commitment weight (vq_loss taming_legacy: the codebook term's)")
+    beta: float = Field(1.0, ge=0.0, description="commitment weight (vq_loss taming_legacy: the codebook term's; "
+                        "must be 0 with gumbel_logits linear, which has neither term)")
     vq_loss: Literal[VQ_LOSSES] = Field(  # type: ignore[valid-type]
         "vqvae", description="where beta goes: vqvae (β·commitment + codebook term) or taming_legacy (commitment + "
         "β·codebook term, taming-transformers' legacy quantizer that the paper's VQGAN rows ran)")
@@ -74,7 +78,21 @@ class QuantizerConfig(_Section):
     epsilon: float = Field(1e-6, gt=0.0, description="estimator 'exact': ε in L = L_q + ε L_e (§3)")
     temperature: tuple[float, float] = Field((1.0, 0.0625), description="estimator 'gumbel': softmax temperature "
                                              "at the start and at the end of training (cosine ramp)")
+    temperature_steps: Optional[int] = Field(
+        None, ge=1, description="estimator 'gumbel': optimizer steps of the temperature ramp, then constant at the "
+        "end value (null: train.steps, the paper's 'over the course of training'; karpathy/deep-vector-quantization: "
+        "150000)")
     kl_weight: float = Field(5e-4, ge=0.0, description="estimator 'gumbel': weight of KL(softmax(logits) ‖ uniform)")
+    kl_warmup_steps: int = Field(
+        0, ge=0, description="estimator 'gumbel': 0 holds kl_weight from the first step; N ramps it from 0 to "
+        "kl_weight over the first N optimizer steps along the temperature's cosine, then holds it "
+        "(karpathy/deep-vector-quantization: 5000)")
+    gumbel_logits: Literal[GUMBEL_LOGITS] = Field(  # type: ignore[valid-type]
+        "distance", description="estimator 'gumbel': the logits. distance: −‖e − c‖², so the sample is near the "
+        "nearest code, which is the token; the recipe's commitment and codebook terms apply. linear: a learned "
+        "Linear(dim, codebook_size) with bias on the quantizer's input (karpathy/deep-vector-quantization's 1×1 "
+        "conv); the token is the argmax of the logits, there is no commitment or codebook term and the codebook "
+        "learns through the mixture (needs update: learned, beta: 0, codebook_dim: null)")
     cosine_output: Literal[COSINE_OUTPUTS] = Field(  # type: ignore[valid-type]
         "as_is", description="cosine lookup: renormalize l2-normalises the estimator's output again, as the "
         "official Table 1 code (same value; the STE's gradient is then projected at q)")
@@ -121,6 +139,9 @@ class ViTConfig(_Section):
     mlp_dim: int = Field(1024, ge=1)
     activation: Literal["tanh", "gelu"] = Field("tanh", description="MLP activation (tanh: ViT-VQGAN's)")
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    init: Literal[WEIGHT_INITS] = Field(  # type: ignore[valid-type]
+        "trunc_normal", description="weight init: trunc_normal (N(0, 0.02²) cut at ±2σ, rvq's) or xavier "
+        "(xavier-uniform Linear and conv weights, as enhancing-transformers, the Table 4 code)")
 
 
 class TimeSformerConfig(ViTConfig):
@@ -132,6 +153,13 @@ class TimeSformerConfig(ViTConfig):
     heads: int = Field(4, ge=1)
     mlp_dim: int = Field(768, ge=1)
     activation: Literal["tanh", "gelu"] = Field("gelu", description="MLP activation (gelu: TimeSformer's)")
+    flavour: Literal[FLAVOURS] = Field(  # type: ignore[valid-type]
+        "rvq", description="rvq (no class token, fixed sin-cos embeddings, no qkv bias, LayerNorm ε 1e-5) or "
+        "huggingface (transformers' TimesformerEmbeddings + TimesformerLayer: a class token, learned position and "
+        "time embeddings, qkv bias, ε 1e-6, its init; the Table 5 code)")
+    init: Optional[Literal[WEIGHT_INITS]] = Field(  # type: ignore[valid-type]
+        None, description="weight init as model.vit.init, or null for the flavour's own (rvq: trunc_normal; "
+        "huggingface: transformers' N(0, 0.02²), embeddings as there)")
 
 
 class ModelConfig(_Section):
@@ -145,6 +173,11 @@ class ModelConfig(_Section):
         "conv", description="around the quantizer: conv (taming's 1×1 convs z_channels ↔ quantizer.dim), none "
         "(needs z_channels == quantizer.dim: the official Table 1 VQ-VAE when they match), or conv_layernorm "
         "(the 1×1 conv, then LayerNorm over channels: its cosine 1024 × 32 model)")
+
+    pixel_norm: Literal[PIXEL_NORMS] = Field(  # type: ignore[valid-type]
+        "signed", description="what the encoder sees and the decoder emits: signed ([-1, 1] images, taming) or clip "
+        "(CLIP's per-channel mean/std of [0, 1] pixels, the official Table 1 code); the reconstruction loss is taken "
+        "in that space (clip: ≈3.5× the [-1, 1] MSE); data, eval images and tokens stay [-1, 1]")
 
     @property
     def z_channels(self) -> int:
@@ -162,19 +195,40 @@ class ModelConfig(_Section):
         return self.name == "timesformer"
 
 
+class StyleGAN2Config(_Section):
+    """Widths of the StyleGAN2 discriminator (loss.gan.discriminator: stylegan2)."""
+
+    channel_multiplier: int = Field(2, ge=1, description="ch(r) = min(max_channels, 16384 × channel_multiplier / r) "
+                                    "channels at r pixels (2: StyleGAN2's and enhancing-transformers', 128 at 256 px)")
+    max_channels: int = Field(512, ge=1, description="cap of ch(r) (512: StyleGAN2's, reached at 64 px and below)")
+
+
 class GANConfig(_Section):
-    """The adversarial part of the VQGAN objective: a PatchGAN discriminator and its own optimizer."""
+    """The adversarial part of the VQGAN objective: a discriminator, its loss, R1, and its own optimizer."""
 
     weight: float = Field(0.0, ge=0.0, description="w_gan of the generator's adversarial term (0: no GAN)")
     start: int = Field(0, ge=0, description="optimizer step at which the discriminator and the adversarial term switch on")
-    loss: Literal["hinge", "vanilla"] = Field("hinge", description="discriminator loss")
+    discriminator: Literal[DISCRIMINATORS] = Field(  # type: ignore[valid-type]
+        "patchgan", description="patchgan (pix2pix/taming's, keys layers, channels, norm) or stylegan2 (StyleGAN2's "
+        "residual discriminator with minibatch stddev, enhancing-transformers' for ViT-VQGAN; keys in stylegan2; "
+        "needs a power-of-two data.image_size; judges [0, 1] images as upstream)")
+    loss: Literal[tuple(GAN_LOSSES)] = Field(  # type: ignore[valid-type]
+        "hinge", description="hinge | vanilla (softplus discriminator loss; both with taming's generator loss "
+        "−mean D(x̂)) | non_saturating (vanilla's discriminator loss with the generator loss mean softplus(−D(x̂)))")
     adaptive: bool = Field(True, description="scale the adversarial term by λ = ‖∇L_nll‖/(‖∇L_G‖+1e-4) at the decoder's last layer")
     max_adaptive: float = Field(1e4, gt=0.0, description="clamp of λ")
-    layers: int = Field(3, ge=1, description="stride-2 convolutions of the PatchGAN")
-    channels: int = Field(64, ge=1, description="channels of its first convolution")
-    norm: Literal["batch", "group", "none"] = Field("batch", description="normalisation in the discriminator")
+    layers: int = Field(3, ge=1, description="patchgan: stride-2 convolutions")
+    channels: int = Field(64, ge=1, description="patchgan: channels of its first convolution")
+    norm: Literal[NORMS] = Field("batch", description="patchgan: normalisation")  # type: ignore[valid-type]
+    stylegan2: StyleGAN2Config = Field(StyleGAN2Config(), description="stylegan2: its widths")
+    r1_gamma: float = Field(0.0, ge=0.0, description="γ of the R1 penalty (γ/2)·E‖∇_x D(x)‖² on real images "
+                            "(Mescheder et al. 2018; 0: off), added to the discriminator's loss")
+    r1_every: int = Field(16, ge=1, description="lazy R1 (StyleGAN2): the penalty on optimizer steps where "
+                          "step % r1_every == 0 only, multiplied by r1_every (1: every step)")
     lr: Optional[float] = Field(None, gt=0.0, description="discriminator learning rate (null: optim.lr)")
+    optimizer: Literal["adam", "adamw"] = Field("adam", description="the discriminator's optimizer (taming: adam)")
     betas: tuple[float, float] = Field((0.5, 0.9), description="discriminator Adam betas (taming: 0.5, 0.9)")
+    weight_decay: float = Field(0.0, ge=0.0, description="discriminator weight decay (adamw: decoupled; adam: L2)")
 
 
 class LossConfig(_Section):
@@ -384,9 +438,64 @@ def _check_without_effect(recipe: Recipe) -> list[Problem]:
         problems.append(Problem("model.quantizer.vq_loss", "taming_legacy puts beta on the codebook term, which an "
                                 "EMA codebook does not have (beta would be unused); use vq_loss: vqvae with the "
                                 "commitment weight as beta, or update: learned"))
+    if recipe.model.video and recipe.data.crop != "random":
+        problems.append(Problem("data.crop", "applies to image models; video clips are resized on the short side "
+                                "and centre-cropped in training and evaluation alike (remove the key)"))
     if recipe.optim.decay_steps is not None and recipe.optim.schedule != "cosine":
         problems.append(Problem("optim.decay_steps", "sets where the cosine schedule ends; this recipe's schedule "
                                 f"is {recipe.optim.schedule!r} (remove the key or set optim.schedule: cosine)"))
+    return problems
+
+
+def _check_gan(recipe: Recipe) -> list[Problem]:
+    """The discriminator fits the images, and its keys belong to the discriminator chosen."""
+    g, size, problems = recipe.loss.gan, recipe.data.image_size, []
+    if g.weight == 0:
+        return problems
+    if g.discriminator == "patchgan" and size // 2**g.layers < 3:
+        problems.append(Problem("loss.gan.layers", f"{g.layers} stride-2 layers leave a {size // 2**g.layers}-pixel "
+                                f"map of {size}-pixel images, too small for the discriminator's last two 4×4 "
+                                "convolutions (needs ≥ 3); use fewer layers"))
+    if g.discriminator == "stylegan2" and size & (size - 1):
+        problems.append(Problem("loss.gan.discriminator", f"stylegan2 judges images whose side is a power of two "
+                                f"(its blocks halve them down to 4×4); data.image_size is {size}: use a power of two "
+                                "or discriminator: patchgan"))
+    defaults = GANConfig()
+    other = ("layers", "channels", "norm") if g.discriminator == "stylegan2" else ("stylegan2",)
+    for key in other:
+        if getattr(g, key) != getattr(defaults, key):
+            owner = "stylegan2" if key == "stylegan2" else "patchgan"
+            problems.append(Problem(f"loss.gan.{key}", f"acts on the {owner} discriminator only; this recipe's is "
+                                    f"{g.discriminator!r} (remove the key)"))
+    if g.r1_gamma == 0 and g.r1_every != defaults.r1_every:
+        problems.append(Problem("loss.gan.r1_every", "sets how often the R1 penalty applies; this recipe's "
+                                "loss.gan.r1_gamma is 0 (R1 off): remove the key or set r1_gamma"))
+    return problems
+
+
+def _check_gumbel(q: QuantizerConfig) -> list[Problem]:
+    """The gumbel estimator's own options: refused under another estimator (they would be
+    unused), and what the linear logits need."""
+    problems, at = [], "model.quantizer."
+    if q.estimator != "gumbel":
+        for key, default in (("gumbel_logits", "distance"), ("kl_warmup_steps", 0), ("temperature_steps", None)):
+            if getattr(q, key) != default:
+                problems.append(Problem(at + key, f"{getattr(q, key)!r} acts on the gumbel estimator only; this "
+                                        f"recipe's estimator is {q.estimator!r} (remove the key or set estimator: gumbel)"))
+        return problems
+    if q.gumbel_logits != "linear":
+        return problems
+    if q.update != "learned":
+        problems.append(Problem(at + "gumbel_logits", "'linear' learns the codebook through the soft mixture of codes "
+                                "(karpathy/deep-vector-quantization), so it needs update: learned; an EMA update "
+                                f"would move the codes to latents the logits do not tie them to (this recipe: {q.update})"))
+    if q.beta != 0:
+        problems.append(Problem(at + "beta", f"{q.beta} weights the commitment term, which gumbel_logits linear does "
+                                "not have (as karpathy/deep-vector-quantization); set beta: 0"))
+    if q.codebook_dim not in (None, q.dim):
+        problems.append(Problem(at + "codebook_dim", f"{q.codebook_dim}: gumbel_logits linear reads the quantizer's "
+                                "input directly, so the factorising projection to codebook_dim would be unused; "
+                                "leave codebook_dim null"))
     return problems
 
 
@@ -400,14 +509,13 @@ def check_recipe(recipe: Recipe, check_paths: bool = True) -> list[Problem]:
                                 f"{where} ({recipe.model.z_channels}) must equal model.quantizer.dim ({q.dim}); "
                                 "set them equal or use projection: conv"))
     problems += _check_without_effect(recipe)
+    problems += _check_gumbel(q)
+    if recipe.model.pixel_norm == "clip" and recipe.model.in_channels != 3:
+        problems.append(Problem("model.pixel_norm", f"'clip' has statistics for RGB images (3 channels); this "
+                                f"model has {recipe.model.in_channels} input channels (use signed)"))
     if q.gamma is not None and q.estimator != "rotation":
         problems.append(Problem("model.quantizer.gamma", f"gamma is an option of the rotation estimator, not of {q.estimator!r}"))
-    g = recipe.loss.gan
-    if g.weight > 0 and recipe.data.image_size // 2**g.layers < 3:
-        problems.append(Problem("loss.gan.layers", f"{g.layers} stride-2 layers leave a "
-                                f"{recipe.data.image_size // 2**g.layers}-pixel map of {recipe.data.image_size}-pixel "
-                                "images, too small for the discriminator's last two 4×4 convolutions (needs ≥ 3); "
-                                "use fewer layers"))
+    problems += _check_gan(recipe)
     if check_paths:
         problems += check_data_paths(recipe.data.model_dump())
     return problems

@@ -176,3 +176,45 @@ def test_settings_without_effect_are_refused(tmp_path, overrides, path):
         load_recipe(recipe, overrides)
     assert [p.path for p in err.value.problems] == [path]
     assert "euclidean" in str(err.value) or "ema" in str(err.value).lower() or "constant" in str(err.value)
+
+
+KARPATHY_GUMBEL = ["model.quantizer.estimator=gumbel", "model.quantizer.gumbel_logits=linear",
+                   "model.quantizer.update=learned", "model.quantizer.beta=0", "model.quantizer.kl_warmup_steps=5000"]
+
+
+def test_the_karpathy_gumbel_options_are_accepted(tmp_path):
+    q = load_recipe(write(tmp_path, "{}\n"), KARPATHY_GUMBEL + ["model.quantizer.temperature_steps=150000"]).model.quantizer
+    assert (q.gumbel_logits, q.update, q.beta, q.kl_warmup_steps, q.temperature_steps) == \
+        ("linear", "learned", 0.0, 5000, 150000)
+    default = Recipe().model.quantizer
+    assert (default.gumbel_logits, default.kl_warmup_steps, default.temperature_steps) == ("distance", 0, None)
+    distance = load_recipe(write(tmp_path, "{}\n"), ["model.quantizer.estimator=gumbel",
+                                                     "model.quantizer.kl_warmup_steps=10"]).model.quantizer
+    assert distance.update == "ema" and distance.beta == 1.0  # distance logits keep the recipe's VQ terms
+
+
+@pytest.mark.parametrize("overrides, path, words", [
+    (["model.quantizer.update=ema"], "model.quantizer.gumbel_logits", "update: learned"),
+    (["model.quantizer.beta=1.0"], "model.quantizer.beta", "commitment"),
+    (["model.quantizer.codebook_dim=2"], "model.quantizer.codebook_dim", "unused"),
+    (["model.quantizer.estimator=rotation"], "model.quantizer.gumbel_logits", "gumbel estimator only"),
+    (["model.quantizer.gumbel_logits=softmax"], "model.quantizer.gumbel_logits", "distance"),
+    (["model.quantizer.kl_warmup_steps=-1"], "model.quantizer.kl_warmup_steps", "greater than or equal"),
+])
+def test_the_karpathy_gumbel_options_refuse_what_they_cannot_do(tmp_path, overrides, path, words):
+    problems = problems_of(write(tmp_path, "{}\n"), KARPATHY_GUMBEL + overrides)
+    assert path in problems and words in problems[path], problems
+
+
+@pytest.mark.parametrize("key, value", [("kl_warmup_steps", 10), ("temperature_steps", 100)])
+def test_gumbel_schedules_are_refused_under_other_estimators(tmp_path, key, value):
+    problems = problems_of(write(tmp_path, "{}\n"), [f"model.quantizer.{key}={value}"])
+    assert list(problems) == [f"model.quantizer.{key}"] and "'rotation'" in problems[f"model.quantizer.{key}"]
+
+
+def test_crop_is_an_image_option(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: {name: timesformer}\ndata: {crop: center}\n")
+    with pytest.raises(RecipeError) as err:
+        load_recipe(recipe, check_paths=False)
+    assert [p.path for p in err.value.problems] == ["data.crop"]

@@ -66,3 +66,30 @@ def test_recipe_rows_hold_in_the_recipes(row):
         assert key in flat, (name, key)
         got = flat[key]
         assert got == value or (isinstance(value, float) and got == pytest.approx(value)), (name, key, got, value)
+
+
+def _karpathy_rows() -> list[dict]:
+    """The parity rows of karpathy/deep-vector-quantization (a "same" row continues the one above)."""
+    out, karpathy = [], False
+    for r in ROWS:
+        karpathy = karpathy if r["upstream"].startswith("same") else r["upstream"].startswith("karpathy")
+        if karpathy:
+            out.append(r)
+    return out
+
+
+def test_the_gumbel_line_on_the_page_sets_every_override_row_of_karpathys():
+    """docs/reproduction.md writes the Gumbel VQ-VAE row as one command line; it validates, and
+    gives every karpathy row marked override (or a default) its value."""
+    lines = [line for line in DOC.read_text().splitlines()
+             if line.startswith("rvq train recipes/") and "model.quantizer.gumbel_logits=linear" in line]
+    assert len(lines) == 1, lines
+    words = lines[0].split()
+    flat = _flatten(load_recipe(ROOT / words[2], words[3:], check_paths=False).model_dump(mode="json"))
+    rows = [r for r in _karpathy_rows() if r["key"].startswith("`")]
+    assert {r["key"].strip("`") for r in rows if r["status"].startswith("override")} >= {
+        "model.quantizer.estimator", "model.quantizer.gumbel_logits", "model.quantizer.update",
+        "model.quantizer.beta", "model.quantizer.kl_warmup_steps"}
+    for r in rows:
+        key, value = r["key"].strip("`"), yaml.safe_load(r["value"].strip("`"))
+        assert flat[key] == value or flat[key] == pytest.approx(value), (key, flat[key], value)

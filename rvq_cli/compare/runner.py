@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import time
@@ -264,6 +265,15 @@ def _images_per_step(ckpt: Path, recipe: Recipe) -> int:
     return recipe.train.batch_size * recipe.train.grad_accum * world
 
 
+def _unseeded_runs(out: Path) -> list[str]:
+    """Estimator folders of ``out`` that are run directories themselves (rvq compare before
+    --seeds wrote OUT/<estimator>/ rather than OUT/<estimator>/seed-<S>/)."""
+    if not out.is_dir():
+        return []
+    return sorted(p.name for p in out.iterdir() if p.is_dir() and p.name in ESTIMATORS
+                  and ((p / "metrics.jsonl").is_file() or (p / "state.json").is_file() or (p / "checkpoints").is_dir()))
+
+
 def _restart(out: Path, names: list[str], seeds: list[int] | None) -> None:
     """Remove the comparison's own outputs: the named runs of the given seeds (every seed of every
     estimator when ``seeds`` is None: the recipe changed) and the report; nothing else in OUT."""
@@ -308,6 +318,14 @@ def compare(estimators: list[str], recipe_path: str | os.PathLike, overrides: li
     out = Path(out) if out is not None else Path("runs") / f"compare-{Path(recipe_path).stem}"
     job = _job(base)
     record = out / "compare-job.json"
+    old_runs = _unseeded_runs(out)
+    if old_runs and not restart:
+        raise CompareError(f"{out} holds runs made before rvq compare kept one folder per seed "
+                           f"({', '.join(f'{n}/' for n in old_runs)} instead of <estimator>/seed-<S>/), which it "
+                           "cannot reuse. Use --restart to retrain there (removes those runs and the report), or "
+                           "another --out.")
+    for name in old_runs:  # --restart
+        shutil.rmtree(out / name)
     if restart and out.is_dir():
         same = job_differences(record, job) in (None, [])
         _restart(out, estimators if same else list(ESTIMATORS), seeds if same else None)
@@ -338,6 +356,7 @@ def compare(estimators: list[str], recipe_path: str | os.PathLike, overrides: li
             notes.append(f"seed {seed}: the runs did not start from identical weights: " +
                          ", ".join(f"{r.name} {r.init_fingerprint}" for r in mine))
     summary, differences = seed_statistics(runs, estimators, seeds)
+    notes += missing_values(runs, estimators, seeds)
     best = best_values(runs, estimators, seeds)
     if len(seeds) == 1 and len(estimators) > 1:
         notes.append(f"one seed: no interval, so no value is marked best; rerun with --seeds 3 (seeds "
@@ -404,6 +423,26 @@ def _column_values(runs: list[EstimatorRun], name: str, seeds: list[int], key: s
     by_seed = {r.seed: r.value(key) for r in runs if r.name == name}
     vals = [by_seed.get(s) for s in seeds]
     return None if any(v is None for v in vals) else [float(v) for v in vals]
+
+
+def missing_values(runs: list[EstimatorRun], estimators: list[str], seeds: list[int]) -> list[str]:
+    """A note for every column that some seeds of an estimator have and others lack (that
+    estimator's column is then left out of the summary rather than summarised over fewer seeds),
+    and for every non-finite value (a diverged run: never marked best)."""
+    notes = []
+    for col in COLUMNS:
+        for name in estimators:
+            by_seed = {r.seed: r.value(col.key) for r in runs if r.name == name}
+            have = [s for s in seeds if by_seed.get(s) is not None]
+            if have and len(have) < len(seeds):
+                lacking = ", ".join(str(s) for s in seeds if s not in have)
+                notes.append(f"{col.label}: {name} has no value for seed(s) {lacking}, so its column is not "
+                             "summarised.")
+            bad = [s for s in have if not math.isfinite(float(by_seed[s]))]
+            if bad:
+                notes.append(f"{col.label}: {name} is not finite for seed(s) {', '.join(map(str, bad))} "
+                             "(a diverged run?); its summary is not finite and never marked best.")
+    return notes
 
 
 def seed_statistics(runs: list[EstimatorRun], estimators: list[str], seeds: list[int]

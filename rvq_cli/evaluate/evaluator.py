@@ -7,7 +7,8 @@ the report. Features are put in sample-key order before the metrics, so the numb
 depend on the number of processes or workers.
 
 Definitions (all on the recipe's centre crop, reconstructions from the eval-mode forward):
-  rec_loss       the recipe's reconstruction loss (l2: MSE, l1: L1) on [-1, 1] images, unclamped
+  rec_loss       the recipe's reconstruction loss (l2: MSE, l1: L1) as training takes it: on [-1, 1]
+                 images, or in the model's space for model.pixel_norm clip; unclamped
   mse, l1        mean over all pixels and channels, [-1, 1] scale
   psnr           per image on the saved 8-bit reconstruction vs the 8-bit original, then averaged
   usage          fraction of the K codes used at least once in the whole set
@@ -97,8 +98,10 @@ def _psnr(x: torch.Tensor, rec: torch.Tensor) -> torch.Tensor:
 class _Accumulator:
     """One rank's running sums, code histogram, features and keys."""
 
-    def __init__(self, codebook_size: int, codebook_dim: int, loss_kind: str, fid: bool):
+    def __init__(self, codebook_size: int, codebook_dim: int, loss_kind: str, fid: bool,
+                 pixel_scale: torch.Tensor | None = None):
         self.sums = dict.fromkeys(_SUMS, 0.0)
+        self.pixel_scale = None if pixel_scale is None else pixel_scale.detach().double().cpu()
         self.counts = torch.zeros(codebook_size, dtype=torch.float64)
         self.dim, self.kind, self.fid = codebook_dim, loss_kind, fid
         self.keys: list[str] = []
@@ -112,7 +115,8 @@ class _Accumulator:
         s["elements"] += diff.numel()
         s["se"] += float(diff.pow(2).sum())
         s["ae"] += float(diff.abs().sum())
-        s["rec"] += float(diff.pow(2).sum() if self.kind == "l2" else diff.abs().sum())
+        d = diff if self.pixel_scale is None else diff / self.pixel_scale.to(diff.device)  # the model's space
+        s["rec"] += float(d.pow(2).sum() if self.kind == "l2" else d.abs().sum())
         if i3d is not None:
             self.i3d["real_i3d"].append(i3d_features(i3d, x))
             self.i3d["fake_i3d"].append(i3d_features(i3d, rec.clamp(-1, 1)))
@@ -265,7 +269,8 @@ def evaluate(checkpoint: str | os.PathLike, *, data: str | None = None, split: s
                 raise EvalError(str(err)) from None
 
     q = tok.model.quantize
-    accum = _Accumulator(q.codebook_size, q.codebook_dim, recipe.loss.reconstruction, inception is not None)
+    accum = _Accumulator(q.codebook_size, q.codebook_dim, recipe.loss.reconstruction, inception is not None,
+                         tok.model.pixel_scale)
     if video:
         from ..data.video import video_batches
 

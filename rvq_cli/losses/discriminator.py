@@ -14,6 +14,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 NORMS = ("batch", "group", "none")
+DISCRIMINATORS = ("patchgan", "stylegan2")  # what loss.gan.discriminator names: this PatchGAN, stylegan.py's
 
 
 def _norm(kind: str, channels: int) -> nn.Module:

@@ -22,11 +22,17 @@ from torch import Tensor, nn
 from ..quantize import QuantizeOutput, VectorQuantizer
 from .conv import Decoder, Encoder
 
-__all__ = ["PROJECTIONS", "ChannelLayerNorm", "TokenizerOutput", "VQTokenizer", "build_conv_tokenizer"]
+__all__ = ["PIXEL_NORMS", "PROJECTIONS", "ChannelLayerNorm", "TokenizerOutput", "VQTokenizer", "build_conv_tokenizer"]
 
 # Around the quantizer: taming's 1×1 convs; none (encoder channels = code dimension); or a 1×1 conv
 # then LayerNorm over the channels (the official Table 1 cosine model: Linear(256 → 32) + LayerNorm).
 PROJECTIONS = ("conv", "none", "conv_layernorm")
+
+# What the encoder sees and the decoder emits, from the [-1, 1] images everything else in rvq holds:
+# signed (the images as they are: taming, latent-diffusion), or clip (the official Table 1 code's
+# Normalize with CLIP's per-channel mean and std of [0, 1] pixels).
+CLIP_MEAN, CLIP_STD = (0.4815, 0.4578, 0.4082), (0.2686, 0.2613, 0.2758)  # rotation_trick imagenet_dataset.py
+PIXEL_NORMS = ("signed", "clip")
 
 
 @dataclass
@@ -105,6 +111,42 @@ class VQTokenizer(nn.Module):
         self.embed_dim, self.z_channels = embed_dim, z_channels
         self.in_channels: int = encoder.in_channels
         self.downsample_factor: int = encoder.downsample_factor
+        self.set_pixel_norm("signed")
+
+    def set_pixel_norm(self, name: str) -> None:
+        """What the encoder sees (and the decoder emits) for [-1, 1] images: "signed", the images
+        themselves, or "clip", (x01 − mean) / std with CLIP's per-channel statistics, x01 = (x + 1)/2,
+        i.e. (x − shift) / scale with shift = 2·mean − 1 and scale = 2·std. The tokenizer's inputs and
+        outputs stay [-1, 1] images either way; :attr:`pixel_scale` lets the pixel loss be taken in
+        the model's space, as the code that used the normalisation did."""
+        if name not in PIXEL_NORMS:
+            raise ValueError(f"unknown pixel_norm {name!r}; valid: {', '.join(PIXEL_NORMS)}")
+        if name == "clip" and self.in_channels != 3:
+            raise ValueError(f"pixel_norm 'clip' has statistics for 3 (RGB) channels; this model has {self.in_channels}")
+        self.pixel_norm = name
+        shape = (1, self.in_channels) + (1,) * self.spatial_dims
+        if name == "clip":
+            shift = torch.tensor(CLIP_MEAN) * 2.0 - 1.0
+            scale = torch.tensor(CLIP_STD) * 2.0
+        else:
+            shift, scale = torch.zeros(self.in_channels), torch.ones(self.in_channels)
+        # not in the state dict: they follow from the recipe, and checkpoints stay what they were
+        self.register_buffer("pixel_shift", shift.reshape(shape), persistent=False)
+        self.register_buffer("_pixel_scale", scale.reshape(shape), persistent=False)
+
+    @property
+    def pixel_scale(self) -> Tensor | None:
+        """Per-channel divisor (1, C, 1, ...) that maps a [-1, 1] image difference to the model's
+        space (None for "signed": the identity)."""
+        return None if self.pixel_norm == "signed" else self._pixel_scale
+
+    def _to_model(self, x: Tensor) -> Tensor:
+        return x if self.pixel_norm == "signed" else (x - self.pixel_shift) / self._pixel_scale
+
+    def _from_model(self, y: Tensor) -> Tensor:
+        """Back to [-1, 1] in the buffers' precision (fp32 unless the model was cast): a bf16
+        decoder output under autocast is not rounded again."""
+        return y if self.pixel_norm == "signed" else y * self._pixel_scale + self.pixel_shift
 
     def latent_shape(self, image_size: int | Sequence[int]) -> tuple[int, ...]:
         """Token grid (h, w) for images of ``image_size`` (an int for square images, or (H, W));
@@ -139,12 +181,12 @@ class VQTokenizer(nn.Module):
     def encode_latents(self, x: Tensor) -> Tensor:
         """Continuous latents before quantization: (B, C, H, W) -> (B, embed_dim, H/f, W/f)."""
         self._check_image(x)
-        return self.quant_conv(self.encoder(x))
+        return self.quant_conv(self.encoder(self._to_model(x)))
 
     def decode_codes(self, quantized: Tensor) -> Tensor:
         """Image from quantized latents (B, embed_dim, h, w) -> (B, C, h·f, w·f); the one decode
         path shared by ``forward`` and ``decode_indices``."""
-        return self.decoder(self.post_quant_conv(quantized))
+        return self._from_model(self.decoder(self.post_quant_conv(quantized)))
 
     @torch.no_grad()
     def encode(self, x: Tensor) -> Tensor:

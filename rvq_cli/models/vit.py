@@ -17,9 +17,13 @@ Choices (each as in enhancing-transformers unless said otherwise):
 - MLP activation: tanh (``activation="gelu"`` gives the ViT/BERT one).
 - attention: q, k, v from one bias-free linear layer, head dim = dim / heads (64 in Table 10),
   :func:`torch.nn.functional.scaled_dot_product_attention`.
-- init (the repository keeps PyTorch's defaults): the trunc-normal σ = 0.02 of timm's ViT and
-  BERT, truncated here at ±2σ, for every linear layer and also for the patch embedding and
-  ``conv_out``; biases 0; LayerNorm weight 1, bias 0.
+- init, ``init=`` one of :data:`WEIGHT_INITS` (the recipe's ``model.vit.init``):
+  ``"trunc_normal"`` (the default, rvq's own): the σ = 0.02 of timm's ViT and BERT, truncated
+  here at ±2σ, for every linear layer and also for the patch embedding and ``conv_out``; biases 0.
+  ``"xavier"`` (enhancing-transformers' ``init_weights``, which the Table 4 code applies to its
+  encoder and decoder): xavier-uniform linear weights, biases 0; the two convs' weights
+  xavier-uniform as the 2-D matrix (shape[0], rest), so the bound is √(6 / (dim + C·p²)) for both;
+  their biases keep PyTorch's default. LayerNorm weight 1, bias 0 under either.
 - ``z_channels == dim`` (recommended) emits the final LayerNorm's tokens as they are; otherwise a
   linear map dim -> z_channels (encoder) and z_channels -> dim (decoder) is added.
 
@@ -57,7 +61,8 @@ from torch import Tensor, nn
 from ..quantize import VectorQuantizer
 from .tokenizer import VQTokenizer, as_quantizer
 
-__all__ = ["ACTIVATIONS", "Attention", "Block", "ViTDecoder", "ViTEncoder", "build_vit_tokenizer", "sincos_2d"]
+__all__ = ["ACTIVATIONS", "WEIGHT_INITS", "Attention", "Block", "ViTDecoder", "ViTEncoder", "build_vit_tokenizer",
+           "init_weights", "sincos_2d"]
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {"tanh": nn.Tanh, "gelu": nn.GELU}
 
@@ -81,8 +86,8 @@ def sincos_2d(dim: int, h: int, w: int) -> Tensor:
     return torch.cat([embed(i.reshape(-1)), embed(j.reshape(-1))], dim=1).float()  # (h·w, dim)
 
 
-def _init_weights(m: nn.Module) -> None:
-    """Weights ~ N(0, 0.02²) truncated at ±2σ (timm's ViT / BERT), biases 0; LayerNorm 1 / 0."""
+def _trunc_normal_init(m: nn.Module) -> None:
+    """Weights ~ N(0, 0.02²) truncated at ±2σ (timm's ViT / BERT σ), biases 0; LayerNorm 1 / 0."""
     if isinstance(m, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
         nn.init.trunc_normal_(m.weight, std=0.02, a=-0.04, b=0.04)
         if m.bias is not None:
@@ -92,13 +97,40 @@ def _init_weights(m: nn.Module) -> None:
         nn.init.zeros_(m.bias)
 
 
+def _xavier_init(m: nn.Module) -> None:
+    """enhancing-transformers' ``init_weights`` (Table 4): Linear weights xavier-uniform, biases 0;
+    conv weights xavier-uniform as the matrix (shape[0], rest), conv biases as PyTorch drew them;
+    LayerNorm 1 / 0."""
+    if isinstance(m, nn.Linear):
+        nn.init.xavier_uniform_(m.weight)  # U(±√(6 / (fan_in + fan_out)))
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+        with torch.no_grad():  # (A, B, k, k) -> (A, B·k·k): fan_out = A, fan_in = B·k·k
+            nn.init.xavier_uniform_(m.weight.view(m.weight.shape[0], -1))
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+
+
+_INITS: dict[str, Callable[[nn.Module], None]] = {"trunc_normal": _trunc_normal_init, "xavier": _xavier_init}
+WEIGHT_INITS = tuple(_INITS)  # model.vit.init, model.timesformer.init
+
+
+def init_weights(module: nn.Module, init: str = "trunc_normal") -> None:
+    """Initialise every Linear, Conv2d / ConvTranspose2d and LayerNorm inside ``module`` by ``init``
+    (one of :data:`WEIGHT_INITS`, the module docstring says what each draws)."""
+    _check_init(init)
+    module.apply(_INITS[init])
+
+
 class Attention(nn.Module):
     """Multi-head self-attention: softmax(q kᵀ / √(D/heads)) v per head, then a linear map."""
 
-    def __init__(self, dim: int, heads: int, dropout: float = 0.0) -> None:
+    def __init__(self, dim: int, heads: int, dropout: float = 0.0, qkv_bias: bool = False) -> None:
         super().__init__()
         self.heads, self.dropout = heads, dropout
-        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -156,6 +188,11 @@ def _check_args(channels: tuple[str, int], dim: int, depth: int, heads: int, mlp
         raise ValueError(f"unknown activation {activation!r}; valid: {', '.join(ACTIVATIONS)}")
 
 
+def _check_init(init: str) -> None:
+    if init not in _INITS:
+        raise ValueError(f"unknown init {init!r}; valid: {', '.join(WEIGHT_INITS)}")
+
+
 def _grid_error(name: str, image_hw: tuple[int, int], grid: tuple[int, int], patch: int, got: str) -> ValueError:
     return ValueError(f"{name} was built for {image_hw[0]}×{image_hw[1]} images (a fixed {grid[0]}×{grid[1]} "
                       f"grid of {patch}-pixel patches, one position embedding each); got {got}. Build it with "
@@ -167,9 +204,10 @@ class ViTEncoder(nn.Module):
 
     def __init__(self, image_size: int | Sequence[int], patch_size: int, in_channels: int, dim: int, depth: int,
                  heads: int, mlp_dim: int, z_channels: int, dropout: float = 0.0, *,
-                 activation: str = "tanh") -> None:
+                 activation: str = "tanh", init: str = "trunc_normal") -> None:
         super().__init__()
         _check_args(("in_channels", in_channels), dim, depth, heads, mlp_dim, z_channels, dropout, activation)
+        _check_init(init)
         self.image_size, self.grid = _grid(image_size, patch_size)
         self.in_channels, self.z_channels, self.dim = in_channels, z_channels, dim
         self.downsample_factor = patch_size
@@ -178,7 +216,7 @@ class ViTEncoder(nn.Module):
         self.blocks = nn.ModuleList(Block(dim, heads, mlp_dim, dropout, activation) for _ in range(depth))
         self.norm = nn.LayerNorm(dim)
         self.proj_out = nn.Linear(dim, z_channels) if z_channels != dim else nn.Identity()
-        self.apply(_init_weights)
+        init_weights(self, init)
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
@@ -204,9 +242,10 @@ class ViTDecoder(nn.Module):
 
     def __init__(self, image_size: int | Sequence[int], patch_size: int, out_channels: int, dim: int, depth: int,
                  heads: int, mlp_dim: int, z_channels: int, dropout: float = 0.0, *,
-                 activation: str = "tanh") -> None:
+                 activation: str = "tanh", init: str = "trunc_normal") -> None:
         super().__init__()
         _check_args(("out_channels", out_channels), dim, depth, heads, mlp_dim, z_channels, dropout, activation)
+        _check_init(init)
         self.image_size, self.grid = _grid(image_size, patch_size)
         self.out_channels, self.z_channels, self.dim = out_channels, z_channels, dim
         self.downsample_factor = patch_size
@@ -215,7 +254,7 @@ class ViTDecoder(nn.Module):
         self.blocks = nn.ModuleList(Block(dim, heads, mlp_dim, dropout, activation) for _ in range(depth))
         self.norm = nn.LayerNorm(dim)
         self.conv_out = nn.ConvTranspose2d(dim, out_channels, patch_size, stride=patch_size)
-        self.apply(_init_weights)
+        init_weights(self, init)
 
     def forward(self, z: Tensor) -> Tensor:
         if z.dim() != 4 or z.shape[1] != self.z_channels:
@@ -247,15 +286,17 @@ def build_vit_tokenizer(
     dropout: float = 0.0,
     activation: str = "tanh",
     projection: str = "conv",
+    init: str = "trunc_normal",
 ) -> VQTokenizer:
     """A :class:`VQTokenizer` with a :class:`ViTEncoder` / :class:`ViTDecoder` of the same shape.
 
     ``quantizer`` is a built :class:`VectorQuantizer` with ``dim == embed_dim``, or its keyword
-    arguments without ``dim``. ``out_channels`` defaults to ``in_channels``. The module docstring
-    maps Table 10's ViT-VQGAN small to these arguments.
+    arguments without ``dim``. ``out_channels`` defaults to ``in_channels``; ``init`` is one of
+    :data:`WEIGHT_INITS`. The module docstring maps Table 10's ViT-VQGAN small to these arguments.
     """
     common = {"image_size": image_size, "patch_size": patch_size, "dim": dim, "depth": depth, "heads": heads,
-              "mlp_dim": mlp_dim, "z_channels": z_channels, "dropout": dropout, "activation": activation}
+              "mlp_dim": mlp_dim, "z_channels": z_channels, "dropout": dropout, "activation": activation,
+              "init": init}
     return mirrored_tokenizer(ViTEncoder, ViTDecoder, common, quantizer, embed_dim, in_channels, out_channels,
                               projection)
 

@@ -414,8 +414,9 @@ ESTIMATORS: dict[str, Estimator] = {
             "the decoder the VQ one", "∂L_e/∂e", kind="loss-level", section="§3, A.3",
         ),
         Estimator(
-            "gumbel", None, "Gumbel-softmax over negative code distances, temperature annealed 1 → 1/16; hard "
-            "nearest code at eval", "through the soft mixture", kind="stochastic", section="§5.1, A.10.1",
+            "gumbel", None, "Gumbel-softmax mixture of codes, temperature annealed 1 → 1/16; logits: negative code "
+            "distances, or karpathy's learned linear map (gumbel_logits); hard code of the reported index at eval",
+            "through the soft mixture", kind="stochastic", section="§5.1, A.10.1",
         ),
     )
 }

@@ -38,6 +38,8 @@ COSINE_OUTPUTS = ("as_is", "renormalize")
 VQ_LOSSES = ("vqvae", "taming_legacy")
 EMA_COUNTS = ("ones", "zeros")
 COSINE_INITS = ("unit", "as_drawn")
+GUMBEL_LOGITS = ("distance", "linear")
+_LOGIT_SEED = 0x6B61_7270_6174_6879  # mixed into torch's seed for the linear logits' own generator
 
 
 class _ScaleGrad(torch.autograd.Function):
@@ -60,13 +62,26 @@ def cosine_anneal(start: float, end: float, progress: float) -> float:
     return a * end + (1.0 - a) * start
 
 
+def _logit_projection(dim: int, codebook_size: int) -> nn.Linear:
+    """Linear(dim, K) with bias, initialised as nn.Linear (and karpathy's 1×1 nn.Conv2d) are,
+    weight and bias U(±1/√dim), but drawn from a generator of its own seeded from torch's seed:
+    the layers built after it start from the same weights as under every other estimator."""
+    layer = nn.Linear(dim, codebook_size, device="meta").to_empty(device="cpu")
+    g = torch.Generator().manual_seed(torch.initial_seed() ^ _LOGIT_SEED)
+    bound = 1.0 / math.sqrt(dim)
+    with torch.no_grad():
+        layer.weight.uniform_(-bound, bound, generator=g)
+        layer.bias.uniform_(-bound, bound, generator=g)
+    return layer
+
+
 @dataclass
 class QuantizeLosses:
     """Loss terms of the layer, already weighted: add ``total`` to the training loss."""
 
     commitment: Tensor  # β · mean (e − sg(q))² (vq_loss "taming_legacy": weight 1)
     codebook: Tensor  # mean (sg(e) − q)² for a learned codebook (taming_legacy: × β), 0 with EMA updates
-    prior: Tensor  # gumbel: weighted KL(softmax(logits) ‖ uniform), mean over rows; 0 otherwise
+    prior: Tensor  # gumbel: KL(softmax(logits) ‖ uniform), mean over rows, × the KL weight now; 0 otherwise
 
     @property
     def total(self) -> Tensor:
@@ -134,7 +149,16 @@ class VectorQuantizer(nn.Module):
         epsilon: the ``exact`` estimator's ε (§3): L = L_q + ε L_e.
         temperature: the ``gumbel`` estimator's (start, end) temperature; :meth:`anneal` moves
             between them along a cosine ramp as training progresses.
+        temperature_steps: ``gumbel``: optimizer steps of that ramp, then constant at the end
+            (None: the whole run, the paper's A.10.1; karpathy/deep-vector-quantization: 150,000).
         kl_weight: the ``gumbel`` estimator's weight on KL(softmax(logits) ‖ uniform).
+        kl_warmup_steps: ``gumbel``: 0 holds ``kl_weight`` from the first step; N > 0 ramps it
+            from 0 along the same cosine over the first N optimizer steps (karpathy's RampBeta).
+        gumbel_logits: ``gumbel``'s logits: "distance" (−‖e − c_k‖²: the sample is near the
+            nearest code; commitment and codebook terms as for every estimator) or "linear"
+            (a learned Linear(D, K) with bias on the layer's input, karpathy's 1×1 conv; the
+            reported index is the argmax of the logits, and there is no commitment or codebook
+            term: the codebook learns through the mixture, so it needs ``update="learned"``).
         ema_counts: initial EMA code counts, "ones" or "zeros" (vector-quantize-pytorch as the
             official Table 1 code vendors it: a code not chosen in the first update jumps far out,
             its sum over a smoothed count of ~eps, then shrinks by the decay every update).
@@ -153,7 +177,8 @@ class VectorQuantizer(nn.Module):
     send no gradient to e through the decoder path by themselves; in training their output holds
     ``decoder_input``/``latents``/``passthrough`` and :mod:`rvq_cli.train.loss_level` completes
     the gradient. ``gumbel`` feeds the decoder a Gumbel-softmax mixture of codes in training
-    (logits: negative squared distances) and the nearest code at eval.
+    and, at eval, the code of the index it reports: the nearest code (distance logits) or the
+    argmax of the logits (linear), hard.
     """
 
     def __init__(
@@ -180,6 +205,9 @@ class VectorQuantizer(nn.Module):
         cosine_output: str = "as_is",
         vq_loss: str = "vqvae",
         cosine_init: str = "unit",
+        gumbel_logits: str = "distance",
+        kl_warmup_steps: int = 0,
+        temperature_steps: int | None = None,
     ) -> None:
         super().__init__()
         if dim < 1 or codebook_size < 2:
@@ -201,6 +229,23 @@ class VectorQuantizer(nn.Module):
         self.epsilon, self.kl_weight = float(epsilon), float(kl_weight)
         self.temperature_range = (float(temperature[0]), float(temperature[1]))
         self.temperature = self.temperature_range[0]  # the gumbel temperature now (see anneal)
+        if kl_warmup_steps < 0 or temperature_steps is not None and temperature_steps < 1:
+            raise ValueError(f"need kl_warmup_steps >= 0 and temperature_steps None or >= 1, got "
+                             f"{kl_warmup_steps} and {temperature_steps}")
+        self.kl_warmup_steps, self.temperature_steps = int(kl_warmup_steps), temperature_steps
+        self.kl_scale = self.kl_weight_at(0)  # the gumbel KL weight now (see anneal)
+        self.gumbel_logits = _choice("gumbel_logits", gumbel_logits, GUMBEL_LOGITS)
+        linear = gumbel_logits == "linear"
+        if linear and self.estimator.name != "gumbel":
+            raise ValueError(f"gumbel_logits 'linear' is an option of the gumbel estimator, not of {estimator!r}")
+        if linear and self.update != "learned":
+            raise ValueError("gumbel_logits 'linear' learns the codebook through the soft mixture of codes "
+                             "(karpathy/deep-vector-quantization), so it needs update='learned', not 'ema'")
+        if linear and codebook_dim not in (None, dim):
+            raise ValueError(f"gumbel_logits 'linear' reads the layer's input directly, so a factorising "
+                             f"projection to codebook_dim={codebook_dim} would be unused; leave codebook_dim unset")
+        # gumbel_logits "linear": logits = W x + b on the input (N, D) -> (N, K), karpathy's 1×1 conv
+        self.logit_proj = _logit_projection(dim, codebook_size) if linear else None
 
         factorised = self.codebook_dim != dim
         self.project_in = nn.Linear(dim, self.codebook_dim) if factorised else nn.Identity()
@@ -275,15 +320,21 @@ class VectorQuantizer(nn.Module):
             if self.init == "kmeans" and self.training and not bool(self.initialized):
                 self._kmeans_init(e.detach())
             codes = self.codes()  # (K, d)
-            indices = cb.nearest_codes(e.detach(), codes.detach(), self.lookup, self.chunk)  # (N,)
+            logits = None if self.logit_proj is None else self._project(self.logit_proj, x)  # (N, K)
+            if logits is None:
+                indices = cb.nearest_codes(e.detach(), codes.detach(), self.lookup, self.chunk)  # (N,)
+            else:  # gumbel_logits "linear": the code the logits choose (hard one-hot of the argmax at eval)
+                indices = logits.detach().argmax(-1)  # (N,)
             q = F.embedding(indices, codes)  # (N, d); carries gradient to a learned codebook
 
             sq_err = F.mse_loss(e, q.detach())
             commit_w, codebook_w = (self.beta, 1.0) if self.vq_loss == "vqvae" else (1.0, self.beta)
+            zero = sq_err.new_zeros(())
+            vq_terms = logits is None  # linear logits (karpathy): no commitment, no codebook term
             losses = QuantizeLosses(
-                commitment=commit_w * sq_err,
-                codebook=codebook_w * F.mse_loss(q, e.detach()) if self.update == "learned" else sq_err.new_zeros(()),
-                prior=sq_err.new_zeros(()),
+                commitment=commit_w * sq_err if vq_terms else zero,
+                codebook=codebook_w * F.mse_loss(q, e.detach()) if vq_terms and self.update == "learned" else zero,
+                prior=zero,
             )
             extra: dict[str, Tensor] = {}
             kind = self.estimator.kind
@@ -293,9 +344,9 @@ class VectorQuantizer(nn.Module):
                 if self.lookup == "cosine" and self.cosine_output == "renormalize":
                     q_tilde = _Renormalize.apply(q_tilde)
             elif not (self.training and torch.is_grad_enabled() and e.requires_grad):
-                q_tilde = q.detach()  # eval (or no gradient wanted): the nearest code, hard
+                q_tilde = q.detach()  # eval (or no gradient wanted): the code of the index, hard
             elif kind == "stochastic":  # gumbel
-                q_tilde, losses.prior = self._gumbel(e, codes)
+                q_tilde, losses.prior = self._gumbel(e if logits is None else x, codes, logits)
             else:  # hessian, exact: the decoder reads a leaf; the trainer completes the gradient
                 q_tilde = extra["decoder_input"] = q.detach().requires_grad_(True)
                 if self.estimator.name == "hessian":
@@ -312,9 +363,22 @@ class VectorQuantizer(nn.Module):
             metrics = self._statistics(e.detach(), q.detach(), indices, sq_err.detach())
         return QuantizeOutput(out.to(z.dtype), indices.reshape(grid), losses, metrics, **extra)
 
-    def anneal(self, progress: float) -> None:
-        """Set the gumbel temperature for training ``progress`` in [0, 1] (start → end)."""
-        self.temperature = cosine_anneal(*self.temperature_range, progress)
+    def anneal(self, step: int, total_steps: int) -> None:
+        """Set the gumbel schedules for optimizer step ``step`` (0-based) of a ``total_steps`` run:
+        the temperature from start to end over ``temperature_steps`` (None: the run) and the KL
+        weight (:meth:`kl_weight_at`). Both are functions of the step alone, so a resumed run
+        continues them exactly."""
+        horizon = self.temperature_steps or total_steps
+        self.temperature = cosine_anneal(*self.temperature_range, step / max(1, horizon))
+        self.kl_scale = self.kl_weight_at(step)
+
+    def kl_weight_at(self, step: int) -> float:
+        """The gumbel KL weight at optimizer step ``step``: ``kl_weight`` throughout, or with
+        ``kl_warmup_steps`` N > 0 cosine_anneal from 0 to ``kl_weight`` over steps 0..N, then
+        ``kl_weight`` (karpathy/deep-vector-quantization's RampBeta: cos_anneal(0, N, 0, w, step))."""
+        if self.kl_warmup_steps == 0:
+            return self.kl_weight
+        return cosine_anneal(0.0, self.kl_weight, step / self.kl_warmup_steps)
 
     def _watch_gradients(self, e: Tensor) -> Tensor:
         """``e`` itself, through an alias whose gradient is the estimator's alone (the commitment
@@ -349,22 +413,27 @@ class VectorQuantizer(nn.Module):
         self._grad_cos, self._grad_cos_n = None, 0
         return float(total) / n if n else None
 
-    def _gumbel(self, e: Tensor, codes: Tensor) -> tuple[Tensor, Tensor]:
+    def _gumbel(self, e: Tensor, codes: Tensor, logits: Tensor | None) -> tuple[Tensor, Tensor]:
         """A Gumbel-softmax mixture of codes at the current temperature (training), and the
-        weighted KL of softmax(logits) to the uniform prior. Logits are negative squared
-        distances up to a per-row constant, 2 e·c − ‖c‖², so the most likely code is the nearest
-        one (the index the layer reports). The mixture carries gradient to e through the logits;
-        to the codes too when the codebook is learned."""
+        weighted KL of softmax(logits) to the uniform prior. ``e`` is what the logits read:
+        distance logits (``logits`` None) are negative squared distances of the latents ``e`` up
+        to a per-row constant, 2 e·c − ‖c‖², so the most likely code is the nearest one (the index
+        the layer reports); linear ``logits`` are W x + b of the layer's input ``e`` = x. The
+        mixture carries gradient to ``e`` through the logits, and to the codes when the codebook
+        is learned."""
         # a copy: the EMA update and dead-code restarts write the codebook in place before backward
         codes = codes.clone() if self.update == "learned" else codes.detach().clone()
 
-        def logits_of(x: Tensor) -> Tensor:
-            return 2.0 * x @ codes.t() - (codes * codes).sum(-1)  # (N, K)
+        def logits_of(v: Tensor) -> Tensor:  # (N, ·) -> (N, K)
+            if logits is not None:
+                return self._project(self.logit_proj, v)
+            return 2.0 * v @ codes.t() - (codes * codes).sum(-1)
 
-        soft = F.gumbel_softmax(logits_of(self._watch_gradients(e)), tau=self.temperature, hard=False)
-        log_p = F.log_softmax(logits_of(e), dim=-1)  # the prior term reaches e outside the watched path
-        kl = (log_p.exp() * (log_p + math.log(self.codebook_size))).sum(-1).mean()
-        return soft @ codes, self.kl_weight * kl
+        soft = F.gumbel_softmax(logits_of(self._watch_gradients(e)), tau=self.temperature, hard=False)  # (N, K)
+        # the prior term reaches e outside the watched path
+        p = (logits_of(e) if logits is None else logits).softmax(-1)  # (N, K)
+        kl = (p * torch.log(p * self.codebook_size + 1e-10)).sum(-1).mean()  # Σ p log(p / (1/K)), as karpathy's
+        return soft @ codes, self.kl_scale * kl
 
     @torch.no_grad()
     def _statistics(self, e: Tensor, q: Tensor, indices: Tensor, sq_err: Tensor) -> QuantizeMetrics:

@@ -8,7 +8,15 @@ import torch
 from torch import Tensor, nn
 
 from ..config import LossConfig
-from ..losses import D_LOSSES, PatchDiscriminator, adaptive_weight, build_lpips, generator_loss, pixel_losses
+from ..losses import (
+    GAN_LOSSES,
+    PatchDiscriminator,
+    StyleGAN2Discriminator,
+    adaptive_weight,
+    build_lpips,
+    pixel_losses,
+    r1_penalty,
+)
 
 GAN_KEYS = ("g_loss", "d_loss", "adaptive_weight", "logits_real", "logits_fake")
 
@@ -22,33 +30,60 @@ def frames(x: Tensor) -> Tensor:
     return x
 
 
-def build_discriminator(loss: LossConfig, in_channels: int) -> PatchDiscriminator | None:
+def build_discriminator(loss: LossConfig, in_channels: int, image_size: int) -> nn.Module | None:
+    """The discriminator ``loss.gan`` names, for ``image_size``-pixel images (frames), or None
+    when the GAN is off."""
     g = loss.gan
-    return PatchDiscriminator(in_channels, g.channels, g.layers, g.norm) if g.weight > 0 else None
+    if g.weight == 0:
+        return None
+    if g.discriminator == "stylegan2":
+        s = g.stylegan2
+        return StyleGAN2Discriminator(image_size, in_channels, s.channel_multiplier, s.max_channels)
+    return PatchDiscriminator(in_channels, g.channels, g.layers, g.norm)
 
 
 def build_disc_optimizer(disc: nn.Module, loss: LossConfig, lr: float) -> torch.optim.Optimizer:
-    return torch.optim.Adam(disc.parameters(), lr=loss.gan.lr or lr, betas=tuple(loss.gan.betas))
+    g = loss.gan
+    cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[g.optimizer]
+    return cls(disc.parameters(), lr=g.lr or lr, betas=tuple(g.betas), weight_decay=g.weight_decay)
 
 
 class Objective:
-    """``generator(x, out, last_layer, step)`` and ``discriminator(x, rec)``; ``disc`` is the
+    """``generator(x, out, last_layer, step)`` and ``discriminator(x, rec, step)``; ``disc`` is the
     (possibly DDP-wrapped) discriminator that trains, ``disc_module`` the bare module the
     generator's loss reads (no DDP: the generator's backward must not enter the discriminator's
     gradient reduction, and its parameters are frozen meanwhile)."""
 
     def __init__(self, loss: LossConfig, lpips: nn.Module | None, disc: nn.Module | None,
-                 disc_module: nn.Module | None):
+                 disc_module: nn.Module | None, pixel_scale: Tensor | None = None):
         self.cfg, self.lpips, self.disc, self.disc_module = loss, lpips, disc, disc_module
+        self.pixel_scale = pixel_scale  # the tokenizer's: the reconstruction term is taken in its space
 
     def gan_on(self, step: int) -> bool:
         """Whether optimizer step ``step`` (0-based) trains the discriminator and the adversarial term."""
         return self.disc is not None and step >= self.cfg.gan.start
 
+    def r1_on(self, step: int) -> bool:
+        """Whether step ``step`` adds the lazy R1 penalty: every ``r1_every``-th step of the GAN."""
+        g = self.cfg.gan
+        return self.gan_on(step) and g.r1_gamma > 0 and step % g.r1_every == 0
+
+    @property
+    def gan_keys(self) -> tuple[str, ...]:
+        """The adversarial metrics logged every step (zero where a step does not compute them)."""
+        return GAN_KEYS + (("r1",) if self.cfg.gan.r1_gamma > 0 else ())
+
+    def judged(self, img: Tensor) -> Tensor:
+        """What the discriminator sees of [-1, 1] images or clips: fp32 frames; StyleGAN2's on
+        [0, 1], as enhancing-transformers' (its data are ToTensor images, and R1's γ is relative
+        to that range: the same penalty on [-1, 1] pixels would be 4× weaker)."""
+        img = frames(img).float()
+        return (img + 1) / 2 if self.cfg.gan.discriminator == "stylegan2" else img
+
     def nll(self, x: Tensor, rec: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """Every reconstruction term, weighted and summed (VQGAN's L_nll), and each unweighted."""
         c = self.cfg
-        px = pixel_losses(x, rec, c.reconstruction)
+        px = pixel_losses(x, rec, c.reconstruction, self.pixel_scale)
         total = c.rec_weight * px["rec"] + c.laplace_weight * px["laplace"] + c.gaussian_weight * px["gaussian"]
         terms = {"rec_loss": px["rec"]}
         if c.laplace_weight:
@@ -73,7 +108,7 @@ class Objective:
             g = self.cfg.gan
             self.disc_module.requires_grad_(False)
             try:
-                g_loss = generator_loss(self.disc_module(frames(rec).float()))
+                g_loss = GAN_LOSSES[g.loss].g(self.disc_module(self.judged(rec)))
             finally:
                 self.disc_module.requires_grad_(True)
             lam = (adaptive_weight(loss, g_loss, last_layer, g.max_adaptive) if g.adaptive
@@ -82,16 +117,27 @@ class Objective:
             terms.update(g_loss=g_loss, adaptive_weight=lam)
         return loss, terms
 
-    def discriminator(self, x: Tensor, rec: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        """The discriminator's loss on real ``x`` and the (detached) reconstructions."""
-        real, fake = self.disc(frames(x).float()), self.disc(frames(rec).detach().float())
-        d_loss = D_LOSSES[self.cfg.gan.loss](real, fake)
-        return d_loss, {"d_loss": d_loss, "logits_real": real.mean(), "logits_fake": fake.mean()}
+    def discriminator(self, x: Tensor, rec: Tensor, step: int = 0) -> tuple[Tensor, dict[str, Tensor]]:
+        """The discriminator's loss on real ``x`` and the (detached) reconstructions, plus on R1
+        steps (γ/2)·r1_every·E‖∇_x D(x)‖² (lazy R1 as StyleGAN2 and enhancing-transformers: the
+        penalty of every r1_every-th step stands for the steps without it)."""
+        g = self.cfg.gan
+        r1 = self.r1_on(step)
+        x_in = self.judged(x).detach().requires_grad_(r1)  # a leaf of its own: R1's gradient is w.r.t. it
+        real, fake = self.disc(x_in), self.disc(self.judged(rec.detach()))
+        d_loss = GAN_LOSSES[g.loss].d(real, fake)
+        terms = {"logits_real": real.detach().mean(), "logits_fake": fake.detach().mean()}
+        if r1:
+            terms["r1"] = r1_penalty(real, x_in)
+            d_loss = d_loss + g.r1_gamma / 2 * g.r1_every * terms["r1"]
+        terms["d_loss"] = d_loss
+        return d_loss, terms
 
 
-def build_objective(loss: LossConfig, device, disc: nn.Module | None, disc_module: nn.Module | None) -> Objective:
+def build_objective(loss: LossConfig, device, disc: nn.Module | None, disc_module: nn.Module | None,
+                    pixel_scale: Tensor | None = None) -> Objective:
     lpips = build_lpips(loss.perceptual_weights).to(device) if loss.perceptual_weight > 0 else None
-    return Objective(loss, lpips, disc, disc_module)
+    return Objective(loss, lpips, disc, disc_module, pixel_scale)
 
 
 def describe(loss: LossConfig, beta: float, learned_codebook: bool, vq_loss: str = "vqvae") -> str:
@@ -109,6 +155,9 @@ def describe(loss: LossConfig, beta: float, learned_codebook: bool, vq_loss: str
     g = loss.gan
     if g.weight:
         lam = f"λ (adaptive, ≤ {g.max_adaptive:g}) × " if g.adaptive else ""
-        parts.append(f"{lam}{g.weight} × GAN ({g.loss}, from step {g.start}, PatchGAN {g.layers} layers, "
-                     f"{g.norm} norm)")
+        disc = (f"StyleGAN2 (channel multiplier {g.stylegan2.channel_multiplier}, ≤ {g.stylegan2.max_channels} "
+                "channels)" if g.discriminator == "stylegan2" else f"PatchGAN {g.layers} layers, {g.norm} norm")
+        r1 = f", R1 γ {g.r1_gamma:g} every {g.r1_every} steps" if g.r1_gamma else ""
+        parts.append(f"{lam}{g.weight} × GAN ({g.loss}, from step {g.start}, {disc}{r1}, {g.optimizer} "
+                     f"betas {tuple(g.betas)}" + (f" wd {g.weight_decay:g}" if g.weight_decay else "") + ")")
     return " + ".join(parts)

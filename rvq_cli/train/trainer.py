@@ -27,7 +27,7 @@ from ..hardware import resolve_memory_format, resolve_precision, torch_memory_fo
 from .build import build_optimizer, build_scheduler, build_tokenizer, count_parameters
 from .checkpoint import CheckpointState, latest_checkpoint, load_checkpoint, save_checkpoint, save_rng
 from .loss_level import estimator_loss, forward_context
-from .objective import GAN_KEYS, build_disc_optimizer, build_discriminator, build_objective, describe
+from .objective import build_disc_optimizer, build_discriminator, build_objective, describe
 from .progress import TrainProgress
 
 # Keys a resumed run may change; anything else must match the checkpoint's recipe.
@@ -169,7 +169,7 @@ class Trainer:
         self.model.to(memory_format=self._layout)
         self.optimizer = build_optimizer(self.model.parameters(), recipe.optim)
         self.scheduler = build_scheduler(self.optimizer, recipe.optim, t.steps)
-        self.disc = build_discriminator(recipe.loss, recipe.model.in_channels)
+        self.disc = build_discriminator(recipe.loss, recipe.model.in_channels, recipe.data.image_size)
         if self.disc is not None:
             self.disc.to(memory_format=self._layout)
         self.opt_d = build_disc_optimizer(self.disc, recipe.loss, recipe.optim.lr) if self.disc is not None else None
@@ -186,7 +186,8 @@ class Trainer:
                 self.disc = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.disc)
             self.disc, self.opt_d = self.acc.prepare(self.disc, self.opt_d)
         self.objective = build_objective(recipe.loss, self.acc.device, self.disc,
-                                         self.acc.unwrap_model(self.disc) if self.disc is not None else None)
+                                         self.acc.unwrap_model(self.disc) if self.disc is not None else None,
+                                         self.acc.unwrap_model(self.model).pixel_scale)
         with self.acc.main_process_first():  # the demo set is built once, by the main process
             self.train_pattern, self.val_pattern = _data_patterns(recipe)
         self.recipe_yaml = recipe_to_yaml(recipe)
@@ -248,15 +249,16 @@ class Trainer:
                    "obtuse": m.obtuse, "latent_power": m.latent_power}
         metrics.update({k: v.detach() for k, v in terms.items()})
         if self.disc is not None:
-            metrics.update({k: metrics.get(k, torch.zeros(())) for k in GAN_KEYS})
+            metrics.update({k: metrics.get(k, torch.zeros(())) for k in self.objective.gan_keys})
         if quantizer.estimator.name == "gumbel":
             metrics["temperature"] = torch.tensor(quantizer.temperature)
+            metrics["kl_weight"] = torch.tensor(quantizer.kl_scale)
         return out, metrics
 
     def _discriminator_step(self, x: torch.Tensor, rec: torch.Tensor, last: bool) -> dict[str, torch.Tensor]:
         sync = contextlib.nullcontext() if last else self.acc.no_sync(self.disc)
         with sync, self.acc.autocast():
-            d_loss, terms = self.objective.discriminator(x, rec)
+            d_loss, terms = self.objective.discriminator(x, rec, self.state.step)
         if not torch.isfinite(d_loss):
             raise FloatingPointError(f"discriminator loss is {d_loss.item()}")
         self.acc.backward(d_loss / self.recipe.train.grad_accum)
@@ -266,7 +268,7 @@ class Trainer:
         t = self.recipe.train
         sums: dict[str, float] = {}
         skipped = 0
-        self.acc.unwrap_model(self.model).quantize.anneal(self.state.step / t.steps)  # gumbel's temperature
+        self.acc.unwrap_model(self.model).quantize.anneal(self.state.step, t.steps)  # gumbel: temperature, KL weight
         for i in range(t.grad_accum):
             batch = next(batches)
             skipped += int(batch.get("skipped", 0))

@@ -541,6 +541,7 @@ def test_cli_synthetic_field(tmp_path):
     (("bogus", "--recipe", "RECIPE"), ["unknown estimator(s) bogus", *ESTIMATORS]),
     (("ste", "--steps", "0"), ["--steps must be positive, got 0"]),
     (("ste", "--seeds", "0"), ["--seeds must be positive, got 0"]),
+    (("ste", "--synthetic", "voronoi", "--seeds", "3"), ["runs one fixed setting", "drop --seeds"]),
 ])
 def test_cli_bad_compare_arguments_exit_2(tmp_path, shards, args, fragments):  # noqa: F811
     recipe = str(recipe_file(tmp_path, shards))
@@ -570,3 +571,41 @@ def test_cli_prints_the_tables_over_seeds(base, copy):
         assert row[0].text in res.stdout
     usage = summary.rows[0][summary.header.index("usage ↑")].text
     assert usage in res.stdout
+
+
+def test_runs_from_before_seed_folders_are_refused_then_restarted(base, copy):
+    """rvq compare before --seeds kept OUT/<estimator>/ as the run itself: never mistaken for a
+    comparison of another recipe, never reused as a seed; --restart replaces it."""
+    old = copy / "ste"
+    shutil.rmtree(old)
+    shutil.copytree(base.out / "ste" / "seed-0", old)
+    with pytest.raises(CompareError, match="before rvq compare kept one folder per seed") as err:
+        _compare(NAMES, base.recipe, out=str(copy), seeds=len(SEEDS))
+    assert "another recipe" not in str(err.value) and (old / "metrics.jsonl").is_file()
+    result, _ = _compare(["ste"], base.recipe, out=str(copy), seeds=1, restart=True)
+    assert result.runs[0].run_dir == run_dir_of(copy, "ste", 0) and not (old / "metrics.jsonl").exists()
+
+
+def test_partly_missing_and_non_finite_values_are_noted_and_never_best():
+    from rvq_cli.compare.runner import EstimatorRun, best_values, missing_values
+
+    def run(name, seed, qerr):
+        return EstimatorRun(name, seed, Path(name), "trained", {} if qerr is None else {"quant_error": qerr}, {},
+                            "0" * 16)
+
+    runs = ([run("ste", s, v) for s, v in enumerate([1.0, None, 1.1])] +
+            [run("rotation", s, v) for s, v in enumerate([0.5, 0.6, float("nan")])])
+    notes = missing_values(runs, ["ste", "rotation"], [0, 1, 2])
+    assert any("ste has no value for seed(s) 1" in n for n in notes)
+    assert any("rotation is not finite for seed(s) 2" in n for n in notes)
+    assert "train.quant_error" not in best_values(runs, ["ste", "rotation"], [0, 1, 2])
+
+
+def test_json_is_strict_and_written_through_a_private_temporary(tmp_path):
+    from rvq_cli.jobs import write_json_atomic
+
+    path = tmp_path / "r.json"
+    write_json_atomic(path, {"a": float("nan"), "b": [1.0, float("inf")], "c": {"d": 2}})
+    assert json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(c)) == {"a": None, "b": [1.0, None],
+                                                                                     "c": {"d": 2}}
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from rvq_cli.models import TokenizerOutput, ViTDecoder, ViTEncoder, build_vit_tokenizer
-from rvq_cli.models.vit import Attention, Block, sincos_2d
+from rvq_cli.models.vit import WEIGHT_INITS, Attention, Block, sincos_2d
 from rvq_cli.quantize import VectorQuantizer
 
 ARCH = {"image_size": 16, "patch_size": 4, "dim": 32, "depth": 2, "heads": 4, "mlp_dim": 64, "z_channels": 16}
@@ -135,6 +135,60 @@ def test_init():
     assert torch.equal(enc.blocks[0].mlp[0].bias, torch.zeros(256))
     assert torch.equal(enc.norm.weight, torch.ones(64)) and torch.equal(enc.norm.bias, torch.zeros(64))
     assert enc.patch_embed.weight.abs().max() <= 0.04
+
+
+def test_trunc_normal_is_the_default_init():
+    """model.vit.init: trunc_normal is what a ViT built without the key gets, weight for weight."""
+    assert WEIGHT_INITS == ("trunc_normal", "xavier")
+    for cls, io in ((ViTEncoder, "in_channels"), (ViTDecoder, "out_channels")):
+        torch.manual_seed(3)
+        default = cls(**{io: 3}, **ARCH).state_dict()
+        torch.manual_seed(3)
+        named = cls(**{io: 3}, init="trunc_normal", **ARCH).state_dict()
+        assert list(default) == list(named) and all(torch.equal(default[k], named[k]) for k in default)
+
+
+def _check_xavier(w, fan_in, fan_out):
+    """w ~ U(±a), a = √(6 / (fan_in + fan_out)): inside the bound, reaching it, std a/√3."""
+    a = math.sqrt(6 / (fan_in + fan_out))
+    assert w.abs().max() <= a and w.abs().max() > 0.95 * a
+    assert abs(w.std() - a / math.sqrt(3)) < 0.05 * a / math.sqrt(3)
+
+
+@pytest.mark.parametrize("part", ["encoder", "decoder"])
+def test_xavier_init_is_enhancing_transformers(part):
+    """model.vit.init: xavier, enhancing-transformers' init_weights (Table 4): Linear weights
+    xavier-uniform, biases 0; the conv weight xavier-uniform as the matrix (shape[0], rest), whose
+    bound √(6 / (64 + 3·4·4)) is 3× the one of the 4-D tensor for the decoder's transposed conv;
+    conv biases keep PyTorch's U(±1/√fan_in); LayerNorm 1 / 0."""
+    arch = {**ARCH, "dim": 64, "mlp_dim": 256, "z_channels": 32}
+    torch.manual_seed(0)
+    m = ViTEncoder(in_channels=3, init="xavier", **arch) if part == "encoder" else \
+        ViTDecoder(out_channels=3, init="xavier", **arch)
+    blk = m.blocks[0]
+    for lin, fan_in, fan_out in ((blk.attn.qkv, 64, 192), (blk.attn.proj, 64, 64), (blk.mlp[0], 64, 256),
+                                 (blk.mlp[3], 256, 64)):
+        _check_xavier(lin.weight, fan_in, fan_out)
+        assert lin.bias is None or torch.equal(lin.bias, torch.zeros_like(lin.bias))
+    proj = m.proj_out if part == "encoder" else m.proj_in
+    _check_xavier(proj.weight, *proj.weight.shape[::-1])
+    conv = m.patch_embed if part == "encoder" else m.conv_out
+    w = conv.weight  # Conv2d (64, 3, 4, 4); ConvTranspose2d (64, 3, 4, 4) = (in, out, k, k)
+    _check_xavier(w.flatten(1), fan_in=w[0].numel(), fan_out=w.shape[0])
+    assert conv.bias.abs().min() > 0 and conv.bias.abs().max() <= 1 / math.sqrt(3 * 4 * 4)  # PyTorch's draw
+    assert torch.equal(m.norm.weight, torch.ones(64)) and torch.equal(m.norm.bias, torch.zeros(64))
+    assert torch.equal(blk.norm1.weight, torch.ones(64)) and torch.equal(blk.norm1.bias, torch.zeros(64))
+
+
+def test_the_recipe_key_reaches_the_model():
+    from rvq_cli.config import ModelConfig
+    from rvq_cli.train.build import build_tokenizer
+
+    model = ModelConfig(name="vit", vit={"patch_size": 4, "dim": 64, "depth": 1, "heads": 4, "mlp_dim": 256,
+                                         "init": "xavier"}, quantizer={"dim": 8, "codebook_size": 16})
+    tok = build_tokenizer(model, image_size=16)
+    _check_xavier(tok.encoder.blocks[0].mlp[0].weight, 64, 256)
+    _check_xavier(tok.decoder.blocks[0].mlp[0].weight, 64, 256)
 
 
 # ---------------------------------------------------------------- gradients
@@ -284,6 +338,7 @@ def test_other_sizes_raise():
     ({"activation": "relu"}, "unknown activation 'relu'; valid: tanh, gelu"),
     ({"in_channels": 0}, "in_channels must be a positive integer"),
     ({"out_channels": 0}, "out_channels must be a positive integer"),
+    ({"init": "kaiming"}, "unknown init 'kaiming'; valid: trunc_normal, xavier"),
 ])
 def test_bad_arguments(change, match):
     with pytest.raises(ValueError, match=match):

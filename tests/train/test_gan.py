@@ -1,7 +1,8 @@
 """VQGAN training: LPIPS + PatchGAN past the discriminator start, resume, gradient accumulation
-for generator and discriminator, and two CPU processes."""
+for generator and discriminator, and two CPU processes; ViT-VQGAN's StyleGAN2 with lazy R1."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -140,3 +141,58 @@ def test_gan_under_bf16_mixed_precision(tmp_path, shards, vgg_file):  # noqa: F8
     for k in ("loss", "d_loss", "g_loss", "adaptive_weight", "perceptual"):
         assert all(r[k] == r[k] and abs(r[k]) < 1e6 for r in rows), k  # finite
     assert rows[-1]["d_loss"] > 0
+
+
+# ViT-VQGAN's adversarial setup (Table 4, enhancing-transformers), with tiny widths
+STYLE = ["loss.gan.weight=0.1", "loss.gan.discriminator=stylegan2", "loss.gan.loss=non_saturating",
+         "loss.gan.adaptive=false", "loss.gan.stylegan2.max_channels=8", "loss.gan.r1_gamma=10", "loss.gan.r1_every=2",
+         "loss.gan.optimizer=adamw", "loss.gan.betas=[0.9,0.99]", "loss.gan.weight_decay=1e-4"]
+
+
+@pytest.mark.parametrize("precision", ["no", "bf16"])
+def test_stylegan2_with_lazy_r1_trains(tmp_path, shards, precision):  # noqa: F811
+    res = train(load_recipe(recipe_file(tmp_path, shards), STYLE + [f"train.precision={precision}"]), quiet=True)
+    rows = metrics(res.run_dir)
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert [r["r1"] > 0 for r in rows] == [True, False, True]  # optimizer steps 0, 1, 2: R1 on 0 and 2
+    for r in rows:
+        assert all(math.isfinite(r[k]) for k in ("loss", "d_loss", "g_loss", "r1")), r
+        assert r["d_loss"] > 0 and r["g_loss"] > 0 and r["adaptive_weight"] == 1.0
+    ckpt = res.run_dir / "ckpt-00000003"
+    assert "final_linear.1.bias" in load_file(str(ckpt / "discriminator.safetensors"))
+    assert torch.load(ckpt / "optimizer.pt", weights_only=True)["disc_optimizer"]["state"]
+
+
+@pytest.mark.slow
+def test_stylegan2_run_resumes_bit_identically(tmp_path, shards):  # noqa: F811
+    over = STYLE + ["train.ckpt_every=100", "loss.gan.r1_every=3"]
+    straight = train(load_recipe(recipe_file(tmp_path, shards, out="straight"), over + ["train.steps=5"]), quiet=True)
+    path = recipe_file(tmp_path, shards, out="split")
+    first = train(load_recipe(path, over + ["train.steps=2"]), quiet=True)
+    second = train(load_recipe(path, over + ["train.steps=5"]), run_dir=first.run_dir, resume=True, quiet=True)
+    for name in ("model.safetensors", "discriminator.safetensors"):
+        a = load_file(str(straight.run_dir / "ckpt-00000005" / name))
+        b = load_file(str(second.run_dir / "ckpt-00000005" / name))
+        for k in a:
+            assert torch.equal(a[k], b[k]), (name, k)
+
+
+@pytest.mark.slow
+def test_two_processes_with_stylegan2_and_r1_stay_identical(tmp_path, shards):  # noqa: F811
+    path = recipe_file(tmp_path, shards, out="dist")
+    text = path.read_text().replace("steps: 3", "steps: 4")
+    text += ("loss: {gan: {weight: 0.1, discriminator: stylegan2, loss: non_saturating, adaptive: false, "
+             "stylegan2: {max_channels: 8}, r1_gamma: 10, r1_every: 2}}\n")
+    path.write_text(text)
+    worker = Path(__file__).with_name("dist_worker.py")
+    env = dict(os.environ, OMP_NUM_THREADS="1", RVQ_COMPILE="never")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29548",
+           str(worker), str(path), str(tmp_path)]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    for name in ("rank", "disc"):
+        a, b = (load_file(str(tmp_path / f"{name}{r}.safetensors")) for r in (0, 1))
+        for k in a:
+            assert torch.equal(a[k], b[k]), (name, k)
+    rows = metrics(tmp_path / "dist")
+    assert [r["r1"] > 0 for r in rows] == [True, False, True, False]

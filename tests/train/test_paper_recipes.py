@@ -30,7 +30,11 @@ def tiny(recipe) -> list[str]:
         over += ["model.encoder.ch=8", "model.encoder.num_res_blocks=1", "model.encoder.norm_groups=4",
                  "model.encoder.attn_resolutions=[]"]
     if recipe.loss.gan.weight > 0:
-        over += ["loss.gan.start=1", "loss.gan.channels=8"]
+        over += ["loss.gan.start=1"]
+        if recipe.loss.gan.discriminator == "stylegan2":  # narrow, and R1 (if any) on the step that runs the GAN
+            over += ["loss.gan.stylegan2.max_channels=8"] + (["loss.gan.r1_every=1"] if recipe.loss.gan.r1_gamma else [])
+        else:
+            over += ["loss.gan.channels=8"]
     return over
 
 
@@ -46,6 +50,7 @@ def test_paper_recipe_trains_tiny(path, tmp_path, shards, video_shards, vgg_file
     assert last["rec_loss"] >= 0 and last["usage"] > 0
     if recipe.loss.gan.weight > 0:
         assert last["d_loss"] > 0 and last["adaptive_weight"] > 0  # step 2 is past the start
+        assert last.get("r1", 1.0) > 0  # R1, where the recipe has it, ran on that step
     if recipe.loss.perceptual_weight > 0:
         assert last["perceptual"] > 0
 

@@ -263,3 +263,16 @@ def test_taming_legacy_vq_loss_puts_beta_on_the_codebook_term():
     d2 = out["vqvae"]["commitment"] / 0.25  # mean (e − sg q)², the same for both
     assert out["taming_legacy"]["commitment"] == pytest.approx(d2)
     assert out["taming_legacy"]["codebook"] == pytest.approx(0.25 * out["vqvae"]["codebook"])
+
+
+def test_clip_pixel_norm_trains_and_evaluates_in_its_space(tmp_path, shards):
+    """model.pixel_norm clip end to end: bf16 training, then `rvq eval` loads the run with the same
+    normalisation and reports rec_loss in the model's space (≈3.5× the [-1, 1] mse)."""
+    from rvq_cli.evaluate import evaluate, load_tokenizer
+
+    result = train(load_recipe(recipe_file(tmp_path, shards), ["model.pixel_norm=clip", "train.precision=bf16",
+                                                                "train.steps=2"]), quiet=True)
+    assert result.step == 2 and np.isfinite(result.last_metrics["rec_loss"])
+    assert load_tokenizer(result.run_dir).model.pixel_norm == "clip"
+    m = evaluate(result.run_dir, batch_size=4, fid=False, out=tmp_path / "e.json", quiet=True).metrics
+    assert 2.5 * m["mse"] < m["rec_loss"] < 5.0 * m["mse"]
