@@ -173,6 +173,7 @@ def eval_(
     no_fid: bool = typer.Option(False, "--no-fid", help="Skip r-FID and r-IS."),
     i3d_weights: Optional[Path] = typer.Option(None, "--i3d-weights", help="Video: I3D weights (VideoGPT's i3d_pretrained_400.pt) for r-FVD."),
     no_fvd: bool = typer.Option(False, "--no-fvd", help="Video: skip r-FVD."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="Autocast precision: auto, no (fp32), bf16 or fp16 (default: the run's train.precision; recorded in the output)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Where to write the JSON report (default: RUN_DIR/eval.json; the grid goes beside it as .png)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
@@ -186,7 +187,7 @@ def eval_(
     try:
         result = evaluate(checkpoint, data=data, split=split, batch_size=batch_size, num_workers=num_workers,
                           image_size=image_size, inception_weights=inception_weights, fid=not no_fid,
-                          i3d_weights=i3d_weights, fvd=not no_fvd, out=out, quiet=quiet)
+                          i3d_weights=i3d_weights, fvd=not no_fvd, out=out, quiet=quiet, precision=precision)
     except (CheckpointError, EvalError, DataError, FidelityError) as err:
         raise UserError(str(err)) from None
     if result.json_path is None:  # not the main process
@@ -221,6 +222,7 @@ def encode(
     num_workers: int = typer.Option(2, "--num-workers", help="Decoding worker processes (0: decode in this process)."),
     image_size: Optional[int] = typer.Option(None, "--image-size", help="Crop size (default: the checkpoint's)."),
     restart: bool = typer.Option(False, "--restart", help="Discard the token shards of an earlier run in OUT first."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="Autocast precision: auto, no (fp32), bf16 or fp16 (default: the run's train.precision; recorded in the output)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Encode a dataset into token shards for a stage-2 model (resumable: re-run to continue)."""
@@ -230,7 +232,8 @@ def encode(
 
     try:
         report = encode_dataset(checkpoint, data, out, per_shard=per_shard, batch_size=batch_size,
-                                num_workers=num_workers, image_size=image_size, restart=restart, quiet=quiet)
+                                num_workers=num_workers, image_size=image_size, restart=restart, quiet=quiet,
+                                precision=precision)
     except (CheckpointError, EncodeError, DataError) as err:
         raise UserError(str(err)) from None
     m = report.manifest
@@ -253,6 +256,7 @@ def decode(
     tokens: str = typer.Argument(..., help="An rvq encode output folder, or token shards (pattern)."),
     out: Path = typer.Argument(..., help="Output folder for KEY.png images."),
     batch_size: int = typer.Option(32, "--batch-size", help="Token grids per decoder pass."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="Autocast precision: auto, no (fp32), bf16 or fp16 (default: the run's train.precision; recorded in the output)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Decode token shards back to images, named by their source keys."""
@@ -260,7 +264,7 @@ def decode(
     from .tokens import TokenError, decode_dataset
 
     try:
-        report = decode_dataset(checkpoint, tokens, out, batch_size=batch_size, quiet=quiet)
+        report = decode_dataset(checkpoint, tokens, out, batch_size=batch_size, quiet=quiet, precision=precision)
     except (CheckpointError, TokenError) as err:
         raise UserError(str(err)) from None
     console.print(f"{report.count} images decoded into {report.out}", highlight=False, markup=False, soft_wrap=True)

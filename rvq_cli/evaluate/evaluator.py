@@ -47,7 +47,7 @@ from ..train.objective import frames
 from ..train.trainer import batch_tensor
 from .i3d import MIN_FRAMES as I3D_MIN_FRAMES
 from .i3d import I3DError, find_i3d_weights, i3d_features, load_i3d, missing_i3d_message
-from .load import LoadedTokenizer, inference_accelerator, load_tokenizer
+from .load import CheckpointError, LoadedTokenizer, inference_accelerator, inference_settings, load_tokenizer
 
 PSNR_FLOOR = 1e-10  # MSE floor of a perfect reconstruction (caps PSNR at 100 dB)
 GRID_IMAGES = 8
@@ -219,7 +219,7 @@ def evaluate(checkpoint: str | os.PathLike, *, data: str | None = None, split: s
              batch_size: int | None = None, num_workers: int | None = None, image_size: int | None = None,
              inception_weights: str | os.PathLike | None = None, fid: bool = True,
              i3d_weights: str | os.PathLike | None = None, fvd: bool = True,
-             out: str | os.PathLike | None = None, quiet: bool = False) -> EvalResult:
+             out: str | os.PathLike | None = None, quiet: bool = False, precision: str | None = None) -> EvalResult:
     """Evaluate the tokenizer at ``checkpoint`` (run directory or checkpoint folder) on ``data``
     (shards; default: the recipe's ``split`` set) and write ``eval.json`` and ``eval.png``
     (default: in the run directory). See the module docstring for the definitions."""
@@ -230,6 +230,10 @@ def evaluate(checkpoint: str | os.PathLike, *, data: str | None = None, split: s
             raise EvalError(f"--{name.replace('_', '-')} must be at least {lo}, got {v}.")
     acc = inference_accelerator()
     tok = load_tokenizer(checkpoint, device=acc.device)
+    try:
+        run_as = inference_settings(tok, acc.device, precision)
+    except CheckpointError as err:
+        raise EvalError(str(err)) from None
     recipe, notes = tok.recipe, []
     size = recipe.data.image_size if image_size is None else image_size
     try:
@@ -287,7 +291,8 @@ def evaluate(checkpoint: str | os.PathLike, *, data: str | None = None, split: s
     with JobProgress("eval", total, silent=quiet or not acc.is_main_process) as progress, torch.no_grad():
         for batch in loader:
             x = batch_tensor(batch).to(acc.device)
-            fwd = tok.model(x)
+            with run_as.autocast(acc.device):
+                fwd = tok.model(run_as.layout(x))
             rec = fwd.reconstruction.float()
             accum.add(x, rec, fwd.quantize, batch["key"], inception, i3d)
             accum.sums["skipped"] += batch["skipped"]
@@ -336,7 +341,7 @@ def evaluate(checkpoint: str | os.PathLike, *, data: str | None = None, split: s
                  "recipe_image_size": recipe.data.image_size, "crop": "center",
                  "resize": RESIZE_METHOD if recipe.data.crop == "random" else "none (centre of the stored image)"},
         "settings": {"batch_size": bs, "processes": acc.num_processes, "num_workers": workers,
-                     "reconstruction_loss": recipe.loss.reconstruction, "precision": "fp32",
+                     "reconstruction_loss": recipe.loss.reconstruction, **run_as.record(),
                      "fid_feature": fidelity.FID_FEATURE if inception is not None else None,
                      "is_splits": min(10, len(keys)) if inception is not None else None,
                      "inception_weights": str(weights) if weights else None,

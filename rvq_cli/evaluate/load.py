@@ -9,6 +9,7 @@ exact weights that produced them.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -22,6 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from ..config import Recipe, RecipeError, load_recipe
+from ..hardware import PRECISIONS, Choice, resolve_memory_format, resolve_precision, torch_memory_format
 from ..models import VQTokenizer
 from ..train.build import build_tokenizer
 from ..train.checkpoint import PREFIX, latest_checkpoint
@@ -132,3 +134,42 @@ def inference_accelerator() -> Accelerator:
     # one process-wide Accelerate state; a training run in the same process may have set another
     AcceleratorState._reset_state(reset_partial_state=False)
     return Accelerator(cpu=not torch.cuda.is_available())
+
+
+@dataclass(frozen=True)
+class InferenceSettings:
+    """How eval / encode / decode run a tokenizer: the autocast precision and the memory layout,
+    each resolved for this device with the reason (printed, and recorded in what they write)."""
+
+    precision: Choice
+    memory_format: Choice
+
+    def autocast(self, device: torch.device):
+        """The forward pass's autocast context (none for fp32); the quantizer stays fp32 inside."""
+        if self.precision.value == "no":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.precision.value == "bf16" else torch.float16
+        return torch.autocast(device_type=device.type, dtype=dtype)
+
+    def layout(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` in the model's memory format (4-D image batches only)."""
+        return x.contiguous(memory_format=torch_memory_format(self.memory_format)) if x.dim() == 4 else x
+
+    def record(self) -> dict:
+        return {"precision": self.precision.value, "precision_reason": self.precision.reason,
+                "memory_format": self.memory_format.value}
+
+
+def inference_settings(tok: LoadedTokenizer, device: torch.device, precision: str | None = None) -> InferenceSettings:
+    """The run's own ``train.precision`` and ``train.memory_format`` (``precision`` overrides the
+    former: auto, no, bf16 or fp16), resolved for ``device``; the model is put in that layout."""
+    if precision is not None and precision not in PRECISIONS:
+        raise CheckpointError(f"--precision {precision!r}: choose one of {', '.join(PRECISIONS)} (default: the "
+                              "run's train.precision).")
+    setting = tok.recipe.train.precision if precision is None else precision
+    choice = resolve_precision(setting, device)
+    source = f"the run's train.precision {setting!r}" if precision is None else f"--precision {setting}"
+    choice = Choice(choice.value, f"{source} ({choice.reason})" if setting == "auto" else source)
+    settings = InferenceSettings(choice, resolve_memory_format(tok.recipe.train.memory_format, tok.recipe.model.name))
+    tok.model.to(memory_format=torch_memory_format(settings.memory_format))
+    return settings

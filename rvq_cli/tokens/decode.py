@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from ..evaluate.fidelity import to_uint8
-from ..evaluate.load import load_tokenizer
+from ..evaluate.load import CheckpointError, inference_settings, load_tokenizer
 from ..models import VQTokenizer
 from ..progress import JobProgress
 from .format import TokenError, TokenSample, check_sample, read_token_samples, token_files
@@ -108,7 +108,7 @@ def _check_all(files: list[str], tokenizer: str, codebook_size: int, out: Path, 
 
 
 def decode_dataset(checkpoint: str | os.PathLike, tokens: str | os.PathLike, out: str | os.PathLike, *,
-                   batch_size: int = 32, quiet: bool = False) -> DecodeReport:
+                   batch_size: int = 32, quiet: bool = False, precision: str | None = None) -> DecodeReport:
     """Decode the token shards ``tokens`` (an ``rvq encode`` folder or a shard pattern) with the
     tokenizer at ``checkpoint`` into ``out/KEY.png`` (video tokenizers: ``out/KEY.mp4``)."""
     if batch_size < 1:
@@ -116,6 +116,10 @@ def decode_dataset(checkpoint: str | os.PathLike, tokens: str | os.PathLike, out
     files, manifest = token_files(tokens)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     tok = load_tokenizer(checkpoint, device=device)
+    try:
+        settings = inference_settings(tok, torch.device(device), precision)
+    except CheckpointError as err:
+        raise TokenError(str(err)) from None
     K = tok.model.quantize.codebook_size
     if manifest is not None and manifest.get("tokenizer") != tok.tokenizer_id:
         raise TokenError(f"{tokens} holds tokens of tokenizer {manifest.get('tokenizer')!r} (checkpoint "
@@ -129,7 +133,8 @@ def decode_dataset(checkpoint: str | os.PathLike, tokens: str | os.PathLike, out
     n = 0
     with JobProgress("decode", total, silent=quiet) as progress:
         for run in _batches(read_token_samples(files), batch_size):
-            images = decode_tokens(tok.model, np.stack([s.tokens for s in run]))
+            with settings.autocast(torch.device(device)):
+                images = decode_tokens(tok.model, np.stack([s.tokens for s in run]))
             for s, image in zip(run, images):
                 if video:
                     save_mp4(image, _image_path(out, s.key, ".mp4"), clip_fps(s.meta))

@@ -26,7 +26,8 @@ import torch
 from accelerate import Accelerator
 
 from ..data.shards import count_samples, write_shards
-from ..evaluate.load import LoadedTokenizer, inference_accelerator, load_tokenizer
+from ..evaluate.load import (CheckpointError, InferenceSettings, LoadedTokenizer, inference_accelerator,
+                             inference_settings, load_tokenizer)
 from ..jobs import clear_outputs, job_differences, write_json_atomic
 from ..progress import JobProgress
 from .format import FORMAT, MANIFEST, META, TOKENS, token_dtype, tokens_to_npy
@@ -61,9 +62,10 @@ def _grid_input(tok: LoadedTokenizer, size: int):
     return (clip[0], size, size) if clip else size
 
 
-def _job(tok: LoadedTokenizer, src: Source, size: int, per_shard: int) -> dict:
+def _job(tok: LoadedTokenizer, src: Source, size: int, per_shard: int, settings: InferenceSettings) -> dict:
+    # the precision is part of the job: bf16 and fp32 encoders may choose other codes at near ties
     job = {"format": FORMAT, "tokenizer": tok.tokenizer_id, "source": src.description, "image_size": size,
-           "per_shard": per_shard, "units": len(src.units)}
+           "per_shard": per_shard, "units": len(src.units), "precision": settings.precision.value}
     if _clip(tok):
         job["clip"] = list(_clip(tok))
     return job
@@ -132,14 +134,17 @@ class _UnitWriter:
 
 
 def _encode_units(acc: Accelerator, tok: LoadedTokenizer, todo: list[Unit], out: Path, size: int, per_shard: int,
-                  batch_size: int, num_workers: int, total: int | None, quiet: bool) -> tuple[int, float]:
+                  batch_size: int, num_workers: int, total: int | None, quiet: bool,
+                  settings: InferenceSettings) -> tuple[int, float]:
     writer = _UnitWriter(out, tok, {u.index: u for u in todo}, per_shard)
     n = 0
     with JobProgress("encode", total, silent=quiet or not acc.is_main_process) as progress, torch.no_grad():
         for batch in unit_batches(todo, size, batch_size, num_workers, _clip(tok), tok.recipe.data.crop):
             tokens = None
             if batch["x"] is not None:
-                tokens = tok.model.encode(batch["x"].to(acc.device)).cpu().numpy()  # (B, h, w) or (B, T, h, w)
+                with settings.autocast(acc.device):
+                    tokens = tok.model.encode(settings.layout(batch["x"].to(acc.device)))
+                tokens = tokens.cpu().numpy()  # (B, h, w) or (B, T, h, w)
                 writer.add(batch, tokens)
                 n += len(tokens)
                 progress.advance(len(tokens))
@@ -149,7 +154,8 @@ def _encode_units(acc: Accelerator, tok: LoadedTokenizer, todo: list[Unit], out:
     return n, rate
 
 
-def _manifest(out: Path, tok: LoadedTokenizer, src: Source, size: int, per_shard: int) -> dict:
+def _manifest(out: Path, tok: LoadedTokenizer, src: Source, size: int, per_shard: int,
+              settings: InferenceSettings) -> dict:
     shards, count, skipped = [], 0, []
     for unit in src.units:
         rec = json.loads(_record(out, unit.index).read_text())
@@ -164,6 +170,7 @@ def _manifest(out: Path, tok: LoadedTokenizer, src: Source, size: int, per_shard
         "resize": "short side to image_size" if tok.recipe.data.crop == "random" else "none (centre of the stored image)",
         **({"clip": {"frames": _clip(tok)[0], "stride": _clip(tok)[1], "from": "every whole clip, frame 0 on"}}
            if _clip(tok) else {}),
+        **settings.record(),
         "source": src.description, "per_shard": per_shard, "count": count, "shards": shards,
         "classes": src.classes, "skipped": [list(s) for s in skipped],
     }
@@ -174,7 +181,7 @@ def _manifest(out: Path, tok: LoadedTokenizer, src: Source, size: int, per_shard
 
 def encode_dataset(checkpoint: str | os.PathLike, data: str, out: str | os.PathLike, *, per_shard: int = 1000,
                    batch_size: int = 64, num_workers: int = 2, image_size: int | None = None,
-                   restart: bool = False, quiet: bool = False) -> EncodeReport:
+                   restart: bool = False, quiet: bool = False, precision: str | None = None) -> EncodeReport:
     """Encode ``data`` (shard pattern, folder of images, or "demo") with the tokenizer at
     ``checkpoint`` into token shards in ``out``; see the module docstring."""
     for name, v, lo in (("per_shard", per_shard, 1), ("batch_size", batch_size, 1), ("num_workers", num_workers, 0),
@@ -183,6 +190,10 @@ def encode_dataset(checkpoint: str | os.PathLike, data: str, out: str | os.PathL
             raise EncodeError(f"--{name.replace('_', '-')} must be at least {lo}, got {v}.")
     acc = inference_accelerator()
     tok = load_tokenizer(checkpoint, device=acc.device)
+    try:
+        settings = inference_settings(tok, acc.device, precision)
+    except CheckpointError as err:
+        raise EncodeError(str(err)) from None
     size = tok.recipe.data.image_size if image_size is None else image_size
     try:
         tok.model.latent_shape(_grid_input(tok, size))
@@ -194,15 +205,16 @@ def encode_dataset(checkpoint: str | os.PathLike, data: str, out: str | os.PathL
     with acc.main_process_first():  # the demo set is built once; the job record is checked once
         src = plan_source(data, per_shard, video=tok.recipe.model.video)
         if acc.is_main_process:
-            _check_job(out, _job(tok, src, size, per_shard), restart)
+            _check_job(out, _job(tok, src, size, per_shard, settings), restart)
     todo = [u for u in src.units if not _done(out, u)]
     acc.wait_for_everyone()  # every process has listed the pending units before any is written
     mine = todo[acc.process_index :: acc.num_processes]
     total = sum(len(u.files) for u in mine) if src.total else count_samples([u.source for u in mine])
     t0 = time.perf_counter()
-    n, rate = _encode_units(acc, tok, mine, out, size, per_shard, batch_size, num_workers, total or None, quiet)
+    n, rate = _encode_units(acc, tok, mine, out, size, per_shard, batch_size, num_workers, total or None, quiet,
+                            settings)
     acc.wait_for_everyone()
-    manifest = _manifest(out, tok, src, size, per_shard) if acc.is_main_process else {}
+    manifest = _manifest(out, tok, src, size, per_shard, settings) if acc.is_main_process else {}
     acc.wait_for_everyone()
     return EncodeReport(out, manifest, n, time.perf_counter() - t0, rate,
                         [tuple(s) for s in manifest.get("skipped", [])])

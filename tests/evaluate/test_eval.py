@@ -152,3 +152,14 @@ def test_a_recipe_without_validation_set_needs_data(eval_run, tmp_path):
     (ckpt / "recipe.yaml").write_text(yaml.safe_dump(recipe))
     code, _, err = cli("eval", run, env=dict(os.environ))
     assert code == 2 and "--data" in err, err
+
+
+def test_eval_precision_defaults_to_the_runs_and_bf16_stays_close(eval_run, tmp_path):
+    fp32 = evaluate(eval_run / "run", batch_size=4, fid=False, out=tmp_path / "a.json", quiet=True)
+    bf16 = evaluate(eval_run / "run", batch_size=4, fid=False, out=tmp_path / "b.json", quiet=True, precision="bf16")
+    assert fp32.report["settings"]["precision"] == "no" and bf16.report["settings"]["precision"] == "bf16"
+    assert "train.precision" in fp32.report["settings"]["precision_reason"]
+    a, b = fp32.metrics, bf16.metrics
+    assert a["rec_loss"] != b["rec_loss"] and abs(a["rec_loss"] - b["rec_loss"]) < 0.05 * a["rec_loss"]
+    code, _, err = cli("eval", eval_run / "run", "--precision", "fp64", "--no-fid")
+    assert code == 2 and "--precision" in err and "Traceback" not in err

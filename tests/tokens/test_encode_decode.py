@@ -549,3 +549,25 @@ def test_two_process_encode_covers_every_unit_once(world, encoded, tmp_path):
     for key, tokens, meta in rows:
         np.testing.assert_array_equal(tokens, single[key][0], err_msg=key)
         assert meta == single[key][1]
+
+
+def test_encode_and_decode_precision_is_recorded_and_part_of_the_job(world, tmp_path):
+    """--precision (default: the run's train.precision, fp32 in the tiny recipe) is in the manifest; a
+    continuation in another precision is refused (its codes may differ at near ties); a bad value is a
+    user error before anything is written."""
+    out = tmp_path / "enc"
+    assert rvq("encode", world.run, world.pattern, out, "--num-workers", 0, "-q", inprocess=True).returncode == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["precision"] == "no" and "train.precision" in manifest["precision_reason"]
+    res = rvq("encode", world.run, world.pattern, out, "--precision", "bf16", "--num-workers", 0, "-q", inprocess=True)
+    assert_user_error(res, "--restart", "precision")
+    res = rvq("encode", world.run, world.pattern, tmp_path / "e2", "--precision", "fp8", "-q", inprocess=True)
+    assert_user_error(res, "--precision", "auto, no, bf16, fp16")
+    assert not (tmp_path / "e2").exists()
+    bf = tmp_path / "bf"
+    assert rvq("encode", world.run, world.pattern, bf, "--precision", "bf16", "--num-workers", 0, "-q",
+               inprocess=True).returncode == 0
+    assert json.loads((bf / "manifest.json").read_text())["precision"] == "bf16"
+    res = rvq("decode", world.run, bf, tmp_path / "img", "--precision", "bf16", "-q", inprocess=True)
+    assert res.returncode == 0, res.stderr
+    assert len(list((tmp_path / "img").rglob("*.png"))) == manifest["count"]
