@@ -175,9 +175,10 @@ class ModelConfig(_Section):
         "(the 1×1 conv, then LayerNorm over channels: its cosine 1024 × 32 model)")
 
     pixel_norm: Literal[PIXEL_NORMS] = Field(  # type: ignore[valid-type]
-        "signed", description="what the encoder sees and the decoder emits: signed ([-1, 1] images, taming) or clip "
-        "(CLIP's per-channel mean/std of [0, 1] pixels, the official Table 1 code); the reconstruction loss is taken "
-        "in that space (clip: ≈3.5× the [-1, 1] MSE); data, eval images and tokens stay [-1, 1]")
+        "signed", description="what the encoder sees and the decoder emits: signed ([-1, 1] images, taming), unit "
+        "([0, 1] pixels, enhancing-transformers' ViT-VQGAN) or clip (CLIP's per-channel mean/std of [0, 1] pixels, "
+        "the official Table 1 code); the reconstruction loss is taken in that space (unit: 1/4 of the [-1, 1] MSE, "
+        "clip: ≈3.5×); data, eval images and tokens stay [-1, 1]")
 
     @property
     def z_channels(self) -> int:

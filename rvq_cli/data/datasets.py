@@ -15,8 +15,9 @@ Layouts (docs/datasets.md says what to download for each):
   validation when a hash of its relative path falls below ``val_fraction`` (default 0).
 - ``bair``, ``ucf101``: videos, one mp4 sample per trajectory / video (``video_datasets.py``).
 
-Split S is written as ``OUT/S-000000.tar``, ... with ``per_shard`` consecutive files each (sorted
-order), keys from the path (``_keys``; ffhq/celebahq keys start with the layout name so the two
+Split S is written as ``OUT/S-000000.tar``, ... with ``per_shard`` files each: validation in sorted
+order, training in a fixed pseudo-random order of the sorted list (``shuffled_order``: shards of
+sorted synset or class folders would make every batch nearly one class), keys from the path (``_keys``; ffhq/celebahq keys start with the layout name so the two
 never clash in FacesHQ). Each shard is written to a hidden ``.partial`` file and renamed when
 complete, then recorded in ``OUT/.progress/S-NNNNNN.json`` (its files, a digest of what it holds,
 its size, skipped files). A re-run skips recorded shards, so an interrupted run continues where
@@ -42,7 +43,7 @@ from ..jobs import clear_outputs, job_differences
 from ..progress import JobProgress
 from .images import _resize_short, decode_rgb
 from .prepare import IMAGE_SUFFIXES, SkippedFile, _class_layout, _keys, _list_images, _load, _write_text
-from .shards import DataError, _checked, _shard_name, _write_one, shard_pattern
+from .shards import DataError, _checked, _shard_name, _write_one, shard_pattern, shuffled_order
 
 LAYOUTS = ("imagenet", "ffhq", "celebahq", "folder", "bair", "ucf101")
 PROGRESS = ".progress"
@@ -586,8 +587,9 @@ def prepare_dataset(layout: str, src: str | os.PathLike, out: str | os.PathLike,
                         "validation. Choose a --val-from, --val-fraction or lists that leave some for training.")
     if not plan.splits["val"]:
         plan.notes.append("no validation images (no val shards written)")
+    plan.splits["train"] = shuffled_order(plan.splits["train"])  # class folders mixed across the shards
     job = {"format": FORMAT, "layout": layout, "source": str(src.resolve()), "per_shard": o.per_shard,
-           "size": o.size, **plan.pins}
+           "size": o.size, "train_order": "shuffled-v1", **plan.pins}
     _check_job(out, job, o.restart)
     chunks = [_Chunk(s, i // o.per_shard, items[i : i + o.per_shard])
               for s, items in plan.splits.items() for i in range(0, len(items), o.per_shard)]

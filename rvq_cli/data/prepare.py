@@ -29,7 +29,7 @@ from typing import Iterator, Optional
 from PIL import Image
 
 from .images import decode_rgb
-from .shards import DataError, shard_pattern, write_shards
+from .shards import DataError, shard_pattern, shuffled_order, write_shards
 
 IMAGE_SUFFIXES = frozenset(".jpg .jpeg .png .webp .bmp .gif .tif .tiff .ppm .pgm .pbm".split())
 _WINDOW = 1024  # files in flight at once (bounds memory with many workers)
@@ -130,9 +130,12 @@ def folder_to_shards(src: str | os.PathLike, out: str | os.PathLike, *, max_coun
     classes = _class_layout(paths)
     skipped: list[SkippedFile] = []
     counts = {"converted": 0}
+    # keys from the sorted paths; the shards hold them in a fixed shuffled order (class folders mixed)
+    keyed = shuffled_order(list(zip(_keys(paths), paths)))
+    order = [rel for _, rel in keyed]
 
     def samples() -> Iterator[dict]:
-        for key, (rel, got) in zip(_keys(paths), _loaded(src, paths, workers)):
+        for (key, _), (rel, got) in zip(keyed, _loaded(src, order, workers)):
             if isinstance(got, str):
                 skipped.append(SkippedFile(rel, got))
                 continue

@@ -60,6 +60,19 @@ class DataError(Exception):
 _SHARD_DIGITS = 6
 
 
+SHARD_ORDER_SEED = 0  # the fixed permutation training sets are written in ("shuffled-v1")
+
+
+def shuffled_order(items: list) -> list:
+    """``items`` in the fixed pseudo-random order training shards are written in: sorted folders
+    (ImageNet's synsets, class sub-folders) would otherwise make every shard, and so every batch
+    drawn from a few shards, nearly one class. Deterministic (a resumed job writes the same
+    shards); the same for every run and machine."""
+    out = list(items)
+    random.Random(SHARD_ORDER_SEED).shuffle(out)
+    return out
+
+
 def _shard_name(prefix: str, i: int) -> str:
     return f"{prefix}-{i:0{_SHARD_DIGITS}d}.tar"
 

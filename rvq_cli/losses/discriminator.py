@@ -49,11 +49,10 @@ class PatchDiscriminator(nn.Module):
 
 
 def _init(m: nn.Module) -> None:
-    """DCGAN initialisation, as pix2pix and taming: conv N(0, 0.02); norm scale N(1, 0.02), shift 0."""
+    """DCGAN initialisation as taming's ``weights_init``: conv weights N(0, 0.02), their biases
+    left at PyTorch's default U(±1/√fan_in); norm scale N(1, 0.02), shift 0."""
     if isinstance(m, nn.Conv2d):
         nn.init.normal_(m.weight, 0.0, 0.02)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
     elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
         nn.init.normal_(m.weight, 1.0, 0.02)
         nn.init.zeros_(m.bias)

@@ -29,10 +29,11 @@ __all__ = ["PIXEL_NORMS", "PROJECTIONS", "ChannelLayerNorm", "TokenizerOutput", 
 PROJECTIONS = ("conv", "none", "conv_layernorm")
 
 # What the encoder sees and the decoder emits, from the [-1, 1] images everything else in rvq holds:
-# signed (the images as they are: taming, latent-diffusion), or clip (the official Table 1 code's
-# Normalize with CLIP's per-channel mean and std of [0, 1] pixels).
+# signed (the images as they are: taming, latent-diffusion), unit ([0, 1] pixels: ToTensor without
+# Normalize, enhancing-transformers' ViT-VQGAN), or clip (the official Table 1 code's Normalize with
+# CLIP's per-channel mean and std of [0, 1] pixels).
 CLIP_MEAN, CLIP_STD = (0.4815, 0.4578, 0.4082), (0.2686, 0.2613, 0.2758)  # rotation_trick imagenet_dataset.py
-PIXEL_NORMS = ("signed", "clip")
+PIXEL_NORMS = ("signed", "unit", "clip")
 
 
 @dataclass
@@ -115,8 +116,9 @@ class VQTokenizer(nn.Module):
 
     def set_pixel_norm(self, name: str) -> None:
         """What the encoder sees (and the decoder emits) for [-1, 1] images: "signed", the images
-        themselves, or "clip", (x01 − mean) / std with CLIP's per-channel statistics, x01 = (x + 1)/2,
-        i.e. (x − shift) / scale with shift = 2·mean − 1 and scale = 2·std. The tokenizer's inputs and
+        themselves; "unit", x01 = (x + 1)/2; or "clip", (x01 − mean) / std with CLIP's per-channel
+        statistics. Each is (x − shift) / scale: unit shift −1, scale 2; clip shift 2·mean − 1,
+        scale 2·std. The tokenizer's inputs and
         outputs stay [-1, 1] images either way; :attr:`pixel_scale` lets the pixel loss be taken in
         the model's space, as the code that used the normalisation did."""
         if name not in PIXEL_NORMS:
@@ -128,6 +130,8 @@ class VQTokenizer(nn.Module):
         if name == "clip":
             shift = torch.tensor(CLIP_MEAN) * 2.0 - 1.0
             scale = torch.tensor(CLIP_STD) * 2.0
+        elif name == "unit":
+            shift, scale = torch.full((self.in_channels,), -1.0), torch.full((self.in_channels,), 2.0)
         else:
             shift, scale = torch.zeros(self.in_channels), torch.ones(self.in_channels)
         # not in the state dict: they follow from the recipe, and checkpoints stay what they were

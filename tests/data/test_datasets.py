@@ -19,6 +19,7 @@ from PIL import Image
 from tiny import TINY
 
 from rvq_cli.config import load_recipe
+from rvq_cli.data.shards import shuffled_order
 from rvq_cli.data import DataError, DatasetOptions, datasets, expand_pattern, image_batches, prepare_dataset
 
 RVQ = shutil.which("rvq") or os.path.join(os.path.dirname(sys.executable), "rvq")
@@ -91,12 +92,15 @@ def test_imagenet_labels_follow_sorted_synsets(tmp_path, val_folders):
     assert rep.splits["train"].pattern == str(tmp_path / "out" / "train-{000000..000002}.tar")
     train, val = read(rep.splits["train"].pattern), read(rep.splits["val"].pattern)
     check_keys(train + val)
-    assert [int(s["cls"]) for s in train] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    assert sorted(int(s["cls"]) for s in train) == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    paths = [json.loads(s["json"])["path"] for s in train]
+    assert paths == shuffled_order(sorted(paths)) != sorted(paths)  # training shards: classes mixed, fixed order
+    assert all(int(s["cls"]) == classes[json.loads(s["json"])["synset"]] for s in train)
     by_name = {Path(json.loads(s["json"])["path"]).stem: (int(s["cls"]), json.loads(s["json"])["synset"]) for s in val}
     assert by_name == {f"ILSVRC2012_val_{j:08d}": (classes[syn], syn) for j, syn in enumerate(VAL, 1)}
-    first = json.loads(train[0]["json"])
-    assert first == {"path": "train/n01000000/n01000000_0.JPEG", "synset": "n01000000"}
-    assert train[0]["jpg"] == (src / first["path"]).read_bytes()  # original bytes by default
+    first = train[paths.index("train/n01000000/n01000000_0.JPEG")]
+    assert json.loads(first["json"]) == {"path": "train/n01000000/n01000000_0.JPEG", "synset": "n01000000"}
+    assert first["jpg"] == (src / "train/n01000000/n01000000_0.JPEG").read_bytes()  # original bytes by default
 
 
 @pytest.mark.parametrize("synsets", ["meta.mat", "synsets.txt"])
@@ -143,7 +147,7 @@ def test_ffhq_split_by_index(tmp_path, nested):
     rep = prepare_dataset("ffhq", src, tmp_path / "out", opts(val_from=1000))
     assert rep.classes is None and json.loads((tmp_path / "out" / "classes.json").read_text()) == {}
     train, val = read(rep.splits["train"].pattern), read(rep.splits["val"].pattern)
-    assert [json.loads(s["json"])["index"] for s in train] == [0, 1, 2]
+    assert [json.loads(s["json"])["index"] for s in train] == shuffled_order([0, 1, 2])
     assert [json.loads(s["json"])["index"] for s in val] == [1000, 1001]
     assert all(s["__key__"].startswith("ffhq_") and "cls" not in s and "png" in s for s in train + val)
     check_keys(train + val)

@@ -156,3 +156,28 @@ def test_adaptive_weight_equals_its_formula():
     assert not lam.requires_grad
     nll, g = losses()
     assert adaptive_weight(nll, g * 1e-12, model.last_layer, max_weight=7.0).item() == 7.0  # clamped
+
+
+def test_patchgan_is_tamings_nlayer_discriminator():
+    """taming-transformers' NLayerDiscriminator (the peer package, modules only): the same layers
+    under the same state-dict keys, the same logits for the same weights, and its init (conv
+    weights N(0, 0.02) with PyTorch's default conv biases kept; BatchNorm N(1, 0.02) / 0)."""
+    from taming.modules.discriminator.model import NLayerDiscriminator, weights_init
+
+    from rvq_cli.losses import PatchDiscriminator
+
+    torch.manual_seed(0)
+    theirs = NLayerDiscriminator(input_nc=3, ndf=16, n_layers=3).apply(weights_init).eval()
+    torch.manual_seed(0)
+    ours = PatchDiscriminator(3, 16, 3, "batch").eval()
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    for (name, a), b in zip(ours.state_dict().items(), theirs.state_dict().values()):
+        assert a.shape == b.shape, name
+    ours.load_state_dict(theirs.state_dict())
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(ours(x), theirs(x))
+    first, last = PatchDiscriminator(3, 16, 3, "batch").main[0], PatchDiscriminator(3, 16, 3, "batch").main[-1]
+    for conv in (first, last):
+        bound = 1 / (conv.in_channels * 16) ** 0.5
+        assert conv.bias.abs().max() <= bound and conv.bias.abs().max() > bound / 10  # PyTorch's default kept
+        assert abs(float(conv.weight.std()) - 0.02) < 0.004

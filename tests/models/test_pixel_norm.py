@@ -79,3 +79,18 @@ def test_clip_needs_rgb(tmp_path):
         load_recipe(recipe, check_paths=False)
     with pytest.raises(ValueError, match="pixel_norm"):
         tokenizer("lab")
+
+
+def test_unit_is_torchvisions_to_tensor_range():
+    """pixel_norm unit: the encoder sees ToTensor's [0, 1] pixels (enhancing-transformers' ViT-VQGAN,
+    no Normalize) and the rec term is the [0, 1] MSE, a quarter of the [-1, 1] one."""
+    tok, x = tokenizer("unit"), images(seed=3)
+    seen, emitted = {}, {}
+    tok.encoder.register_forward_pre_hook(lambda m, args: seen.setdefault("x", args[0]))
+    tok.decoder.register_forward_hook(lambda m, args, out: emitted.setdefault("y", out))
+    with torch.no_grad():
+        rec = tok(x).reconstruction
+    torch.testing.assert_close(seen["x"], (x + 1) / 2)
+    torch.testing.assert_close(rec, emitted["y"] * 2 - 1)
+    torch.testing.assert_close(pixel_losses(x, rec, "l2", tok.pixel_scale)["rec"],
+                               F.mse_loss(emitted["y"], (x + 1) / 2))
