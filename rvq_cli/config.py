@@ -20,7 +20,7 @@ from .models.video import FLAVOURS
 from .models.vit import WEIGHT_INITS
 from .quantize.codebook import INITS
 from .quantize.estimators import ESTIMATORS, GAMMAS
-from .quantize.quantizer import COSINE_INITS, COSINE_OUTPUTS, EMA_COUNTS, GUMBEL_LOGITS, VQ_LOSSES
+from .quantize.quantizer import COSINE_INITS, COSINE_OUTPUTS, EMA_COUNTS, GUMBEL_LOGITS, GUMBEL_SAMPLES, VQ_LOSSES
 
 DEMO = "demo"  # data source name: the photographs shipped inside scikit-image, cut into shards
 
@@ -93,6 +93,9 @@ class QuantizerConfig(_Section):
         "Linear(dim, codebook_size) with bias on the quantizer's input (karpathy/deep-vector-quantization's 1×1 "
         "conv); the token is the argmax of the logits, there is no commitment or codebook term and the codebook "
         "learns through the mixture (needs update: learned, beta: 0, codebook_dim: null)")
+    gumbel_sample: Literal[GUMBEL_SAMPLES] = Field(  # type: ignore[valid-type]
+        "soft", description="estimator 'gumbel', in training: soft decodes the relaxed sample (karpathy's default), "
+        "hard its one-hot, with the relaxed sample's gradient (straight-through, taming-transformers' GumbelVQ)")
     cosine_output: Literal[COSINE_OUTPUTS] = Field(  # type: ignore[valid-type]
         "as_is", description="cosine lookup: renormalize l2-normalises the estimator's output again, as the "
         "official Table 1 code (same value; the STE's gradient is then projected at q)")
@@ -265,6 +268,8 @@ class TrainConfig(_Section):
         "natively: CUDA with bf16, CPUs with AVX512-BF16 or AMX; else fp32). The quantizer computes in fp32 always")
     memory_format: Literal[MEMORY_FORMATS] = Field(  # type: ignore[valid-type]
         "contiguous", description="layout of the conv family's weights and inputs (channels_last: NHWC)")
+    compile: bool = Field(False, description="compile the encoder, the decoder and the discriminator with "
+                          "torch.compile (the quantizer stays eager); the first steps pay the compilation")
     grad_clip: float = Field(1.0, ge=0.0, description="max gradient norm (0: no clipping)")
     log_every: int = Field(10, ge=1)
     sample_every: int = Field(500, ge=1, description="steps between reconstruction grids")
@@ -442,6 +447,9 @@ def _check_without_effect(recipe: Recipe) -> list[Problem]:
     if recipe.model.video and recipe.data.crop != "random":
         problems.append(Problem("data.crop", "applies to image models; video clips are resized on the short side "
                                 "and centre-cropped in training and evaluation alike (remove the key)"))
+    if recipe.train.compile and q.estimator == "hessian":
+        problems.append(Problem("train.compile", "the hessian estimator differentiates the decoder twice, which "
+                                "torch.compile does not support; set train.compile: false"))
     if recipe.optim.decay_steps is not None and recipe.optim.schedule != "cosine":
         problems.append(Problem("optim.decay_steps", "sets where the cosine schedule ends; this recipe's schedule "
                                 f"is {recipe.optim.schedule!r} (remove the key or set optim.schedule: cosine)"))
@@ -479,7 +487,8 @@ def _check_gumbel(q: QuantizerConfig) -> list[Problem]:
     unused), and what the linear logits need."""
     problems, at = [], "model.quantizer."
     if q.estimator != "gumbel":
-        for key, default in (("gumbel_logits", "distance"), ("kl_warmup_steps", 0), ("temperature_steps", None)):
+        for key, default in (("gumbel_logits", "distance"), ("kl_warmup_steps", 0), ("temperature_steps", None),
+                             ("gumbel_sample", "soft")):
             if getattr(q, key) != default:
                 problems.append(Problem(at + key, f"{getattr(q, key)!r} acts on the gumbel estimator only; this "
                                         f"recipe's estimator is {q.estimator!r} (remove the key or set estimator: gumbel)"))

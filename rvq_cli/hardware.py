@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["Choice", "cpu_bf16_instructions", "resolve_memory_format", "resolve_precision"]
+__all__ = ["Choice", "compile_modules", "cpu_bf16_instructions", "keep_grad_layouts", "resolve_memory_format", "resolve_precision"]
 
 PRECISIONS = ("auto", "no", "bf16", "fp16")
 MEMORY_FORMATS = ("contiguous", "channels_last")
@@ -109,3 +109,44 @@ def resolve_memory_format(setting: str, model_name: str) -> Choice:
 
 def torch_memory_format(choice: Choice) -> torch.memory_format:
     return torch.channels_last if choice.value == "channels_last" else torch.contiguous_format
+
+
+def keep_grad_layouts(module: torch.nn.Module) -> int:
+    """Make every parameter's gradient arrive in the parameter's own strides; returns how many
+    parameters can need it (those with a size-1 dimension, e.g. 1×1 conv weights).
+
+    oneDNN's (and cuDNN's) conv backward hands 1×1 kernels a weight gradient with channels-last
+    strides ([C, 1, C, C] for a [C, C, 1, 1] weight). Autograd accepts it, since strides of
+    size-1 dimensions do not change the memory order, but DDP compares strides literally, warns
+    "Grad strides do not match bucket view strides" and copies through a slow path every step.
+    A hook on the parameter re-strides such a gradient before it is accumulated (a copy of a
+    tiny kernel), so the buckets stay contiguous views and DDP stays quiet."""
+    count = 0
+    for p in module.parameters():
+        if not p.requires_grad or 1 not in p.shape:
+            continue
+        count += 1
+
+        def restride(grad: torch.Tensor, p: torch.nn.Parameter = p) -> torch.Tensor:
+            if grad.stride() == p.stride() or grad.layout != torch.strided:
+                return grad
+            return torch.empty_strided(p.shape, p.stride(), dtype=grad.dtype, device=grad.device).copy_(grad)
+
+        p.register_hook(restride)
+    return count
+
+
+def compile_modules(model: torch.nn.Module, disc: torch.nn.Module | None = None, double_backward: bool = False) -> list[str]:
+    """``train.compile``: compile the tokenizer's encoder and decoder (and the discriminator) in
+    place with ``nn.Module.compile``, so state-dict keys and checkpoints stay as they are. The
+    quantizer stays eager (its search, statistics and estimator hooks are data-dependent; the
+    estimator kernels compile on their own). A discriminator that is differentiated twice (R1)
+    stays eager: torch.compile has no double backward. Returns the names compiled."""
+    done = []
+    for name in ("encoder", "decoder"):
+        getattr(model, name).compile()
+        done.append(name)
+    if disc is not None and not double_backward:
+        disc.compile()
+        done.append("discriminator")
+    return done

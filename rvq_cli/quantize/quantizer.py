@@ -39,6 +39,7 @@ VQ_LOSSES = ("vqvae", "taming_legacy")
 EMA_COUNTS = ("ones", "zeros")
 COSINE_INITS = ("unit", "as_drawn")
 GUMBEL_LOGITS = ("distance", "linear")
+GUMBEL_SAMPLES = ("soft", "hard")  # what the decoder gets in training: the relaxed sample, or its one-hot
 _LOGIT_SEED = 0x6B61_7270_6174_6879  # mixed into torch's seed for the linear logits' own generator
 
 
@@ -154,6 +155,9 @@ class VectorQuantizer(nn.Module):
         kl_weight: the ``gumbel`` estimator's weight on KL(softmax(logits) ‖ uniform).
         kl_warmup_steps: ``gumbel``: 0 holds ``kl_weight`` from the first step; N > 0 ramps it
             from 0 along the same cosine over the first N optimizer steps (karpathy's RampBeta).
+        gumbel_sample: ``gumbel`` in training: "soft" decodes the relaxed sample (karpathy's
+            default), "hard" its one-hot with the relaxed sample's gradient (straight-through
+            Gumbel-softmax, taming-transformers' GumbelVQ).
         gumbel_logits: ``gumbel``'s logits: "distance" (−‖e − c_k‖²: the sample is near the
             nearest code; commitment and codebook terms as for every estimator) or "linear"
             (a learned Linear(D, K) with bias on the layer's input, karpathy's 1×1 conv; the
@@ -208,6 +212,7 @@ class VectorQuantizer(nn.Module):
         gumbel_logits: str = "distance",
         kl_warmup_steps: int = 0,
         temperature_steps: int | None = None,
+        gumbel_sample: str = "soft",
     ) -> None:
         super().__init__()
         if dim < 1 or codebook_size < 2:
@@ -235,6 +240,7 @@ class VectorQuantizer(nn.Module):
         self.kl_warmup_steps, self.temperature_steps = int(kl_warmup_steps), temperature_steps
         self.kl_scale = self.kl_weight_at(0)  # the gumbel KL weight now (see anneal)
         self.gumbel_logits = _choice("gumbel_logits", gumbel_logits, GUMBEL_LOGITS)
+        self.gumbel_sample = _choice("gumbel_sample", gumbel_sample, GUMBEL_SAMPLES)
         linear = gumbel_logits == "linear"
         if linear and self.estimator.name != "gumbel":
             raise ValueError(f"gumbel_logits 'linear' is an option of the gumbel estimator, not of {estimator!r}")
@@ -429,7 +435,9 @@ class VectorQuantizer(nn.Module):
                 return self._project(self.logit_proj, v)
             return 2.0 * v @ codes.t() - (codes * codes).sum(-1)
 
-        soft = F.gumbel_softmax(logits_of(self._watch_gradients(e)), tau=self.temperature, hard=False)  # (N, K)
+        # hard: the one-hot of the sample forward, the relaxed sample's gradient (taming's GumbelVQ)
+        soft = F.gumbel_softmax(logits_of(self._watch_gradients(e)), tau=self.temperature,
+                                hard=self.gumbel_sample == "hard")  # (N, K)
         # the prior term reaches e outside the watched path
         p = (logits_of(e) if logits is None else logits).softmax(-1)  # (N, K)
         kl = (p * torch.log(p * self.codebook_size + 1e-10)).sum(-1).mean()  # Σ p log(p / (1/K)), as karpathy's

@@ -28,6 +28,7 @@ def _build_family(model: ModelConfig, image_size: int, frames: int) -> VQTokeniz
         kl_weight=q.kl_weight, ema_counts=q.ema_counts, cosine_output=q.cosine_output, vq_loss=q.vq_loss,
         cosine_init=q.cosine_init,
         gumbel_logits=q.gumbel_logits, kl_warmup_steps=q.kl_warmup_steps, temperature_steps=q.temperature_steps,
+        gumbel_sample=q.gumbel_sample,
     )
     if model.name == "timesformer":
         v = model.timesformer
@@ -51,9 +52,17 @@ def _build_family(model: ModelConfig, image_size: int, frames: int) -> VQTokeniz
     )
 
 
+def adam_kernel() -> dict:
+    """Keyword arguments for torch's Adam/AdamW: the fused kernel (one pass over every parameter
+    instead of a Python loop per tensor), which torch provides on CPUs and CUDA for float
+    parameters. Same update rule; rounding may differ in the last bit from the loop."""
+    return {"fused": True}
+
+
 def build_optimizer(params, optim: OptimConfig) -> torch.optim.Optimizer:
     cls = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}[optim.name]
-    return cls(params, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps, weight_decay=optim.weight_decay)
+    return cls(params, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps, weight_decay=optim.weight_decay,
+               **adam_kernel())
 
 
 def lr_factor(step: int, optim: OptimConfig, total_steps: int) -> float:

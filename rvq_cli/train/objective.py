@@ -17,6 +17,7 @@ from ..losses import (
     pixel_losses,
     r1_penalty,
 )
+from .build import adam_kernel
 
 GAN_KEYS = ("g_loss", "d_loss", "adaptive_weight", "logits_real", "logits_fake")
 
@@ -45,7 +46,7 @@ def build_discriminator(loss: LossConfig, in_channels: int, image_size: int) -> 
 def build_disc_optimizer(disc: nn.Module, loss: LossConfig, lr: float) -> torch.optim.Optimizer:
     g = loss.gan
     cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[g.optimizer]
-    return cls(disc.parameters(), lr=g.lr or lr, betas=tuple(g.betas), weight_decay=g.weight_decay)
+    return cls(disc.parameters(), lr=g.lr or lr, betas=tuple(g.betas), weight_decay=g.weight_decay, **adam_kernel())
 
 
 class Objective:

@@ -23,7 +23,8 @@ from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 
 from ..config import DEMO, Recipe, recipe_to_yaml
-from ..hardware import resolve_memory_format, resolve_precision, torch_memory_format
+from ..hardware import (compile_modules, keep_grad_layouts, resolve_memory_format, resolve_precision,
+                        torch_memory_format)
 from .build import build_optimizer, build_scheduler, build_tokenizer, count_parameters
 from .checkpoint import CheckpointState, latest_checkpoint, load_checkpoint, save_checkpoint, save_rng
 from .loss_level import estimator_loss, forward_context
@@ -178,6 +179,11 @@ class Trainer:
                                      memory_format=self.memory_format.value)
         if resume:
             self._resume()
+        self.compiled = compile_modules(self.model, self.disc, recipe.loss.gan.r1_gamma > 0) if t.compile else []
+        if self.acc.num_processes > 1:  # DDP's buckets take the parameters' strides
+            keep_grad_layouts(self.model)
+            if self.disc is not None:
+                keep_grad_layouts(self.disc)
         self.model, self.optimizer = self.acc.prepare(self.model, self.optimizer)
         if self.disc is not None:
             if self.acc.num_processes > 1 and self.acc.device.type == "cuda":
@@ -432,5 +438,6 @@ def train(recipe: Recipe, run_dir: str | Path | None = None, resume: bool = Fals
               f"estimator {q.estimator}, {q.codebook_size} codes, loss = "
               f"{describe(recipe.loss, q.beta, q.update == 'learned', q.vq_loss)}, {trainer.acc.num_processes} process(es) on "
               f"{trainer.acc.device}, precision {trainer.precision}, memory format {trainer.memory_format}, "
-              f"run dir {trainer.run_dir}")
+              + (f"compiled: {', '.join(trainer.compiled)}, " if trainer.compiled else "")
+              + f"run dir {trainer.run_dir}")
     return trainer.run()

@@ -130,3 +130,28 @@ def test_linear_logits_refuse_what_they_cannot_do(kw, match):
 def test_linear_logits_are_a_gumbel_option_only():
     with pytest.raises(ValueError, match="gumbel estimator"):
         VectorQuantizer(4, 16, "rotation", update="learned", gumbel_logits="linear")
+
+
+def test_hard_samples_are_tamings_straight_through_gumbel():
+    """gumbel_sample hard (taming's GumbelVQ, straight_through=True): the decoder gets the code of the
+    sample's argmax, and the gradient is the relaxed sample's: y_hard − sg(y_soft) + y_soft."""
+    vq = linear_vq(gumbel_sample="hard").train()
+    vq.anneal(0, 10)
+    z = torch.randn(2, 4, 3, 3, generator=torch.Generator().manual_seed(2)).requires_grad_(True)
+    embed = vq.codebook.detach().clone()
+    torch.manual_seed(5)
+    out = vq(z)
+    out.quantized.square().sum().backward()
+
+    zz = z.detach().clone().requires_grad_(True)
+    logits = F.conv2d(zz, vq.logit_proj.weight.detach()[:, :, None, None],
+                      vq.logit_proj.bias.detach())
+    b, k, h, w = logits.shape
+    torch.manual_seed(5)
+    gumbels = -torch.empty(b * h * w, k).exponential_().log().reshape(b, h, w, k).permute(0, 3, 1, 2)
+    y_soft = F.softmax((logits + gumbels) / vq.temperature, dim=1)
+    y_hard = F.one_hot(y_soft.argmax(1), k).permute(0, 3, 1, 2).to(y_soft.dtype)
+    z_q = torch.einsum("b n h w, n d -> b d h w", y_hard - y_soft.detach() + y_soft, embed)
+    torch.testing.assert_close(out.quantized, embed[y_soft.argmax(1)].permute(0, 3, 1, 2))
+    z_q.square().sum().backward()
+    torch.testing.assert_close(z.grad, zz.grad, rtol=1e-4, atol=1e-6)

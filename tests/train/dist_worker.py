@@ -10,8 +10,10 @@ from safetensors.torch import save_file
 from rvq_cli.config import load_recipe
 from rvq_cli.train.trainer import Trainer, _loader
 
-recipe_path, out = sys.argv[1], Path(sys.argv[2])
-trainer = Trainer(load_recipe(recipe_path), Path(load_recipe(recipe_path).output.dir), quiet=True)
+recipe_path, out, overrides = sys.argv[1], Path(sys.argv[2]), sys.argv[3:]  # then key=value overrides
+out.mkdir(parents=True, exist_ok=True)
+recipe = load_recipe(recipe_path, overrides)
+trainer = Trainer(recipe, Path(recipe.output.dir), quiet=True)
 result = trainer.run()
 rank = trainer.acc.process_index
 model = trainer.acc.unwrap_model(trainer.model)

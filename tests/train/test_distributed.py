@@ -35,3 +35,21 @@ def test_two_processes_stay_identical_and_read_different_data(tmp_path, shards):
     ckpt = load_file(str(tmp_path / "dist" / "ckpt-00000004" / "model.safetensors"))
     for k in a:
         assert torch.equal(a[k], ckpt[k]), k
+
+
+def test_ddp_sees_gradients_in_the_parameters_layout(tmp_path, shards):  # noqa: F811
+    """bf16 conv backward gives 1×1 kernels channels-last-strided weight gradients; DDP compared them
+    literally and warned "Grad strides do not match bucket view strides" every run. The trainer
+    re-strides them (hardware.keep_grad_layouts), for contiguous and channels_last models alike."""
+    path = recipe_file(tmp_path, shards, out="dist")
+    path.write_text(path.read_text().replace("attn_resolutions: []", "attn_resolutions: [8]")
+                    .replace("steps: 3", "steps: 2"))
+    worker = Path(__file__).with_name("dist_worker.py")
+    env = dict(os.environ, OMP_NUM_THREADS="1", RVQ_COMPILE="never")
+    for port, layout in ((29534, "contiguous"), (29535, "channels_last")):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+               str(worker), str(path), str(tmp_path / layout), "train.precision=bf16",
+               f"train.memory_format={layout}", f"output.dir={tmp_path / layout / 'run'}"]
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+        assert "Grad strides do not match" not in res.stdout + res.stderr, layout
