@@ -1,0 +1,37 @@
+"""The GPU scripts and the model benchmark run end to end in their tiny CPU modes (structure, not
+speed: their timings on a tiny model mean nothing; docs/benchmarks.md holds the real figures)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(cmd: list[str], **env) -> str:
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                         env=dict(os.environ, PYTHON=sys.executable, OMP_NUM_THREADS="1", **env))
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return res.stdout
+
+
+def test_gpu_check_tiny():
+    out = run(["bash", "benchmarks/gpu_check.sh"], TINY="1")
+    for recipe in ("vqgan_f4", "vqgan_f8", "vqgan_f16_imagenet"):
+        assert out.count(f"| {recipe} |") == 2, out  # contiguous and channels_last
+    assert "rotation / STE step time" in out and "quantization layer step" in out and "images/s" in out
+
+
+def test_bench_model_tiny():
+    out = run([sys.executable, "benchmarks/bench_model.py", "--tiny"])
+    assert "| taming fp32 (reference) |" in out and "(rvq default)" in out
+    assert "| nn.TransformerEncoderLayer fp32 (reference) |" in out
+
+
+@pytest.mark.slow
+def test_gpu_reproduce_tiny(tmp_path):
+    out = run(["bash", "benchmarks/gpu_reproduce.sh"], TINY="1", OUT_DIR=str(tmp_path / "gr"))
+    assert "gpu_reproduce:" in out and (tmp_path / "gr" / "compare.md").is_file()
