@@ -112,6 +112,9 @@ def conv_variants(arch: dict, batch: int, compile_: bool) -> tuple[list[Variant]
                resolve_memory_format(_schema_default("memory_format"), "conv").value)
     out = [Variant("taming fp32 (reference)", conv_step(t_enc.to(dev), t_dec.to(dev), x, "no",
                                                          torch.contiguous_format, fused=False))]
+    enc, dec = rvq_pair(arch, taming_pair(arch))  # the optimizer's share: torch's default Adam loop
+    out.append(Variant("rvq fp32, contiguous, torch's default Adam", conv_step(enc.to(dev), dec.to(dev), x, "no",
+                                                                             torch.contiguous_format, fused=False)))
     combos = [("no", "contiguous"), ("no", "channels_last"), ("bf16", "contiguous"), ("bf16", "channels_last")]
     for precision, layout in combos:
         for compiled in ((False, True) if compile_ else (False,)):

@@ -9,12 +9,7 @@
 #   TINY=1 bash benchmarks/gpu_check.sh      # a tiny model for two steps, on any CPU (the test suite runs this)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY="${PYTHON:-python3}"
-if [ -d .whl ] && ! "$PY" -c "import webdataset, pydantic, torch_fidelity" 2>/dev/null; then
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-    export PYTHONPATH=/tmp/site:$PWD
-fi
-export PYTHONPATH="${PYTHONPATH:-$PWD}" PYTHONUNBUFFERED=1
+source benchmarks/gpu_env.sh
 args=()
 [ -n "${TINY:-}" ] && args+=(--tiny --no-compile)
 [ "${COMPILE:-1}" = "0" ] && args+=(--no-compile)

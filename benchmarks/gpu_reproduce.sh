@@ -12,12 +12,7 @@
 #   TINY=1 bash benchmarks/gpu_reproduce.sh  # a few steps of a tiny model, on any CPU (the test suite runs this)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY="${PYTHON:-python3}"
-if [ -d .whl ] && ! "$PY" -c "import webdataset, pydantic, torch_fidelity" 2>/dev/null; then
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-    export PYTHONPATH=/tmp/site:$PWD
-fi
-export PYTHONPATH="${PYTHONPATH:-$PWD}" PYTHONUNBUFFERED=1
+source benchmarks/gpu_env.sh
 STEPS="${STEPS:-1000}"
 OUT="${OUT_DIR:-${OUT:-/tmp}/gpu_reproduce}"
 warm=$(( STEPS * 3000 / 15625 )); decay=$(( STEPS * 50000 / 15625 ))

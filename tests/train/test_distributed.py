@@ -2,27 +2,19 @@
 both ranks afterwards, different data on each."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 
 from test_train import recipe_file, shards  # noqa: F401  (fixture)
+from two_processes import run_two
 
 
 def test_two_processes_stay_identical_and_read_different_data(tmp_path, shards):  # noqa: F811
     path = recipe_file(tmp_path, shards, out="dist")
     text = path.read_text().replace("steps: 3", "steps: 4").replace("batch_size: 4", "batch_size: 4, grad_accum: 2")
     path.write_text(text)
-    worker = Path(__file__).with_name("dist_worker.py")
-    env = dict(os.environ, OMP_NUM_THREADS="1", RVQ_COMPILE="never")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
-           str(worker), str(path), str(tmp_path)]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    run_two(path, tmp_path, 29533)
     info = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert all(i["world"] == 2 and i["step"] == 4 for i in info)
     assert info[0]["pid"] != info[1]["pid"]
@@ -44,12 +36,7 @@ def test_ddp_sees_gradients_in_the_parameters_layout(tmp_path, shards):  # noqa:
     path = recipe_file(tmp_path, shards, out="dist")
     path.write_text(path.read_text().replace("attn_resolutions: []", "attn_resolutions: [8]")
                     .replace("steps: 3", "steps: 2"))
-    worker = Path(__file__).with_name("dist_worker.py")
-    env = dict(os.environ, OMP_NUM_THREADS="1", RVQ_COMPILE="never")
     for port, layout in ((29534, "contiguous"), (29535, "channels_last")):
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
-               str(worker), str(path), str(tmp_path / layout), "train.precision=bf16",
-               f"train.memory_format={layout}", f"output.dir={tmp_path / layout / 'run'}"]
-        res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
-        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+        res = run_two(path, tmp_path / layout, port, "train.precision=bf16", f"train.memory_format={layout}",
+                      f"output.dir={tmp_path / layout / 'run'}")
         assert "Grad strides do not match" not in res.stdout + res.stderr, layout

@@ -5,7 +5,6 @@ import json
 import math
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ from safetensors.torch import load_file
 from rvq_cli.config import load_recipe
 from rvq_cli.train import TrainingError, train
 from test_train import RVQ, recipe_file, shards  # noqa: F401  (fixture)
+from two_processes import run_two
 
 GAN = ["loss.gan.weight=0.1", "loss.gan.start=2", "loss.gan.layers=2", "loss.gan.channels=8"]
 
@@ -76,12 +76,7 @@ def test_two_processes_past_the_discriminator_start_stay_identical(tmp_path, sha
     text = path.read_text().replace("steps: 3", "steps: 4")
     text += "loss: {gan: {weight: 0.1, start: 2, layers: 2, channels: 8}}\n"
     path.write_text(text)
-    worker = Path(__file__).with_name("dist_worker.py")
-    env = dict(os.environ, OMP_NUM_THREADS="1", RVQ_COMPILE="never")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29547",
-           str(worker), str(path), str(tmp_path)]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    run_two(path, tmp_path, 29547)
     for name in ("rank", "disc"):
         a, b = (load_file(str(tmp_path / f"{name}{r}.safetensors")) for r in (0, 1))
         for k in a:
@@ -184,12 +179,7 @@ def test_two_processes_with_stylegan2_and_r1_stay_identical(tmp_path, shards):  
     text += ("loss: {gan: {weight: 0.1, discriminator: stylegan2, loss: non_saturating, adaptive: false, "
              "stylegan2: {max_channels: 8}, r1_gamma: 10, r1_every: 2}}\n")
     path.write_text(text)
-    worker = Path(__file__).with_name("dist_worker.py")
-    env = dict(os.environ, OMP_NUM_THREADS="1", RVQ_COMPILE="never")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29548",
-           str(worker), str(path), str(tmp_path)]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    run_two(path, tmp_path, 29548)
     for name in ("rank", "disc"):
         a, b = (load_file(str(tmp_path / f"{name}{r}.safetensors")) for r in (0, 1))
         for k in a:
