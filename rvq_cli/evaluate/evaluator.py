@@ -9,6 +9,9 @@ depend on the number of processes or workers.
 Definitions (all on the recipe's centre crop, reconstructions from the eval-mode forward):
   rec_loss       the recipe's reconstruction loss (l2: MSE, l1: L1) as training takes it: on [-1, 1]
                  images, or in the model's space for model.pixel_norm clip; unclamped
+  lpips, nll     recipes with a perceptual term, when the VGG16 weights are found: LPIPS per image
+                 (frame), and the recipe's whole reconstruction objective L_nll (pixel terms and
+                 LPIPS with the recipe's weights: taming's and enhancing-transformers' val/rec_loss)
   mse, l1        mean over all pixels and channels, [-1, 1] scale
   psnr           per image on the saved 8-bit reconstruction vs the 8-bit original, then averaged
   usage          fraction of the K codes used at least once in the whole set
@@ -71,7 +74,7 @@ class EvalResult:
 
 # Per-rank sums, all-reduced in one collective (order matters: see _SUMS.index).
 _SUMS = ("images", "frames", "elements", "rec", "se", "ae", "psnr", "batches", "usage_batch", "perplexity_batch",
-         "qerr", "latents", "power", "skipped")
+         "qerr", "latents", "power", "skipped", "lpips")
 
 
 def _data_pattern(tok: LoadedTokenizer, data: str | None, split: str) -> str:
@@ -108,7 +111,8 @@ class _Accumulator:
         self.feats: dict[str, list[torch.Tensor]] = {"real_pool": [], "real_logits": [], "fake_pool": [], "fake_logits": []}
         self.i3d: dict[str, list[torch.Tensor]] = {"real_i3d": [], "fake_i3d": []}
 
-    def add(self, x: torch.Tensor, rec: torch.Tensor, out, keys: list[str], inception, i3d=None) -> None:
+    def add(self, x: torch.Tensor, rec: torch.Tensor, out, keys: list[str], inception, i3d=None,
+            lpips=None) -> None:
         """One batch: images (B, C, H, W), or clips (B, C, T, H, W) measured frame by frame."""
         s, diff = self.sums, rec.double() - x.double()
         s["images"] += len(x)
@@ -122,6 +126,8 @@ class _Accumulator:
             self.i3d["fake_i3d"].append(i3d_features(i3d, rec.clamp(-1, 1)))
         x, rec = frames(x), frames(rec)  # per-frame image metrics for clips; images as they are
         s["frames"] += len(x)
+        if lpips is not None:  # the recipe's perceptual term, as training takes it (unclamped)
+            s["lpips"] += float(lpips(x, rec).double().sum())
         x8, r8 = fidelity.to_uint8(x), fidelity.to_uint8(rec)
         s["psnr"] += float(_psnr(x8, r8).sum())
         m, idx = out.metrics, out.indices.reshape(-1).cpu()
@@ -196,7 +202,24 @@ def _fidelity(acc: Accelerator, feats: dict[str, list[torch.Tensor]], order: lis
             "is_originals": real_is}
 
 
-def _metrics(s: dict, counts: torch.Tensor) -> dict:
+def _nll(m: dict, loss) -> float:
+    """The recipe's reconstruction objective L_nll on the set (what taming's and enhancing-transformers'
+    validation loops log as val/rec_loss): rec_weight·rec_loss + laplace_weight·mean|x̂ − x| and
+    gaussian_weight·mean(x̂ − x)² on [0, 1] images (l1/2, mse/4) + perceptual_weight·LPIPS."""
+    return (loss.rec_weight * m["rec_loss"] + loss.laplace_weight * m["l1"] / 2 + loss.gaussian_weight * m["mse"] / 4
+            + loss.perceptual_weight * m["lpips"])
+
+
+def _metrics(s: dict, counts: torch.Tensor, loss=None) -> dict:
+    """Every metric of the sums; with ``loss`` (the recipe's, when LPIPS ran) also lpips and nll."""
+    m = _set_metrics(s, counts)
+    if loss is not None:
+        m["lpips"] = s["lpips"] / s["frames"]
+        m["nll"] = _nll(m, loss)
+    return m
+
+
+def _set_metrics(s: dict, counts: torch.Tensor) -> dict:
     n, p = s["frames"], counts / counts.sum().clamp_min(1)
     entropy = -(p * p.clamp_min(1e-300).log()).sum()
     return {
@@ -256,6 +279,16 @@ def evaluate(checkpoint: str | os.PathLike, *, data: str | None = None, split: s
         else:
             inception = fidelity.load_inception(weights, acc.device)
 
+    lpips, lpips_file = None, None
+    if recipe.loss.perceptual_weight > 0:  # the recipe's L_nll includes LPIPS: measure it too
+        from ..losses import PerceptualError, build_lpips, find_vgg_weights
+
+        try:
+            lpips_file = find_vgg_weights(recipe.loss.perceptual_weights)
+            lpips = build_lpips(lpips_file).to(acc.device).eval()
+        except PerceptualError as err:
+            notes.append(f"lpips and nll skipped: {err}")
+
     video = recipe.model.video
     i3d, i3d_file = None, None
     if video and fvd:
@@ -294,7 +327,7 @@ def evaluate(checkpoint: str | os.PathLike, *, data: str | None = None, split: s
             with run_as.autocast(acc.device):
                 fwd = tok.model(run_as.layout(x))
             rec = fwd.reconstruction.float()
-            accum.add(x, rec, fwd.quantize, batch["key"], inception, i3d)
+            accum.add(x, rec, fwd.quantize, batch["key"], inception, i3d, lpips)
             accum.sums["skipped"] += batch["skipped"]
             if len(grid[0]) < GRID_IMAGES:  # the first GRID_IMAGES images (clips: 4 frames of each) of this process
                 take = GRID_IMAGES - len(grid[0])
@@ -324,7 +357,7 @@ def evaluate(checkpoint: str | os.PathLike, *, data: str | None = None, split: s
     duplicates = len(keys) - len(set(keys))
     if duplicates:
         notes.append(f"{duplicates} sample key(s) occur more than once in {pattern}: the data has repeated samples.")
-    metrics = _metrics(s, counts)
+    metrics = _metrics(s, counts, recipe.loss if lpips is not None else None)
     metrics.update(rfid=extra.get("rfid"), ris=extra.get("ris"), ris_std=extra.get("ris_std"),
                    is_originals=extra.get("is_originals"))
     if video:
@@ -345,6 +378,9 @@ def evaluate(checkpoint: str | os.PathLike, *, data: str | None = None, split: s
                      "fid_feature": fidelity.FID_FEATURE if inception is not None else None,
                      "is_splits": min(10, len(keys)) if inception is not None else None,
                      "inception_weights": str(weights) if weights else None,
+                     **({"lpips_weights": str(lpips_file), "nll": "rec_weight·rec_loss + laplace_weight·l1/2 + "
+                         "gaussian_weight·mse/4 + perceptual_weight·lpips, the recipe's weights"}
+                        if lpips is not None else {}),
                      **({"i3d_weights": str(i3d_file) if i3d_file else None,
                          "fvd_feature": "I3D Kinetics-400 logits, time-averaged; frames resized (short side) and "
                                         "centre-cropped to 224, [-1, 1]"} if video else {})},

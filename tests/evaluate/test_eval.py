@@ -14,9 +14,11 @@ import torch
 import yaml
 from PIL import Image
 
+from rvq_cli.config import load_recipe
 from rvq_cli.data import write_shards
 from rvq_cli.data.images import center_crop, decode_rgb, to_batch
 from rvq_cli.evaluate import evaluate, fidelity, load_tokenizer
+from rvq_cli.train import train
 
 RVQ = shutil.which("rvq") or os.path.join(os.path.dirname(sys.executable), "rvq")
 FIELDS = {"rec_loss", "mse", "l1", "psnr", "usage", "usage_per_batch", "perplexity", "perplexity_per_batch",
@@ -163,3 +165,31 @@ def test_eval_precision_defaults_to_the_runs_and_bf16_stays_close(eval_run, tmp_
     assert a["rec_loss"] != b["rec_loss"] and abs(a["rec_loss"] - b["rec_loss"]) < 0.05 * a["rec_loss"]
     code, _, err = cli("eval", eval_run / "run", "--precision", "fp64", "--no-fid")
     assert code == 2 and "--precision" in err and "Traceback" not in err
+
+
+def test_recipes_with_lpips_get_lpips_and_their_whole_nll(eval_run, tmp_path, vgg_file, monkeypatch):
+    """A recipe with a perceptual term: eval measures LPIPS with the same network training used and
+    reports the recipe's L_nll (what taming / enhancing-transformers log as val/rec_loss); the
+    LPIPS values match the module run directly. Without the VGG16 weights: a note, no numbers."""
+    from rvq_cli.losses import build_lpips
+
+    recipe = tmp_path / "p.yaml"
+    recipe.write_text((eval_run / "tiny.yaml").read_text().replace(str(eval_run / "run"), str(tmp_path / "run")))
+    train(load_recipe(recipe, ["loss.perceptual_weight=0.25", f"loss.perceptual_weights={vgg_file}",
+                               "loss.gaussian_weight=0.5", "train.steps=1"]), quiet=True)
+    m = evaluate(tmp_path / "run", batch_size=4, fid=False, out=tmp_path / "e.json", quiet=True).metrics
+    keys, x = val_images(eval_run)
+    tok = load_tokenizer(tmp_path / "run")
+    with torch.no_grad():
+        rec = tok.model(x).reconstruction
+        lp = build_lpips(vgg_file)(x, rec)
+    assert m["lpips"] == pytest.approx(float(lp.double().mean()), rel=1e-4)
+    assert m["nll"] == pytest.approx(m["rec_loss"] + 0.5 * m["mse"] / 4 + 0.25 * m["lpips"], rel=1e-9)
+
+    monkeypatch.delenv("RVQ_VGG16_WEIGHTS", raising=False)
+    vgg_file.rename(vgg_file.with_suffix(".moved"))
+    try:
+        result = evaluate(tmp_path / "run", batch_size=4, fid=False, out=tmp_path / "f.json", quiet=True)
+    finally:
+        vgg_file.with_suffix(".moved").rename(vgg_file)
+    assert "lpips" not in result.metrics and any("lpips and nll skipped" in n for n in result.notes)
