@@ -4,8 +4,9 @@ imported rvq."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+
+from ..files import atomic_path
 
 __all__ = ["new_figure", "save_figure"]
 
@@ -20,10 +21,8 @@ def new_figure(rows: int, cols: int, figsize: tuple[float, float], **subplots):
 
 
 def save_figure(fig, path: Path, dpi: int = 80) -> Path:
-    """Write ``fig`` to ``path`` as PNG atomically: a temporary name unique to this process, then a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write ``fig`` to ``path`` as PNG, atomically (:func:`rvq_cli.files.atomic_path`)."""
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
     return path

@@ -34,7 +34,8 @@ from typing import Callable
 import torch
 
 from ..config import Recipe, RecipeError, load_recipe
-from ..jobs import job_differences, write_json_atomic
+from ..files import write_json_atomic
+from ..jobs import job_differences
 from ..quantize import ESTIMATORS
 from .stats import LEVEL, Difference, Summary, better_than, paired_difference, summarize
 

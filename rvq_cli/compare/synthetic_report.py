@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ..quantize import ESTIMATORS, POINTWISE
-from ..jobs import write_json_atomic
+from ..files import write_json_atomic
 from . import synthetic as syn
 from .plotting import new_figure, save_figure
 

@@ -42,7 +42,8 @@ from typing import Callable, Iterator, Optional
 from ..jobs import clear_outputs, job_differences
 from ..progress import JobProgress
 from .images import _resize_short, decode_rgb
-from .prepare import IMAGE_SUFFIXES, SkippedFile, _class_layout, _keys, _list_images, _load, _write_text
+from ..files import write_json_atomic, write_text_atomic
+from .prepare import IMAGE_SUFFIXES, SkippedFile, _class_layout, _keys, _list_images, _load
 from .shards import DataError, _checked, _shard_name, _write_one, shard_pattern, shuffled_order
 
 LAYOUTS = ("imagenet", "ffhq", "celebahq", "folder", "bair", "ucf101")
@@ -475,7 +476,7 @@ def _write_chunk(src: Path, out: Path, chunk: _Chunk, pool, size: Optional[int],
     count = _write_shard(out / chunk.name, samples())
     rec = {"shard": chunk.name, "items": chunk.digest(), "bytes": (out / chunk.name).stat().st_size, "count": count,
            "files": [it.path for it in chunk.items], "skipped": skipped}
-    _write_text(_record_path(out, chunk.name), json.dumps(rec, indent=1) + "\n")
+    write_json_atomic(_record_path(out, chunk.name), rec)
     return rec
 
 
@@ -510,7 +511,7 @@ def _check_job(out: Path, job: dict, restart: bool) -> None:
         raise DataError(f"{out} already holds train-/val- shards without a record of how they were made. Pass "
                         "--restart to replace them, or choose another OUT.")
     (out / PROGRESS).mkdir(parents=True, exist_ok=True)
-    _write_text(path, json.dumps(job, indent=1) + "\n")
+    write_json_atomic(path, job)
 
 
 def _remove_stale(out: Path, chunks: list[_Chunk]) -> None:
@@ -562,8 +563,8 @@ def _finish(out: Path, layout: str, plan: Plan, chunks: list[_Chunk], written: d
         shards.setdefault(c.split, []).append(out / c.name)
         skipped.setdefault(c.split, []).extend(SkippedFile(*s) for s in rec["skipped"])
     every = [s for split in skipped.values() for s in split]
-    _write_text(out / "classes.json", json.dumps(plan.classes or {}, indent=1) + "\n")
-    _write_text(out / "skipped.txt", "".join(f"{s.path}\t{s.reason}\n" for s in every))
+    write_json_atomic(out / "classes.json", plan.classes or {})
+    write_text_atomic(out / "skipped.txt", "".join(f"{s.path}\t{s.reason}\n" for s in every))
     for split, n in counts.items():
         if n == 0:
             first = skipped[split][0]

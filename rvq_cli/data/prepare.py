@@ -19,7 +19,6 @@ are converted to PNG. Files that do not decode are skipped and listed in the rep
 from __future__ import annotations
 
 import io
-import json
 import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from typing import Iterator, Optional
 from PIL import Image
 
 from .images import decode_rgb
+from ..files import write_json_atomic, write_text_atomic
 from .shards import DataError, shard_pattern, shuffled_order, write_shards
 
 IMAGE_SUFFIXES = frozenset(".jpg .jpeg .png .webp .bmp .gif .tif .tiff .ppm .pgm .pbm".split())
@@ -155,14 +155,8 @@ def folder_to_shards(src: str | os.PathLike, out: str | os.PathLike, *, max_coun
             raise DataError(f"None of the {len(paths)} images under {src} could be decoded "
                             f"(e.g. {skipped[0].path}: {skipped[0].reason}).") from None
         raise
-    _write_text(out / "classes.json", json.dumps(classes or {}, indent=1) + "\n")
-    _write_text(out / "skipped.txt", "".join(f"{s.path}\t{s.reason}\n" for s in skipped))
+    write_json_atomic(out / "classes.json", classes or {})
+    write_text_atomic(out / "skipped.txt", "".join(f"{s.path}\t{s.reason}\n" for s in skipped))
     return PrepareReport(out=out, pattern=shard_pattern(out, prefix, len(shards)), shards=shards,
                          count=len(paths) - len(skipped), classes=classes, converted=counts["converted"],
                          skipped=skipped)
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

@@ -30,7 +30,6 @@ r-IS over all frames), and r-FVD over clips.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -50,6 +49,7 @@ from ..train.objective import frames
 from ..train.trainer import batch_tensor
 from .i3d import MIN_FRAMES as I3D_MIN_FRAMES
 from .i3d import I3DError, find_i3d_weights, i3d_features, load_i3d, missing_i3d_message
+from ..files import write_json_atomic
 from .load import CheckpointError, LoadedTokenizer, inference_accelerator, inference_settings, load_tokenizer
 
 PSNR_FLOOR = 1e-10  # MSE floor of a perfect reconstruction (caps PSNR at 100 dB)
@@ -231,13 +231,6 @@ def _set_metrics(s: dict, counts: torch.Tensor) -> dict:
     }
 
 
-def _write_json(path: Path, report: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(report, indent=1) + "\n")
-    os.replace(tmp, path)
-
-
 def evaluate(checkpoint: str | os.PathLike, *, data: str | None = None, split: str = "val",
              batch_size: int | None = None, num_workers: int | None = None, image_size: int | None = None,
              inception_weights: str | os.PathLike | None = None, fid: bool = True,
@@ -389,7 +382,7 @@ def evaluate(checkpoint: str | os.PathLike, *, data: str | None = None, split: s
         "notes": notes,
     }
     json_path = Path(out) if out else tok.run_dir / "eval.json"
-    _write_json(json_path, report)
+    write_json_atomic(json_path, report)
     grid_path = json_path.with_suffix(".png") if len(grid[0]) else None
     if grid_path is not None:
         _save_grid(*grid, grid_path)

@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from ..evaluate.fidelity import to_uint8
+from ..files import atomic_path, write_bytes_atomic
 from ..evaluate.load import CheckpointError, inference_settings, load_tokenizer
 from ..models import VQTokenizer
 from ..progress import JobProgress
@@ -62,19 +63,14 @@ def save_mp4(clip: torch.Tensor, path: Path, fps: int) -> None:
     from ..data.video import encode_mp4
 
     frames = to_uint8(clip.transpose(0, 1)).permute(0, 2, 3, 1).cpu().numpy()  # (T, H, W, C)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(encode_mp4(frames, fps=fps))
-    os.replace(tmp, path)
+    write_bytes_atomic(path, encode_mp4(frames, fps=fps))
 
 
 def save_png(image: torch.Tensor, path: Path) -> None:
     """One image (C, H, W) in [-1, 1] as an 8-bit PNG, written atomically."""
     a = to_uint8(image[None])[0].permute(1, 2, 0).cpu().numpy()  # (H, W, C)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".png") as tmp:
+        Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a).save(tmp, format="PNG")
 
 
 def _batches(samples: Iterator[TokenSample], batch_size: int) -> Iterator[list[TokenSample]]:

@@ -28,7 +28,8 @@ from accelerate import Accelerator
 from ..data.shards import count_samples, write_shards
 from ..evaluate.load import (CheckpointError, InferenceSettings, LoadedTokenizer, inference_accelerator,
                              inference_settings, load_tokenizer)
-from ..jobs import clear_outputs, job_differences, write_json_atomic
+from ..files import write_json_atomic
+from ..jobs import clear_outputs, job_differences
 from ..progress import JobProgress
 from .format import FORMAT, MANIFEST, META, TOKENS, token_dtype, tokens_to_npy
 from .source import Source, Unit, plan_source, unit_batches

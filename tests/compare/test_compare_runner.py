@@ -599,13 +599,3 @@ def test_partly_missing_and_non_finite_values_are_noted_and_never_best():
     assert any("ste has no value for seed(s) 1" in n for n in notes)
     assert any("rotation is not finite for seed(s) 2" in n for n in notes)
     assert "train.quant_error" not in best_values(runs, ["ste", "rotation"], [0, 1, 2])
-
-
-def test_json_is_strict_and_written_through_a_private_temporary(tmp_path):
-    from rvq_cli.jobs import write_json_atomic
-
-    path = tmp_path / "r.json"
-    write_json_atomic(path, {"a": float("nan"), "b": [1.0, float("inf")], "c": {"d": 2}})
-    assert json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(c)) == {"a": None, "b": [1.0, None],
-                                                                                     "c": {"d": 2}}
-    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]

@@ -1,0 +1,32 @@
+"""rvq_cli.files: the one atomic writer every output file goes through."""
+
+import json
+import stat
+
+import pytest
+
+from rvq_cli.files import atomic_path, write_json_atomic, write_text_atomic
+
+
+def test_a_failed_write_keeps_the_old_file_and_leaves_nothing(tmp_path):
+    path = tmp_path / "out.txt"
+    write_text_atomic(path, "old\n")
+    with pytest.raises(RuntimeError), atomic_path(path) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("killed")
+    assert path.read_text() == "old\n" and sorted(p.name for p in tmp_path.iterdir()) == ["out.txt"]
+
+
+def test_written_files_are_complete_public_and_named_by_suffix(tmp_path):
+    path = tmp_path / "sub" / "fig.png"
+    with atomic_path(path, suffix=".png") as tmp:
+        assert tmp.parent == path.parent and tmp.name.startswith(".fig.png.") and tmp.suffix == ".png"
+        tmp.write_bytes(b"png")
+    assert path.read_bytes() == b"png" and stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
+def test_json_is_strict(tmp_path):
+    path = tmp_path / "r.json"
+    write_json_atomic(path, {"a": float("nan"), "b": [1.0, float("inf")], "c": {"d": 2}})
+    assert json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(c)) == {"a": None, "b": [1.0, None],
+                                                                                     "c": {"d": 2}}
