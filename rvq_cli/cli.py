@@ -12,6 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from . import __version__
+from .errors import RvqError
 
 app = typer.Typer(
     name="rvq",
@@ -25,7 +26,7 @@ console = Console()
 err_console = Console(stderr=True)
 
 
-class UserError(Exception):
+class UserError(RvqError):
     """Bad input from the user: printed as one paragraph, exit status 2, no traceback."""
 
 
@@ -116,12 +117,9 @@ def validate(
     show: bool = typer.Option(False, "--show", help="Print the fully resolved recipe."),
 ) -> None:
     """Check a recipe (and overrides) without running anything; list every problem found."""
-    from .config import RecipeError, load_recipe, recipe_to_yaml
+    from .config import load_recipe, recipe_to_yaml
 
-    try:
-        resolved = load_recipe(recipe, overrides or [])
-    except RecipeError as err:
-        raise UserError(str(err)) from None
+    resolved = load_recipe(recipe, overrides or [])
     q, t = resolved.model.quantizer, resolved.train
     console.print(f"[green]{recipe}: valid.[/] model {resolved.model.name}, estimator {q.estimator}, "
                   f"{q.codebook_size} codes, {t.steps} steps, batch {t.batch_size} × accumulation {t.grad_accum} "
@@ -138,16 +136,11 @@ def train(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar: one log line per log interval."),
 ) -> None:
     """Train a tokenizer: checkpoints, metrics.jsonl and reconstruction grids go to output.dir."""
-    from .config import RecipeError, load_recipe
-    from .data import DataError
-    from .train import TrainingError
+    from .config import load_recipe
     from .train import train as run_training
 
-    try:
-        resolved = load_recipe(recipe, overrides or [])
-        result = run_training(resolved, run_dir=resume, resume=resume is not None, quiet=quiet)
-    except (RecipeError, TrainingError, DataError) as err:
-        raise UserError(str(err)) from None
+    resolved = load_recipe(recipe, overrides or [])
+    result = run_training(resolved, run_dir=resume, resume=resume is not None, quiet=quiet)
     if not result.interrupted:
         console.print(f"done: {result.step} steps; checkpoints, metrics.jsonl and samples/ in {result.run_dir}",
                       highlight=False)
@@ -180,16 +173,11 @@ def eval_(
     """Measure a tokenizer: reconstruction loss, MSE/L1, PSNR, codebook usage, perplexity,
     quantization error, r-FID and r-IS (video: per frame, plus r-FVD); writes eval.json and a grid
     of originals beside reconstructions."""
-    from .data import DataError
-    from .evaluate import CheckpointError, EvalError, evaluate
-    from .evaluate.fidelity import FidelityError
+    from .evaluate import evaluate
 
-    try:
-        result = evaluate(checkpoint, data=data, split=split, batch_size=batch_size, num_workers=num_workers,
-                          image_size=image_size, inception_weights=inception_weights, fid=not no_fid,
-                          i3d_weights=i3d_weights, fvd=not no_fvd, out=out, quiet=quiet, precision=precision)
-    except (CheckpointError, EvalError, DataError, FidelityError) as err:
-        raise UserError(str(err)) from None
+    result = evaluate(checkpoint, data=data, split=split, batch_size=batch_size, num_workers=num_workers,
+                      image_size=image_size, inception_weights=inception_weights, fid=not no_fid,
+                      i3d_weights=i3d_weights, fvd=not no_fvd, out=out, quiet=quiet, precision=precision)
     if result.json_path is None:  # not the main process
         return
     r = result.report
@@ -226,16 +214,11 @@ def encode(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Encode a dataset into token shards for a stage-2 model (resumable: re-run to continue)."""
-    from .data import DataError
-    from .evaluate import CheckpointError
-    from .tokens import EncodeError, encode_dataset
+    from .tokens import encode_dataset
 
-    try:
-        report = encode_dataset(checkpoint, data, out, per_shard=per_shard, batch_size=batch_size,
-                                num_workers=num_workers, image_size=image_size, restart=restart, quiet=quiet,
-                                precision=precision)
-    except (CheckpointError, EncodeError, DataError) as err:
-        raise UserError(str(err)) from None
+    report = encode_dataset(checkpoint, data, out, per_shard=per_shard, batch_size=batch_size,
+                            num_workers=num_workers, image_size=image_size, restart=restart, quiet=quiet,
+                            precision=precision)
     m = report.manifest
     if not m:  # not the main process
         return
@@ -260,13 +243,9 @@ def decode(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Decode token shards back to images, named by their source keys."""
-    from .evaluate import CheckpointError
-    from .tokens import TokenError, decode_dataset
+    from .tokens import decode_dataset
 
-    try:
-        report = decode_dataset(checkpoint, tokens, out, batch_size=batch_size, quiet=quiet, precision=precision)
-    except (CheckpointError, TokenError) as err:
-        raise UserError(str(err)) from None
+    report = decode_dataset(checkpoint, tokens, out, batch_size=batch_size, quiet=quiet, precision=precision)
     console.print(f"{report.count} images decoded into {report.out}", highlight=False, markup=False, soft_wrap=True)
 
 
@@ -316,7 +295,7 @@ def compare(
         _compare_synthetic(names, synthetic, out, 10 if seeds is None else seeds)
         return
     from .compare.report import difference_table, summary_table
-    from .compare.runner import CompareError, compare as run_compare
+    from .compare.runner import compare as run_compare
 
     if recipe is None:
         recipe = _recipes_dir() / "quickstart.yaml"
@@ -327,12 +306,9 @@ def compare(
             raise UserError(f"{flag} must be {'non-negative' if flag == '--seed' else 'positive'}, got {v}.")
     overrides += [f"train.steps={steps}"] if steps is not None else []
     overrides += [f"train.seed={seed}"] if seed is not None else []
-    try:
-        result = run_compare(names, recipe, overrides, seeds=seeds, out=out, restart=restart,
-                             inception_weights=inception_weights, fid=not no_fid, quiet=quiet,
-                             say=lambda m: console.print(m, highlight=False, markup=False, soft_wrap=True))
-    except CompareError as err:
-        raise UserError(str(err)) from None
+    result = run_compare(names, recipe, overrides, seeds=seeds, out=out, restart=restart,
+                         inception_weights=inception_weights, fid=not no_fid, quiet=quiet,
+                         say=lambda m: console.print(m, highlight=False, markup=False, soft_wrap=True))
     # a log file or pipe gets the whole table, not one cut to 80 columns
     wide = console if console.is_terminal else Console(width=max(console.width, 200))
     for i, table in enumerate(filter(None, (summary_table(result), difference_table(result)))):
@@ -358,12 +334,9 @@ def _rich_table(title: str, table) -> Table:
 
 
 def _compare_synthetic(names: list[str], problem: str, out: Optional[Path], seeds: int) -> None:
-    from .compare.synthetic_report import SyntheticError, run_synthetic
+    from .compare.synthetic_report import run_synthetic
 
-    try:
-        result = run_synthetic(problem, names, out=out or Path("runs") / f"synthetic-{problem}", seeds=seeds)
-    except SyntheticError as err:
-        raise UserError(str(err)) from None
+    result = run_synthetic(problem, names, out=out or Path("runs") / f"synthetic-{problem}", seeds=seeds)
     table = Table(title=result.title)
     for col in result.columns:
         table.add_column(col, justify="right" if col != "estimator" else "left")
@@ -387,7 +360,7 @@ def data_shards(
     workers: int = typer.Option(0, "--workers", help="Reader threads (0: up to 4, by CPU count)."),
 ) -> None:
     """Turn a folder of images into webdataset shards for data.train / data.val."""
-    from .data import DataError, folder_to_shards
+    from .data import folder_to_shards
 
     if not src.is_dir():
         raise UserError(f"{src} is not a folder. Give a folder of images (optionally in class sub-folders).")
@@ -397,7 +370,7 @@ def data_shards(
     try:
         with console.status(f"writing shards from {src} ..."):
             report = folder_to_shards(src, out, max_count=per_shard, **kwargs)
-    except (DataError, ValueError) as err:
+    except ValueError as err:
         raise UserError(str(err)) from None
     labels = f", {len(report.classes)} classes" if report.classes else ", no labels (flat folder)"
     console.print(f"{report.count} images in {len(report.shards)} shard(s){labels}: {report.pattern}", highlight=False,
@@ -429,14 +402,11 @@ def data_prepare(
 ) -> None:
     """Turn ImageNet, FFHQ, CelebA-HQ, a folder, BAIR Robot Pushing or UCF101 into train/val shards
     (videos as mp4; resumable: re-run to continue)."""
-    from .data import DataError, DatasetOptions, prepare_dataset
+    from .data import DatasetOptions, prepare_dataset
 
     given = dict(val_labels=val_labels, synsets=synsets, val_from=val_from, val_fraction=val_fraction,
                  train_list=train_list, val_list=val_list, size=size, per_shard=per_shard, restart=restart, quiet=quiet)
-    try:
-        report = prepare_dataset(layout, src, out, DatasetOptions(**given, **({"workers": workers} if workers else {})))
-    except DataError as err:
-        raise UserError(str(err)) from None
+    report = prepare_dataset(layout, src, out, DatasetOptions(**given, **({"workers": workers} if workers else {})))
     for name, s in report.splits.items():
         now = f"{s.written_now} written now" if s.written_now else "nothing left to write"
         console.print(f"{name}: {s.count} images in {len(s.shards)} shard(s) ({now}): {s.pattern}", highlight=False,
@@ -459,7 +429,7 @@ def main() -> None:
     """Console entry point: run the app, turning user errors into a clean message."""
     try:
         app()
-    except UserError as err:
+    except RvqError as err:  # every error a user can fix (rvq_cli.errors), one paragraph, no traceback
         # user text may hold brackets ([1, 2]); never let rich read it as markup
         err_console.print(Text.assemble(("error: ", "bold red"), str(err)), highlight=False, soft_wrap=True)
         sys.exit(2)

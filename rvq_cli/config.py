@@ -21,6 +21,7 @@ from .models.vit import WEIGHT_INITS
 from .quantize.codebook import INITS
 from .quantize.estimators import ESTIMATORS, GAMMAS
 from .quantize.quantizer import COSINE_INITS, COSINE_OUTPUTS, EMA_COUNTS, GUMBEL_LOGITS, GUMBEL_SAMPLES, VQ_LOSSES
+from .errors import RvqError
 
 DEMO = "demo"  # data source name: the photographs shipped inside scikit-image, cut into shards
 
@@ -312,7 +313,7 @@ class Problem:
         return f"{self.path}: {self.message}" if self.path else self.message
 
 
-class RecipeError(Exception):
+class RecipeError(RvqError):
     """One or more problems with a recipe; ``str()`` lists them all, one per line."""
 
     def __init__(self, source: str, problems: list[Problem]):

@@ -60,3 +60,24 @@ def test_bad_input_is_a_clean_error(args, fragment):
     assert res.returncode != 0
     assert fragment in res.stderr
     assert "Traceback" not in res.stderr + res.stdout
+
+
+def test_every_user_facing_error_shares_one_base():
+    """The CLI catches rvq_cli.errors.RvqError once (one paragraph, exit 2); every error class the
+    library raises for the user to fix derives from it."""
+    from rvq_cli.cli import UserError
+    from rvq_cli.compare.runner import CompareError
+    from rvq_cli.compare.synthetic_report import SyntheticError
+    from rvq_cli.config import RecipeError
+    from rvq_cli.data import DataError
+    from rvq_cli.errors import RvqError
+    from rvq_cli.evaluate import CheckpointError, EvalError
+    from rvq_cli.evaluate.fidelity import FidelityError
+    from rvq_cli.evaluate.i3d import I3DError
+    from rvq_cli.losses import PerceptualError
+    from rvq_cli.tokens import EncodeError, TokenError
+    from rvq_cli.train import TrainingError
+
+    for cls in (UserError, CompareError, SyntheticError, RecipeError, DataError, CheckpointError, EvalError,
+                FidelityError, I3DError, PerceptualError, EncodeError, TokenError, TrainingError):
+        assert issubclass(cls, RvqError), cls

@@ -38,6 +38,7 @@ from ..files import write_json_atomic
 from ..jobs import job_differences
 from ..quantize import ESTIMATORS
 from .stats import LEVEL, Difference, Summary, better_than, paired_difference, summarize
+from ..errors import RvqError
 
 __all__ = ["COLUMNS", "CompareError", "CompareResult", "EstimatorRun", "compare", "init_fingerprint", "run_dir_of"]
 
@@ -47,7 +48,7 @@ EVAL_FILE = "compare-eval.json"  # the comparison's own evaluation of each run (
 REPORT_FILES = ("compare.json", "compare.md", "figures")
 
 
-class CompareError(Exception):
+class CompareError(RvqError):
     """A comparison that cannot start or continue; the message says why and what to do."""
 
 

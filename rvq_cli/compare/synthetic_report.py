@@ -17,6 +17,7 @@ from ..quantize import ESTIMATORS, POINTWISE
 from ..files import write_json_atomic
 from . import synthetic as syn
 from .plotting import new_figure, save_figure
+from ..errors import RvqError
 
 __all__ = ["SyntheticError", "SyntheticResult", "plot_field", "plot_himmelblau", "plot_voronoi", "run_synthetic",
            "voronoi_summary"]
@@ -26,7 +27,7 @@ FIELD_FUNCTIONS = (("x² + y²", syn.quadratic, syn.grad_quadratic),
                    ("log|x/2 + tanh y|", syn.log_tanh, syn.grad_log_tanh))
 
 
-class SyntheticError(Exception):
+class SyntheticError(RvqError):
     """Bad arguments to a synthetic comparison; the message says what to change."""
 
 

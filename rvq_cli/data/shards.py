@@ -38,9 +38,10 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from .images import center_crop, center_crop_native, random_crop, sample_image, to_batch
+from ..errors import RvqError
 
 
-class DataError(Exception):
+class DataError(RvqError):
     """Unusable data (missing shard files, nothing decodable): a one-paragraph message for users."""
 
     def __init__(self, message: str):

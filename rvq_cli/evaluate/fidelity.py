@@ -22,6 +22,7 @@ import torchvision
 from safetensors.torch import load_file
 from torch import Tensor
 from torch_fidelity import metric_fid, metric_isc
+from ..errors import RvqError
 
 INCEPTION_URL: str = tfi.URL_INCEPTION_V3
 INCEPTION_FILENAME: str = os.path.basename(urlparse(INCEPTION_URL).path)
@@ -32,7 +33,7 @@ _EXTRACTOR_NAME = "inception-v3-compat"  # the name torch-fidelity registers thi
 _PATCH_LOCK = threading.Lock()
 
 
-class FidelityError(Exception):
+class FidelityError(RvqError):
     """Unusable Inception weights: one-paragraph message for users."""
 
 

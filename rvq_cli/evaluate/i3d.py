@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from ..errors import RvqError
 
 __all__ = ["I3D", "I3DError", "MIN_FRAMES", "find_i3d_weights", "i3d_features", "load_i3d", "missing_i3d_message"]
 
@@ -33,7 +34,7 @@ SIZE = 224
 MIN_FRAMES = 9  # the temporal extent I3D reduces to ≥ 1 before its final 2×7×7 average pool
 
 
-class I3DError(Exception):
+class I3DError(RvqError):
     """The I3D weights cannot be read or do not fit the network."""
 
 

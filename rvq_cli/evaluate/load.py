@@ -27,12 +27,13 @@ from ..hardware import PRECISIONS, Choice, resolve_memory_format, resolve_precis
 from ..models import VQTokenizer
 from ..train.build import build_tokenizer
 from ..train.checkpoint import PREFIX, latest_checkpoint
+from ..errors import RvqError
 
 WEIGHTS, RECIPE, STATE = "model.safetensors", "recipe.yaml", "state.json"
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle")
 
 
-class CheckpointError(Exception):
+class CheckpointError(RvqError):
     """A path that does not lead to a usable rvq checkpoint; the message says why and what to give."""
 
 

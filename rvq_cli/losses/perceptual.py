@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+from ..errors import RvqError
 
 VGG16_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"
 VGG16_FILENAME = "vgg16-397923af.pth"
@@ -25,7 +26,7 @@ WEIGHTS_ENV = "RVQ_VGG16_WEIGHTS"
 _SLICES = ((1, range(0, 4)), (2, range(4, 9)), (3, range(9, 16)), (4, range(16, 23)), (5, range(23, 30)))
 
 
-class PerceptualError(Exception):
+class PerceptualError(RvqError):
     """Missing or unusable VGG16 weights; the message says what to download and where to put it."""
 
 

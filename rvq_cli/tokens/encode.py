@@ -33,12 +33,13 @@ from ..jobs import clear_outputs, job_differences
 from ..progress import JobProgress
 from .format import FORMAT, MANIFEST, META, TOKENS, token_dtype, tokens_to_npy
 from .source import Source, Unit, plan_source, unit_batches
+from ..errors import RvqError
 
 UNITS = ".units"
 _OURS = re.compile(r"tokens-\d{6,}-\d{6,}\.tar")
 
 
-class EncodeError(Exception):
+class EncodeError(RvqError):
     """An encode job that cannot run as asked; the message says why and what to do."""
 
 

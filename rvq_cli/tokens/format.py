@@ -23,13 +23,14 @@ import webdataset as wds
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from ..data.shards import DataError, expand_pattern
+from ..errors import RvqError
 
 FORMAT = "rvq-tokens/1"
 TOKENS, META, MANIFEST = "tokens.npy", "json", "manifest.json"
 SHARD_GLOB = "tokens-*.tar"
 
 
-class TokenError(Exception):
+class TokenError(RvqError):
     """Token shards that cannot be used with this tokenizer; the message says why."""
 
 

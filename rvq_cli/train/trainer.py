@@ -30,13 +30,14 @@ from .checkpoint import CheckpointState, latest_checkpoint, load_checkpoint, sav
 from .loss_level import estimator_loss, forward_context
 from .objective import build_disc_optimizer, build_discriminator, build_objective, describe
 from .progress import TrainProgress
+from ..errors import RvqError
 
 # Keys a resumed run may change; anything else must match the checkpoint's recipe.
 RESUMABLE_CHANGES = {"train.steps", "train.log_every", "train.sample_every", "train.ckpt_every", "train.keep_last",
                      "data.num_workers", "output.tensorboard"}
 
 
-class TrainingError(Exception):
+class TrainingError(RvqError):
     """A run that cannot start or continue; the message says why and what to do."""
 
 
