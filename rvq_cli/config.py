@@ -13,6 +13,7 @@ from typing import Any, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from .errors import RvqError
 from .hardware import MEMORY_FORMATS, PRECISIONS
 from .losses import DISCRIMINATORS, GAN_LOSSES, NORMS
 from .models.tokenizer import PIXEL_NORMS, PROJECTIONS
@@ -21,7 +22,6 @@ from .models.vit import WEIGHT_INITS
 from .quantize.codebook import INITS
 from .quantize.estimators import ESTIMATORS, GAMMAS
 from .quantize.quantizer import COSINE_INITS, COSINE_OUTPUTS, EMA_COUNTS, GUMBEL_LOGITS, GUMBEL_SAMPLES, VQ_LOSSES
-from .errors import RvqError
 
 DEMO = "demo"  # data source name: the photographs shipped inside scikit-image, cut into shards
 
@@ -177,7 +177,6 @@ class ModelConfig(_Section):
         "conv", description="around the quantizer: conv (taming's 1×1 convs z_channels ↔ quantizer.dim), none "
         "(needs z_channels == quantizer.dim: the official Table 1 VQ-VAE when they match), or conv_layernorm "
         "(the 1×1 conv, then LayerNorm over channels: its cosine 1024 × 32 model)")
-
     pixel_norm: Literal[PIXEL_NORMS] = Field(  # type: ignore[valid-type]
         "signed", description="what the encoder sees and the decoder emits: signed ([-1, 1] images, taming), unit "
         "([0, 1] pixels, enhancing-transformers' ViT-VQGAN) or clip (CLIP's per-channel mean/std of [0, 1] pixels, "

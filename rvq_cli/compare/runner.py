@@ -34,11 +34,11 @@ from typing import Callable
 import torch
 
 from ..config import Recipe, RecipeError, load_recipe
+from ..errors import RvqError
 from ..files import write_json_atomic
 from ..jobs import job_differences
 from ..quantize import ESTIMATORS
 from .stats import LEVEL, Difference, Summary, better_than, paired_difference, summarize
-from ..errors import RvqError
 
 __all__ = ["COLUMNS", "CompareError", "CompareResult", "EstimatorRun", "compare", "init_fingerprint", "run_dir_of"]
 

@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..quantize import ESTIMATORS, POINTWISE
+from ..errors import RvqError
 from ..files import write_json_atomic
+from ..quantize import ESTIMATORS, POINTWISE
 from . import synthetic as syn
 from .plotting import new_figure, save_figure
-from ..errors import RvqError
 
 __all__ = ["SyntheticError", "SyntheticResult", "plot_field", "plot_himmelblau", "plot_voronoi", "run_synthetic",
            "voronoi_summary"]

@@ -37,8 +37,8 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
-from .images import center_crop, center_crop_native, random_crop, sample_image, to_batch
 from ..errors import RvqError
+from .images import center_crop, center_crop_native, random_crop, sample_image, to_batch
 
 
 class DataError(RvqError):

@@ -43,15 +43,15 @@ from .. import __version__
 from ..config import DEMO
 from ..data import RESIZE_METHOD, expand_pattern, image_batches
 from ..data.shards import count_samples
+from ..errors import RvqError
+from ..files import write_json_atomic
 from ..progress import JobProgress
 from . import fidelity
 from ..train.objective import frames
 from ..train.trainer import batch_tensor
 from .i3d import MIN_FRAMES as I3D_MIN_FRAMES
 from .i3d import I3DError, find_i3d_weights, i3d_features, load_i3d, missing_i3d_message
-from ..files import write_json_atomic
 from .load import CheckpointError, LoadedTokenizer, inference_accelerator, inference_settings, load_tokenizer
-from ..errors import RvqError
 
 PSNR_FLOOR = 1e-10  # MSE floor of a perfect reconstruction (caps PSNR at 100 dB)
 GRID_IMAGES = 8

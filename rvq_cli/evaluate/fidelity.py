@@ -22,6 +22,7 @@ import torchvision
 from safetensors.torch import load_file
 from torch import Tensor
 from torch_fidelity import metric_fid, metric_isc
+
 from ..errors import RvqError
 
 INCEPTION_URL: str = tfi.URL_INCEPTION_V3

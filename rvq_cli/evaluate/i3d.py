@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
 from ..errors import RvqError
 
 __all__ = ["I3D", "I3DError", "MIN_FRAMES", "find_i3d_weights", "i3d_features", "load_i3d", "missing_i3d_message"]

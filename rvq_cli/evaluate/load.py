@@ -23,11 +23,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from ..config import Recipe, RecipeError, load_recipe
+from ..errors import RvqError
 from ..hardware import PRECISIONS, Choice, resolve_memory_format, resolve_precision, torch_memory_format
 from ..models import VQTokenizer
 from ..train.build import build_tokenizer
 from ..train.checkpoint import PREFIX, latest_checkpoint
-from ..errors import RvqError
 
 WEIGHTS, RECIPE, STATE = "model.safetensors", "recipe.yaml", "state.json"
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle")

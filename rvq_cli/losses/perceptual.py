@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+
 from ..errors import RvqError
 
 VGG16_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"

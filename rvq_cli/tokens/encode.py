@@ -26,6 +26,7 @@ import torch
 from accelerate import Accelerator
 
 from ..data.shards import count_samples, write_shards
+from ..errors import RvqError
 from ..evaluate.load import (CheckpointError, InferenceSettings, LoadedTokenizer, inference_accelerator,
                              inference_settings, load_tokenizer)
 from ..files import write_json_atomic
@@ -33,7 +34,6 @@ from ..jobs import clear_outputs, job_differences
 from ..progress import JobProgress
 from .format import FORMAT, MANIFEST, META, TOKENS, token_dtype, tokens_to_npy
 from .source import Source, Unit, plan_source, unit_batches
-from ..errors import RvqError
 
 UNITS = ".units"
 _OURS = re.compile(r"tokens-\d{6,}-\d{6,}\.tar")

@@ -23,6 +23,7 @@ from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 
 from ..config import DEMO, Recipe, recipe_to_yaml
+from ..errors import RvqError
 from ..hardware import (compile_modules, keep_grad_layouts, resolve_memory_format, resolve_precision,
                         torch_memory_format)
 from .build import build_optimizer, build_scheduler, build_tokenizer, count_parameters
@@ -30,7 +31,6 @@ from .checkpoint import CheckpointState, latest_checkpoint, load_checkpoint, sav
 from .loss_level import estimator_loss, forward_context
 from .objective import build_disc_optimizer, build_discriminator, build_objective, describe
 from .progress import TrainProgress
-from ..errors import RvqError
 
 # Keys a resumed run may change; anything else must match the checkpoint's recipe.
 RESUMABLE_CHANGES = {"train.steps", "train.log_every", "train.sample_every", "train.ckpt_every", "train.keep_last",

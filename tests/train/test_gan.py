@@ -41,17 +41,23 @@ def test_vqgan_objective_trains_past_the_discriminator_start(tmp_path, shards, v
     assert opt["disc_optimizer"]["state"]  # Adam moments exist: the discriminator stepped
 
 
-def test_gan_run_resumes_bit_identically(tmp_path, shards):  # noqa: F811
-    over = GAN + ["train.ckpt_every=100"]
-    straight = train(load_recipe(recipe_file(tmp_path, shards, out="straight"), over + ["train.steps=4"]), quiet=True)
+def assert_resume_is_bit_identical(tmp_path, shards, over: list[str], split: int, steps: int) -> None:  # noqa: F811
+    """Training ``steps`` straight and training ``split`` steps, then resuming to ``steps``, end with
+    the same tokenizer and discriminator weights, bit for bit."""
+    straight = train(load_recipe(recipe_file(tmp_path, shards, out="straight"), over + [f"train.steps={steps}"]),
+                     quiet=True)
     path = recipe_file(tmp_path, shards, out="split")
-    first = train(load_recipe(path, over + ["train.steps=3"]), quiet=True)
-    second = train(load_recipe(path, over + ["train.steps=4"]), run_dir=first.run_dir, resume=True, quiet=True)
+    first = train(load_recipe(path, over + [f"train.steps={split}"]), quiet=True)
+    second = train(load_recipe(path, over + [f"train.steps={steps}"]), run_dir=first.run_dir, resume=True, quiet=True)
     for name in ("model.safetensors", "discriminator.safetensors"):
-        a = load_file(str(straight.run_dir / "ckpt-00000004" / name))
-        b = load_file(str(second.run_dir / "ckpt-00000004" / name))
+        a = load_file(str(straight.run_dir / f"ckpt-{steps:08d}" / name))
+        b = load_file(str(second.run_dir / f"ckpt-{steps:08d}" / name))
         for k in a:
             assert torch.equal(a[k], b[k]), (name, k)
+
+
+def test_gan_run_resumes_bit_identically(tmp_path, shards):  # noqa: F811
+    assert_resume_is_bit_identical(tmp_path, shards, GAN + ["train.ckpt_every=100"], split=3, steps=4)
 
 
 def test_accumulation_equals_one_big_batch_for_generator_and_discriminator(tmp_path, shards):  # noqa: F811
@@ -160,16 +166,8 @@ def test_stylegan2_with_lazy_r1_trains(tmp_path, shards, precision):  # noqa: F8
 
 @pytest.mark.slow
 def test_stylegan2_run_resumes_bit_identically(tmp_path, shards):  # noqa: F811
-    over = STYLE + ["train.ckpt_every=100", "loss.gan.r1_every=3"]
-    straight = train(load_recipe(recipe_file(tmp_path, shards, out="straight"), over + ["train.steps=5"]), quiet=True)
-    path = recipe_file(tmp_path, shards, out="split")
-    first = train(load_recipe(path, over + ["train.steps=2"]), quiet=True)
-    second = train(load_recipe(path, over + ["train.steps=5"]), run_dir=first.run_dir, resume=True, quiet=True)
-    for name in ("model.safetensors", "discriminator.safetensors"):
-        a = load_file(str(straight.run_dir / "ckpt-00000005" / name))
-        b = load_file(str(second.run_dir / "ckpt-00000005" / name))
-        for k in a:
-            assert torch.equal(a[k], b[k]), (name, k)
+    assert_resume_is_bit_identical(tmp_path, shards, STYLE + ["train.ckpt_every=100", "loss.gan.r1_every=3"],
+                                   split=2, steps=5)
 
 
 @pytest.mark.slow
