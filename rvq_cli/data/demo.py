@@ -23,14 +23,14 @@ import os
 import random
 import shutil
 import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 from PIL import Image
 
-from .shards import DataError, shard_pattern, write_shards
+from .format import DataError, shard_pattern, write_shards
 
 VERSION = "demo-v1"
 CROP, STRIDE = 64, 32
@@ -51,7 +51,8 @@ class DemoShards:
     val_count: int
 
 
-def _photos() -> dict[str, Callable[[], np.ndarray]]:
+def bundled_photos() -> dict[str, Callable[[], np.ndarray]]:
+    """Name -> loader of each photograph the demo sets are cut from (inside scikit-image's wheel)."""
     try:
         from skimage import data
     except ImportError:
@@ -68,7 +69,7 @@ def _photos() -> dict[str, Callable[[], np.ndarray]]:
     }
 
 
-def _rgb(a: np.ndarray) -> Image.Image:
+def photo_rgb(a: np.ndarray) -> Image.Image:
     """A skimage photo (H, W) or (H, W, 3|4), uint8, as an RGB image."""
     a = np.asarray(a)
     if a.ndim == 2:
@@ -94,11 +95,11 @@ def _crops(name: str, photo: Image.Image) -> Iterator[dict]:
 
 
 def _build(tmp: Path) -> dict:
-    photos = _photos()
+    photos = bundled_photos()
     counts = {}
     for split, n_shards in (("train", TRAIN_SHARDS), ("val", VAL_SHARDS)):
         names = [n for n in photos if (n in VAL_PHOTOS) == (split == "val")]
-        samples = [s for n in names for s in _crops(n, _rgb(photos[n]()))]  # a few MB of PNGs
+        samples = [s for n in names for s in _crops(n, photo_rgb(photos[n]()))]  # a few MB of PNGs
         if split == "train":  # mix photos across shards (the stream's shuffle buffer is local)
             random.Random(0).shuffle(samples)
         per_shard = -(-len(samples) // n_shards)  # ceil: exactly n_shards shards
@@ -109,11 +110,13 @@ def _build(tmp: Path) -> dict:
     return counts
 
 
-def _default_cache() -> Path:
+def default_cache() -> Path:
+    """Where the demo sets are built: ``$RVQ_CACHE``, else ``~/.cache/rvq``."""
     return Path(os.environ.get("RVQ_CACHE") or Path.home() / ".cache" / "rvq").expanduser()
 
 
-def _result(root: Path, counts: dict) -> DemoShards:
+def demo_result(root: Path, counts: dict) -> DemoShards:
+    """The ``DemoShards`` of a demo set built into ``root`` (``counts``: its completion marker)."""
     return DemoShards(
         train=shard_pattern(root / "train", "demo-train", counts["train"]["shards"]),
         val=shard_pattern(root / "val", "demo-val", counts["val"]["shards"]),
@@ -153,6 +156,6 @@ def build_cached(cache: Path, name: str, build: Callable[[Path], dict]) -> tuple
 
 def demo_shards(cache_dir: str | os.PathLike | None = None) -> DemoShards:
     """The demo dataset's shards, built on first use (a few seconds) and reused afterwards."""
-    cache = Path(cache_dir).expanduser() if cache_dir is not None else _default_cache()
+    cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache()
     root, counts = build_cached(cache, VERSION, _build)
-    return _result(root, counts)
+    return demo_result(root, counts)

@@ -58,7 +58,7 @@ def sample_image(sample: dict) -> Image.Image:
     raise KeyError(f"sample {sample.get('__key__')!r} has no image field ({'/'.join(IMAGE_FIELDS)}); it has {have}")
 
 
-def _resize_short(im: Image.Image, size: int) -> Image.Image:
+def resize_short(im: Image.Image, size: int) -> Image.Image:
     """Resize so the short side is exactly ``size``, keeping the aspect ratio."""
     w, h = im.size
     s = size / min(w, h)
@@ -71,7 +71,7 @@ def random_crop(im: Image.Image, size: int, rng: random.Random, flip: bool) -> n
     ``size``×``size`` crop and (if ``flip``) a horizontal flip with probability 1/2.
     Returns uint8 (size, size, 3)."""
     if min(im.size) < size:
-        im = _resize_short(im, size)
+        im = resize_short(im, size)
     w, h = im.size
     x, y = rng.randint(0, w - size), rng.randint(0, h - size)
     a = np.asarray(im.crop((x, y, x + size, y + size)), dtype=np.uint8)
@@ -83,7 +83,7 @@ def random_crop(im: Image.Image, size: int, rng: random.Random, flip: bool) -> n
 def center_crop(im: Image.Image, size: int) -> np.ndarray:
     """Evaluation view: resize the short side to ``size`` (up or down), then the central
     ``size``×``size`` crop. Returns uint8 (size, size, 3)."""
-    im = _resize_short(im, size)
+    im = resize_short(im, size)
     w, h = im.size
     x, y = (w - size) // 2, (h - size) // 2
     return np.asarray(im.crop((x, y, x + size, y + size)), dtype=np.uint8)
@@ -108,3 +108,10 @@ def to_batch(arrays: list[np.ndarray]) -> torch.Tensor:
     """uint8 (H, W, 3) arrays -> float32 (B, 3, H, W) in [-1, 1] (0 -> -1, 255 -> 1)."""
     a = np.ascontiguousarray(np.stack(arrays).transpose(0, 3, 1, 2))  # (B, 3, H, W)
     return torch.from_numpy(a).float().div_(127.5).sub_(1.0)
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """Images in [-1, 1] float (B,3,H,W) -> uint8 (B,3,H,W), rounded as torchvision's save_image does
+    (clamp to [-1, 1], (x + 1) / 2, then x * 255 + 0.5 truncated), so features match those of saved PNGs."""
+    y = x.detach().to(torch.promote_types(x.dtype, torch.float32)).clamp(-1, 1).add(1).div(2)
+    return y.mul(255).add_(0.5).clamp_(0, 255).to(torch.uint8)

@@ -1,162 +1,114 @@
-"""A folder of images -> webdataset shards (what ``rvq data shards`` runs).
+"""Datasets as users download them -> train/validation shards (what ``rvq data prepare`` runs).
 
-Layout rules (as torchvision's ImageFolder):
+Layouts (docs/datasets.md says what to download for each):
 
-- class folders: when ``src`` holds no images itself and its sub-folders do, each first-level
-  sub-folder is a class; labels ``cls`` are 0..C-1 in sorted folder-name order (images deeper
-  down belong to their first-level folder), and ``classes.json`` maps names to labels;
-- otherwise the folder is unlabelled: every image found (recursively) is a sample without
-  ``cls`` and ``classes.json`` is ``{}``.
+- ``imagenet``: ``SRC/train/<synset>/*.JPEG`` and ``SRC/val/``, either in synset folders
+  (valprep.sh) or flat ``ILSVRC2012_val_NNNNNNNN.JPEG`` with ``val_labels``: Kaggle's
+  LOC_val_solution.csv, or the devkit's ILSVRC2012_validation_ground_truth.txt plus ``synsets``
+  (the devkit's meta.mat, or a text file of synsets in ILSVRC2012_ID order). Labels are 0..C-1 in
+  sorted synset order of train/ (torchvision's ImageFolder), for both splits.
+- ``ffhq``: images named by index (``00000/00000.png`` ... or flat); index ≥ ``val_from``
+  (60000) is validation, or taming-style ``train_list`` / ``val_list``. Unlabelled.
+- ``celebahq``: images named by index (``00000.jpg``, ``0.jpg``, ``imgHQ00000.png``); the last
+  ``val_fraction`` (0.1) by index is validation, or ``train_list`` / ``val_list``. Unlabelled.
+- ``folder``: any folder, class sub-folders give labels (as ``rvq data shards``); a file is
+  validation when a hash of its relative path falls below ``val_fraction`` (default 0).
+- ``bair``, ``ucf101``: videos, one mp4 sample per trajectory / video.
 
-Every sample carries ``json = {"path": relative path, "class": name (labelled only)}``. Files
-are taken in sorted relative-path order; keys are the relative paths with ``/`` and ``.``
-replaced by ``_`` (``cats/a.b.jpg`` -> ``cats_a_b_jpg``; a clash gets ``_2``, ``_3``, ...).
-JPEG and PNG files are stored as their original bytes; other formats (WebP, BMP, GIF, TIFF, ...)
-are converted to PNG. Files that do not decode are skipped and listed in the report and in
-``out/skipped.txt`` (``path<TAB>reason`` per line).
+The layouts are planned by ``layouts.py`` (images) and ``video_layouts.py`` (videos) into lists
+of items; training items are put in a fixed pseudo-random order of the sorted list
+(``shuffled_order``: shards of sorted synset or class folders would make every batch nearly one
+class), validation items stay sorted. ``writer.py`` writes them: ``OUT/S-000000.tar``, ... with
+``per_shard`` files each, resumably (a re-run writes only the shards not yet complete; another
+source or other settings are refused unless ``restart``); corrupt files are skipped and listed in
+``OUT/skipped.txt``.
 """
 
 from __future__ import annotations
 
-import io
 import os
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
-from typing import Iterator, Optional
 
-from PIL import Image
+from ..errors import option
+from .folders import path_keys
+from .format import DataError, shuffled_order
+from .layouts import DatasetOptions, Item, Plan, plan_faces, plan_folder, plan_imagenet
+from .video_layouts import plan_bair, plan_ucf101
+from .writer import DatasetReport, write_plan
 
-from .images import decode_rgb
-from ..files import write_json_atomic, write_text_atomic
-from .shards import DataError, shard_pattern, shuffled_order, write_shards
-
-IMAGE_SUFFIXES = frozenset(".jpg .jpeg .png .webp .bmp .gif .tif .tiff .ppm .pgm .pbm".split())
-_WINDOW = 1024  # files in flight at once (bounds memory with many workers)
-
-
-@dataclass(frozen=True)
-class SkippedFile:
-    path: str  # relative to the source folder
-    reason: str
+LAYOUTS = ("imagenet", "ffhq", "celebahq", "folder", "bair", "ucf101")
+FORMAT = 1
+# options each layout takes (DatasetOptions field names); others given are refused
+_APPLIES = {"imagenet": {"val_labels", "synsets"}, "ffhq": {"val_from", "train_list", "val_list"},
+            "celebahq": {"val_fraction", "train_list", "val_list"}, "folder": {"val_fraction"}, "bair": set(),
+            "ucf101": {"train_list", "val_list"}}
 
 
-@dataclass
-class PrepareReport:
-    """What ``folder_to_shards`` wrote."""
-
-    out: Path
-    pattern: str  # brace pattern of the shards, for data.train / data.val
-    shards: list[Path]
-    count: int  # samples written
-    classes: Optional[dict[str, int]]  # None for an unlabelled folder
-    converted: int  # files re-encoded as PNG (not JPEG/PNG originally)
-    skipped: list[SkippedFile] = field(default_factory=list)
+def _plan_bair(src: Path, o: DatasetOptions) -> Plan:
+    """The ``bair`` layout: one video per trajectory folder of frames, unlabelled."""
+    splits, notes = plan_bair(src)
+    return Plan({s: [Item(p, k) for p, k in zip(paths, path_keys(paths))] for s, paths in splits.items()}, None, {},
+                notes, reader="frames")
 
 
-def _list_images(src: Path) -> list[str]:
-    """Relative POSIX paths of image files under ``src`` (hidden files and folders excluded), sorted."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(src):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        for f in filenames:
-            if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_SUFFIXES:
-                found.append(Path(dirpath, f).relative_to(src).as_posix())
-    return sorted(found)
+def _plan_ucf101(src: Path, o: DatasetOptions) -> Plan:
+    """The ``ucf101`` layout: the official split lists, labels from classInd.txt or the class folders."""
+    splits, classes, pins, notes = plan_ucf101(src, o.train_list, o.val_list)
+    items = {s: [Item(p, k, classes[p.split("/", 1)[0]], {"class": p.split("/", 1)[0]})
+                 for p, k in zip(paths, path_keys(paths))] for s, paths in splits.items()}
+    return Plan(items, classes, pins, notes, reader="video")
 
 
-def _load(path: str) -> tuple[str, bytes] | str:
-    """(field, bytes) ready to store, or the reason the file is unusable. Runs in worker processes."""
-    try:
-        data = Path(path).read_bytes()
-        decode_rgb(data)  # the same decoding the training stream uses
-        with Image.open(io.BytesIO(data)) as im:
-            fmt = im.format
-            if fmt in ("JPEG", "PNG"):
-                return ("jpg" if fmt == "JPEG" else "png"), data
-            im.seek(0)  # first frame of animations
-            im.load()
-            if im.mode not in ("1", "L", "LA", "P", "RGB", "RGBA", "I;16", "I"):
-                im = im.convert("RGBA" if "A" in im.mode else "RGB")
-            buf = io.BytesIO()
-            im.save(buf, format="PNG")
-            return "png", buf.getvalue()
-    except Exception as exn:  # anything PIL or the OS raises for this file
-        return f"{type(exn).__name__}: {exn}".replace("\n", " ")
+PLANNERS: dict[str, Callable[[Path, DatasetOptions], Plan]] = {
+    "imagenet": plan_imagenet,
+    "ffhq": lambda src, o: plan_faces("ffhq", src, o),
+    "celebahq": lambda src, o: plan_faces("celebahq", src, o),
+    "folder": plan_folder,
+    "bair": _plan_bair,
+    "ucf101": _plan_ucf101,
+}
 
 
-def _keys(paths: list[str]) -> list[str]:
-    keys, used = [], set()
-    for p in paths:
-        base = p.replace("/", "_").replace(".", "_")
-        key, i = base, 1
-        while key in used:
-            i += 1
-            key = f"{base}_{i}"
-        used.add(key)
-        keys.append(key)
-    return keys
-
-
-def _loaded(src: Path, paths: list[str], workers: int) -> Iterator[tuple[str, tuple[str, bytes] | str]]:
-    full = [str(src / p) for p in paths]
-    if workers <= 1:
-        yield from zip(paths, map(_load, full))
-        return
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        for i in range(0, len(full), _WINDOW):
-            yield from zip(paths[i : i + _WINDOW], pool.map(_load, full[i : i + _WINDOW], chunksize=16))
-
-
-def _class_layout(paths: list[str]) -> Optional[dict[str, int]]:
-    """Class name -> label when every image sits inside a first-level sub-folder, else None."""
-    if not paths or any("/" not in p for p in paths):
-        return None
-    return {name: i for i, name in enumerate(sorted({p.split("/", 1)[0] for p in paths}))}
-
-
-def folder_to_shards(src: str | os.PathLike, out: str | os.PathLike, *, max_count: int = 1000,
-                     workers: int = min(4, os.cpu_count() or 1), prefix: str = "shard") -> PrepareReport:
-    """Convert the images under ``src`` into shards ``out/PREFIX-NNNNNN.tar`` (written
-    atomically by ``write_shards``), ``out/classes.json`` and ``out/skipped.txt``.
-    ``workers`` processes read and check the files (1: in this process)."""
-    src, out = Path(src).expanduser(), Path(out).expanduser()
+def _check_options(layout: str, src: Path, out: Path, o: DatasetOptions) -> None:
+    if layout not in PLANNERS:
+        raise DataError(f"Unknown dataset layout {layout!r}; choose one of {', '.join(LAYOUTS)} (docs/datasets.md).")
+    given = [k for k in ("val_labels", "synsets", "val_from", "val_fraction", "train_list", "val_list")
+             if getattr(o, k) is not None and k not in _APPLIES[layout]]
+    if given:
+        opts = ", ".join(option(k) for k in given)
+        takes = ", ".join(sorted(option(k) for k in _APPLIES[layout]))
+        raise DataError(f"{opts} does not apply to the {layout} layout (it takes {takes}).")
+    for name, v, ok, rule in (("per_shard", o.per_shard, o.per_shard >= 1, "at least 1"),
+                              ("workers", o.workers, o.workers >= 1, "at least 1"),
+                              ("size", o.size, o.size is None or o.size >= 1, "at least 1"),
+                              ("val_from", o.val_from, o.val_from is None or o.val_from >= 0, "at least 0"),
+                              ("val_fraction", o.val_fraction, o.val_fraction is None or 0 <= o.val_fraction < 1,
+                               "in [0, 1)")):
+        if not ok:
+            raise DataError(f"{option(name)} must be {rule}, got {v}.")
     if not src.is_dir():
-        raise DataError(f"{src} is not a folder. `rvq data shards` takes a folder of images (optionally one "
-                        "sub-folder per class) and writes webdataset shards.")
-    paths = _list_images(src)
-    if not paths:
-        raise DataError(f"No image files under {src} (looked for {', '.join(sorted(IMAGE_SUFFIXES))}).")
-    classes = _class_layout(paths)
-    skipped: list[SkippedFile] = []
-    counts = {"converted": 0}
-    # keys from the sorted paths; the shards hold them in a fixed shuffled order (class folders mixed)
-    keyed = shuffled_order(list(zip(_keys(paths), paths)))
-    order = [rel for _, rel in keyed]
+        raise DataError(f"{src} is not a folder. Give the folder you downloaded and unpacked; docs/datasets.md says "
+                        f"which one for {layout}.")
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out} is a file; OUT must be a folder (it is created if missing).")
 
-    def samples() -> Iterator[dict]:
-        for (key, _), (rel, got) in zip(keyed, _loaded(src, order, workers)):
-            if isinstance(got, str):
-                skipped.append(SkippedFile(rel, got))
-                continue
-            ext, data = got
-            counts["converted"] += Path(rel).suffix.lower() not in (".jpg", ".jpeg", ".png")
-            meta = {"path": rel}
-            sample = {"__key__": key, ext: data, "json": meta}
-            if classes is not None:
-                meta["class"] = rel.split("/", 1)[0]
-                sample["cls"] = classes[meta["class"]]
-            yield sample
 
-    try:
-        shards = write_shards(samples(), out, prefix=prefix, max_count=max_count)
-    except ValueError as err:
-        if skipped and "no samples" in str(err):
-            raise DataError(f"None of the {len(paths)} images under {src} could be decoded "
-                            f"(e.g. {skipped[0].path}: {skipped[0].reason}).") from None
-        raise
-    write_json_atomic(out / "classes.json", classes or {})
-    write_text_atomic(out / "skipped.txt", "".join(f"{s.path}\t{s.reason}\n" for s in skipped))
-    return PrepareReport(out=out, pattern=shard_pattern(out, prefix, len(shards)), shards=shards,
-                         count=len(paths) - len(skipped), classes=classes, converted=counts["converted"],
-                         skipped=skipped)
+def prepare_dataset(layout: str, src: str | os.PathLike, out: str | os.PathLike,
+                    options: DatasetOptions = DatasetOptions()) -> DatasetReport:
+    """Convert the dataset ``layout`` found at ``src`` into ``out/train-NNNNNN.tar`` and
+    ``out/val-NNNNNN.tar`` (plus ``classes.json`` and ``skipped.txt``); see the module docstring.
+    Resumable: re-running with the same arguments writes only the shards not yet complete."""
+    src, out, o = Path(src).expanduser(), Path(out).expanduser(), options
+    _check_options(layout, src, out, o)
+    plan = PLANNERS[layout](src, o)
+    if not plan.splits["train"]:
+        raise DataError(f"No training images: the split settings put all {len(plan.splits['val'])} images into "
+                        f"validation. Choose a {option('val_from')}, {option('val_fraction')} or lists that leave "
+                        "some for training.")
+    if not plan.splits["val"]:
+        plan.notes.append("no validation images (no val shards written)")
+    plan.splits["train"] = shuffled_order(plan.splits["train"])  # class folders mixed across the shards
+    job = {"format": FORMAT, "layout": layout, "source": str(src.resolve()), "per_shard": o.per_shard,
+           "size": o.size, "train_order": "shuffled-v1", **plan.pins}
+    return write_plan(src, out, layout, plan, job, o)

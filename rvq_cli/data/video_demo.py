@@ -23,18 +23,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .demo import (
-    MARKER,
-    VAL_PHOTOS,
-    DemoShards,
-    build_cached,
-    _default_cache,
-    _photos,
-    _result,
-    _rgb,
-)
-from .shards import write_shards
-from .video import encode_mp4
+from .demo import MARKER, VAL_PHOTOS, DemoShards, build_cached, bundled_photos, default_cache, demo_result, photo_rgb
+from .format import write_shards
+from .mp4 import encode_mp4
 
 VERSION = "demo-video-v1"
 FPS = 8
@@ -46,7 +37,7 @@ def _backgrounds(photos: dict, names: list[str], size: int) -> dict[str, np.ndar
     """Each photo as uint8 (H, W, 3) with short side 2·size (room to pan)."""
     out = {}
     for n in names:
-        im = _rgb(photos[n]())
+        im = photo_rgb(photos[n]())
         s = 2 * size / min(im.size)
         out[n] = np.asarray(im.resize((max(2 * size, round(im.width * s)), max(2 * size, round(im.height * s))),
                                       Image.Resampling.LANCZOS))
@@ -87,7 +78,7 @@ def _clip(pics: dict[str, np.ndarray], rng: np.random.Generator, frames: int, si
 
 
 def _build(tmp: Path, train_clips: int, val_clips: int, frames: int, size: int) -> dict:
-    photos, counts = _photos(), {}
+    photos, counts = bundled_photos(), {}
     for split, n, n_shards in (("train", train_clips, TRAIN_SHARDS), ("val", val_clips, VAL_SHARDS)):
         names = [p for p in photos if (p in VAL_PHOTOS) == (split == "val")]
         pics = _backgrounds(photos, names, size)
@@ -114,8 +105,8 @@ def demo_video_shards(cache_dir: str | os.PathLike | None = None, *, train_clips
             raise ValueError(f"{name} must be an integer ≥ {lo}, got {v!r}")
     if size % 2:
         raise ValueError(f"size must be even (H.264 yuv420p), got {size}")
-    cache = Path(cache_dir).expanduser() if cache_dir is not None else _default_cache()
+    cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache()
     default = (train_clips, val_clips, frames, size) == (TRAIN_CLIPS, VAL_CLIPS, FRAMES, SIZE)
     name = VERSION if default else f"{VERSION}-T{train_clips}-V{val_clips}-F{frames}-S{size}"
     root, counts = build_cached(cache, name, lambda tmp: _build(tmp, train_clips, val_clips, frames, size))
-    return _result(root, counts)
+    return demo_result(root, counts)

@@ -10,7 +10,6 @@ import shutil
 import time
 
 import pytest
-
 import webdataset as wds
 from PIL import Image
 

@@ -1,4 +1,4 @@
-"""Writing shards (round trip, key rules, atomicity) and expanding shard patterns."""
+"""folder_to_shards: class folders, flat folders, corrupt files, formats kept or converted."""
 
 import os
 
@@ -9,110 +9,89 @@ import json
 import pytest
 import webdataset as wds
 
-from rvq_cli.data import DataError, expand_pattern, shard_pattern, write_shards
+from rvq_cli.data import DataError, expand_pattern, folder_to_shards, image_batches
+from rvq_cli.data.format import shuffled_order
 
 
-def read_all(paths):
-    return list(wds.tarfile_samples([{"url": str(p)} for p in paths]))
+def read(pattern):
+    return list(wds.tarfile_samples([{"url": u} for u in expand_pattern(pattern)]))
 
 
-def test_round_trip_keys_labels_and_bytes(tmp_path, gen):
-    src = gen.samples(7)
-    paths = write_shards(src, tmp_path / "out", max_count=3)
-    assert [p.name for p in paths] == ["shard-000000.tar", "shard-000001.tar", "shard-000002.tar"]
-    got = read_all(paths)
-    assert [s["__key__"] for s in got] == [s["__key__"] for s in src]
-    for a, b in zip(src, got):
-        assert b["png"] == a["png"]
-        assert int(b["cls"]) == a["cls"]
-        assert json.loads(b["json"]) == a["json"]
-    assert expand_pattern(shard_pattern(tmp_path / "out", "shard", 3)) == [str(p) for p in paths]
+@pytest.fixture
+def class_folder(tmp_path, gen):
+    src = tmp_path / "src"
+    for name in ("dogs", "cats"):
+        (src / name / "sub").mkdir(parents=True)
+    (src / "cats" / "a.1.jpg").write_bytes(gen.encode(gen.image(1), "JPEG"))
+    (src / "cats" / "b.png").write_bytes(gen.encode(gen.image(2)))
+    (src / "dogs" / "c.webp").write_bytes(gen.encode(gen.image(3), "WEBP"))
+    (src / "dogs" / "sub" / "d.bmp").write_bytes(gen.encode(gen.image(4), "BMP"))
+    (src / "dogs" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 definitely not a jpeg")
+    (src / "dogs" / "notes.txt").write_text("not an image, ignored")
+    return src
 
 
-def test_same_samples_give_same_bytes(tmp_path, gen):
-    a = write_shards(gen.samples(4), tmp_path / "a", prefix="x")
-    b = write_shards(gen.samples(4), tmp_path / "b", prefix="x")
-    assert a[0].read_bytes() == b[0].read_bytes()
-
-
-@pytest.mark.parametrize("key", ["a.b", "", None])
-def test_bad_keys_are_refused(tmp_path, key):
-    with pytest.raises(ValueError, match="key"):
-        write_shards([{"__key__": key, "png": b"x"}], tmp_path / "out")
-    assert not list((tmp_path / "out").glob("*.tar"))
-
-
-def test_duplicate_keys_and_bad_fields_are_refused(tmp_path):
-    with pytest.raises(ValueError, match="duplicate"):
-        write_shards([{"__key__": "a", "png": b"1"}, {"__key__": "a", "png": b"2"}], tmp_path / "o")
-    with pytest.raises(ValueError, match="bytes"):
-        write_shards([{"__key__": "a", "png": "not bytes"}], tmp_path / "o")
-    with pytest.raises(ValueError, match="no samples"):
-        write_shards([], tmp_path / "o")
-
-
-def test_failed_run_leaves_previous_complete_set_intact(tmp_path, gen):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_class_folders(class_folder, tmp_path, workers):
     out = tmp_path / "out"
-    old = write_shards(gen.samples(6), out, max_count=2)
-    before = {p.name: p.read_bytes() for p in old}
+    rep = folder_to_shards(class_folder, out, max_count=2, workers=workers)
+    assert rep.classes == {"cats": 0, "dogs": 1}
+    assert json.loads((out / "classes.json").read_text()) == rep.classes
+    assert rep.count == 4 and rep.converted == 2 and len(rep.shards) == 2
+    assert [s.path for s in rep.skipped] == ["dogs/broken.jpg"]
+    assert (out / "skipped.txt").read_text().startswith("dogs/broken.jpg\t")
 
-    def crashing():
-        yield from gen.samples(5, start=100)  # enough for two full new shards first
-        raise RuntimeError("disk on fire")
+    samples = sorted(read(rep.pattern), key=lambda s: s["__key__"])  # written in a fixed shuffled order
+    assert [s["__key__"] for s in samples] == ["cats_a_1_jpg", "cats_b_png", "dogs_c_webp", "dogs_sub_d_bmp"]
+    assert [int(s["cls"]) for s in samples] == [0, 0, 1, 1]
+    assert [json.loads(s["json"]) for s in samples][3] == {"path": "dogs/sub/d.bmp", "class": "dogs"}
+    assert samples[0]["jpg"] == (class_folder / "cats" / "a.1.jpg").read_bytes()  # original bytes
+    assert samples[1]["png"] == (class_folder / "cats" / "b.png").read_bytes()
+    assert "png" in samples[2] and "png" in samples[3]  # webp, bmp -> png
 
-    with pytest.raises(RuntimeError, match="disk on fire"):
-        write_shards(crashing(), out, max_count=2)
-    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # no temp folder left either
-
-
-def test_failed_first_run_leaves_no_final_named_shard(tmp_path, gen):
-    def crashing():
-        yield from gen.samples(3)
-        raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        write_shards(crashing(), tmp_path / "out", max_count=1)
-    assert list((tmp_path / "out").iterdir()) == []
+    (b,) = image_batches(rep.pattern, image_size=16, batch_size=4, train=False, seed=0)
+    assert b["image"].shape == (4, 3, 16, 16) and b["skipped"] == 0
 
 
-def test_complete_rerun_replaces_and_drops_stale_shards(tmp_path, gen):
-    out = tmp_path / "out"
-    write_shards(gen.samples(6), out, max_count=2)
-    (out / "notes.txt").write_text("kept")
-    new = write_shards(gen.samples(3, start=50), out, max_count=2)
-    names = sorted(p.name for p in out.glob("*.tar"))
-    assert names == [p.name for p in new] == ["shard-000000.tar", "shard-000001.tar"]
-    assert [s["__key__"] for s in read_all(new)] == ["img0050", "img0051", "img0052"]
-    assert (out / "notes.txt").read_text() == "kept"
+def test_same_folder_gives_same_shards(class_folder, tmp_path):
+    a = folder_to_shards(class_folder, tmp_path / "a", workers=1)
+    b = folder_to_shards(class_folder, tmp_path / "b", workers=2)
+    assert [p.read_bytes() for p in a.shards] == [p.read_bytes() for p in b.shards]
 
 
-def test_expand_pattern_braces_and_globs(tmp_path, gen):
-    write_shards(gen.samples(4), tmp_path, max_count=1)
-    names = [str(tmp_path / f"shard-{i:06d}.tar") for i in range(4)]
-    assert expand_pattern(str(tmp_path / "shard-{000000..000003}.tar")) == names
-    assert expand_pattern(str(tmp_path / "*.tar")) == names
-    assert expand_pattern(tmp_path / "shard-000002.tar") == names[2:3]
+def test_flat_folder_has_no_labels(tmp_path, gen):
+    src = tmp_path / "flat"
+    src.mkdir()
+    for i in range(3):
+        (src / f"x{i}.png").write_bytes(gen.encode(gen.image(i)))
+    (src / ".hidden.png").write_bytes(gen.encode(gen.image(9)))
+    rep = folder_to_shards(src, tmp_path / "out", workers=1)
+    assert rep.classes is None and rep.count == 3 and rep.skipped == []
+    assert json.loads((tmp_path / "out" / "classes.json").read_text()) == {}
+    samples = read(rep.pattern)
+    assert [s["__key__"] for s in samples] == shuffled_order(["x0_png", "x1_png", "x2_png"])
+    assert all("cls" not in s for s in samples)
+    assert json.loads(samples[0]["json"]) == {"path": "x0.png"}
 
 
-def test_missing_shard_raises_data_error_naming_it(tmp_path, gen):
-    write_shards(gen.samples(2), tmp_path, max_count=1)
-    with pytest.raises(DataError) as err:
-        expand_pattern(str(tmp_path / "shard-{000000..000003}.tar"))
-    msg = str(err.value)
-    assert "shard-000002.tar" in msg and "shard-000003.tar" in msg and "shard-000000.tar" not in msg
-    assert "rvq data shards" in msg and "\n" not in msg
-    with pytest.raises(DataError, match="nothing-here"):
-        expand_pattern(str(tmp_path / "nothing-here-*.tar"))
-    with pytest.raises(DataError, match="folder"):
-        expand_pattern(str(tmp_path))
+def test_key_clashes_get_suffixes(tmp_path, gen):
+    src = tmp_path / "src"
+    (src / "a").mkdir(parents=True)
+    (src / "a" / "b.png").write_bytes(gen.encode(gen.image(0)))
+    (src / "a_b.png").write_bytes(gen.encode(gen.image(1)))
+    rep = folder_to_shards(src, tmp_path / "out", workers=1)
+    assert rep.classes is None  # images at the top level: not a class layout
+    assert sorted(s["__key__"] for s in read(rep.pattern)) == ["a_b_png", "a_b_png_2"]
 
 
-def test_count_samples_reads_headers_only(tmp_path, gen):
-    from rvq_cli.data.shards import count_samples
-
-    paths = write_shards(gen.samples(7), tmp_path / "out", max_count=3)  # png + cls + json per sample
-    assert count_samples([str(p) for p in paths]) == 7
-    assert count_samples([]) == 0
-    assert count_samples(["pipe:cat x.tar"]) is None  # a stream cannot be listed ahead
-    (tmp_path / "bad.tar").write_bytes(b"not a tar")
-    assert count_samples([str(tmp_path / "bad.tar")]) is None
+def test_unusable_folders_raise_data_error(tmp_path):
+    with pytest.raises(DataError, match="not a folder"):
+        folder_to_shards(tmp_path / "nope", tmp_path / "out")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="No image files"):
+        folder_to_shards(tmp_path / "empty", tmp_path / "out")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "x.png").write_bytes(b"garbage")
+    with pytest.raises(DataError, match="could be decoded"):
+        folder_to_shards(tmp_path / "bad", tmp_path / "out", workers=1)
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").glob("*.tar"))

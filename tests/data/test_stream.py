@@ -140,8 +140,9 @@ def test_grayscale_palette_and_rgba_become_rgb(tmp_path, gen):
     g = gen.image(1, channels=1)
     rgba = gen.image(2, channels=4)
     pal = gen.encode(gen.image(3), "PNG")  # re-encoded as palette below
-    from PIL import Image
     import io
+
+    from PIL import Image
 
     buf = io.BytesIO()
     Image.open(io.BytesIO(pal)).convert("P").save(buf, format="PNG")
@@ -163,6 +164,21 @@ def test_bad_arguments(make_shards, tmp_path):
         image_batches(p, image_size=S, batch_size=0, train=True, seed=0)
     with pytest.raises(DataError, match="missing-000000.tar"):
         image_batches(str(tmp_path / "missing-000000.tar"), image_size=S, batch_size=2, train=True, seed=0)
+
+
+@pytest.mark.parametrize("option, value, lowest", [("batch_size", True, 1), ("image_size", True, 1),
+                                                   ("num_workers", False, 0), ("start_batch", True, 0)])
+def test_booleans_are_not_integer_options_for_images_or_videos(make_shards, option, value, lowest):
+    """One validator for both streams: a bool is refused like any other non-integer, in the same words."""
+    from rvq_cli.data.video import video_batches
+
+    p = make_shards(2, 2)
+    message = f"^{option} must be an integer ≥ {lowest}, got {value}$"
+    args = {"image_size": S, "batch_size": 2, "train": True, "seed": 0, option: value}
+    with pytest.raises(ValueError, match=message):
+        image_batches(p, **args)
+    with pytest.raises(ValueError, match=message):
+        video_batches(p, frames=2, **args)
 
 
 def test_truncated_shard_is_survived_and_reported(tmp_path, gen):

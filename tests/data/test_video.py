@@ -1,88 +1,24 @@
-"""Video data: mp4 round trips through PyAV and decord, clip batches, the demo video set."""
+"""Video data: clip batches (resize_center_crop, video_batches), the demo video set."""
 
-import io
 import os
 
 os.environ.setdefault("RVQ_COMPILE", "never")
 
 import itertools
-import random
 
 import numpy as np
 import pytest
 import torch
+from synthetic_video import T, frames
 
 from rvq_cli.data import DataError, write_shards
-from rvq_cli.data.video import (
-    clip_span,
-    decode_clip,
-    encode_mp4,
-    resize_center_crop,
-    video_batches,
-)
+from rvq_cli.data.mp4 import encode_mp4
+from rvq_cli.data.video import resize_center_crop, video_batches
 from rvq_cli.data.video_demo import demo_video_shards
 
-T, H, W = 12, 24, 32  # source videos: 12 frames of 24×32
-
-
-def frames(n: int = T, seed: int = 0, h: int = H, w: int = W) -> np.ndarray:
-    """uint8 (n, h, w, 3): frame t is a flat colour encoding t (grey level 20t) with an 8×8
-    white square at column 2t, shifted per seed, so frames are distinct and identifiable."""
-    a = np.zeros((n, h, w, 3), np.uint8)
-    for t in range(n):
-        a[t] = (20 * t + 7 * seed) % 200
-        a[t, 4:12, (2 * t + seed) % (w - 8) :][:, :8] = 255
-    return a
-
-
-def mae(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.abs(a.astype(int) - b.astype(int)).mean())
-
-
 # --------------------------------------------------------------------------------------------
-# encode_mp4 / decode_clip / resize_center_crop
+# resize_center_crop
 # --------------------------------------------------------------------------------------------
-
-
-def test_mp4_round_trip_is_close_and_in_order():
-    src = frames()
-    clip = decode_clip(encode_mp4(src, fps=8), frames=T, stride=1, start=0)
-    assert clip.shape == (T, H, W, 3) and clip.dtype == np.uint8
-    assert mae(clip, src) < 3
-    # each decoded frame is nearest to its own source frame: order exactly right
-    assert [int(np.argmin([mae(c, s) for s in src])) for c in clip] == list(range(T))
-
-
-@pytest.mark.parametrize("stride, start", [(2, 1), (3, 0), (1, 5)])
-def test_stride_and_start_are_honoured(stride, start):
-    src, n = frames(), 4
-    clip = decode_clip(encode_mp4(src, fps=8), frames=n, stride=stride, start=start)
-    want = src[start : start + clip_span(n, stride) : stride]
-    assert clip.shape == (n, H, W, 3) and mae(clip, want) < 3
-
-
-def test_default_start_is_centred_and_rng_start_is_random_in_range():
-    src, data = frames(), encode_mp4(frames(), fps=8)
-    span = clip_span(4, 2)  # 7 of 12 frames: starts 0..5, centre (12 - 7) // 2 = 2
-    assert mae(decode_clip(data, frames=4, stride=2), src[2:9:2]) < 3
-    rng = random.Random(0)
-    starts = set()
-    for _ in range(8):
-        clip = decode_clip(data, frames=4, stride=2, rng=rng)
-        starts.add(int(np.argmin([mae(clip[0], s) for s in src])))
-    assert starts <= set(range(T - span + 1)) and len(starts) > 1
-
-
-def test_too_short_or_corrupt_video_raises():
-    data = encode_mp4(frames(6), fps=8)
-    with pytest.raises(ValueError, match="6 frames"):
-        decode_clip(data, frames=4, stride=2)  # needs 7
-    with pytest.raises(ValueError, match="outside"):
-        decode_clip(data, frames=4, stride=1, start=3)
-    with pytest.raises(RuntimeError):  # decord cannot open it
-        decode_clip(data[: len(data) // 3] + b"\0" * 100, frames=2, stride=1)
-    with pytest.raises(ValueError, match="even"):
-        encode_mp4(frames(2, h=23), fps=8)
 
 
 def test_resize_center_crop_shapes_and_values():
@@ -123,7 +59,8 @@ def shards(tmp_path, clips):
 
 
 def train(pattern, n=5, **kw):
-    args = {"frames": 4, "stride": 2, "image_size": 16, "batch_size": 3, "train": True, "seed": 0, "shuffle_buffer": 6} | kw
+    args = {"frames": 4, "stride": 2, "image_size": 16, "batch_size": 3, "train": True, "seed": 0,
+            "shuffle_buffer": 6} | kw
     return list(itertools.islice(video_batches(pattern, **args), n))
 
 
@@ -206,16 +143,3 @@ def test_tiny_demo_builds_deterministically_and_streams(tmp_path):
     assert (v[:, :, 1:] - v[:, :, :-1]).abs().mean() > 0.01  # things move
     val = list(video_batches(a.val, frames=8, image_size=32, batch_size=2, train=False, seed=0))
     assert sorted(k for b in val for k in b["key"]) == [f"clip_{i:06d}" for i in range(3)]
-
-
-def test_sizes_decord_mis_sizes_fall_back_to_pyav():
-    """decord 0.6.0 fails on some small frames (24×24 here); the clip still decodes, via PyAV."""
-    import decord
-
-    src = frames(8, h=24, w=24)
-    data = encode_mp4(src, fps=8)
-    with pytest.raises(decord.DECORDError, match="must exactly match"):
-        decord.VideoReader(io.BytesIO(data)).get_batch([0, 1])
-    clip = decode_clip(data, frames=4, stride=2, start=1)
-    assert clip.shape == (4, 24, 24, 3)
-    assert mae(clip, src[1:8:2]) < 8  # the right frames, in order (lossy H.264)

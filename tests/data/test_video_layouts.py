@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rvq_cli.data import DataError, write_shards  # noqa: F401
-from rvq_cli.data.datasets import DatasetOptions, prepare_dataset
-from rvq_cli.data.video import decode_clip, sample_video, video_batches
+from rvq_cli.data import DataError
+from rvq_cli.data.layouts import DatasetOptions
+from rvq_cli.data.mp4 import decode_clip
+from rvq_cli.data.prepare import prepare_dataset
+from rvq_cli.data.video import sample_video, video_batches
 
 RVQ = shutil.which("rvq") or os.path.join(os.path.dirname(sys.executable), "rvq")
 
@@ -140,7 +142,7 @@ def test_ucf101_cli_and_missing_lists(ucf, tmp_path):
 
 
 def test_ucf101_labels_follow_classind_when_present(tmp_path):
-    from rvq_cli.data.video_datasets import plan_ucf101
+    from rvq_cli.data.video_layouts import plan_ucf101
 
     src = tmp_path / "UCF-101"
     for c in ("Hammering", "HammerThrow", "JumpRope"):

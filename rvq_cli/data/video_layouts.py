@@ -1,6 +1,6 @@
 """The video layouts of ``rvq data prepare``: BAIR Robot Pushing and UCF101 as users have them
-on disk, planned into the same resumable, deterministic shard writer as the image datasets
-(``datasets.py``): one sample per video, ``mp4`` (H.264, written by PyAV) + ``json``.
+on disk, planned into the same resumable, deterministic shard writer (``writer.py``) as the image
+layouts (``layouts.py``): one sample per video, ``mp4`` (H.264, written by PyAV) + ``json``.
 
 - ``bair``: the frame-folder form of BAIR Robot Pushing, as the common extraction scripts write
   it from the published TFRecords: ``SRC/train/…/<trajectory>/`` and ``SRC/test/…/<trajectory>/``,
@@ -25,7 +25,11 @@ from typing import Optional
 import numpy as np
 from PIL import Image
 
-__all__ = ["BAIR_FPS", "frames_to_mp4", "plan_bair", "plan_ucf101", "video_to_mp4"]
+from ..errors import option
+from .format import DataError
+from .mp4 import encode_mp4
+
+__all__ = ["BAIR_FPS", "frames_to_mp4", "plan_bair", "plan_ucf101", "read_video_item", "video_to_mp4"]
 
 BAIR_FPS = 10  # BAIR trajectories carry no frame rate; 10 fps is recorded in their json
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
@@ -49,8 +53,6 @@ def _resize(frames: list[np.ndarray], size: Optional[int]) -> np.ndarray:
 
 def frames_to_mp4(folder: str, size: Optional[int], fps: int = BAIR_FPS) -> tuple[str, bytes, dict] | str:
     """A folder of frames -> ("mp4", bytes, meta), or why it is unusable. Runs in workers."""
-    from .video import encode_mp4
-
     try:
         files = sorted((p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_EXTS),
                        key=lambda p: (int(m.group(1)) if (m := _LAST_NUMBER.search(p.stem)) else -1, p.name))
@@ -69,8 +71,6 @@ def frames_to_mp4(folder: str, size: Optional[int], fps: int = BAIR_FPS) -> tupl
 def video_to_mp4(path: str, size: Optional[int]) -> tuple[str, bytes, dict] | str:
     """Any video file PyAV reads (UCF101's .avi) -> ("mp4", bytes, meta) at its own frame rate."""
     import av
-
-    from .video import encode_mp4
 
     try:
         with av.open(path) as container:
@@ -100,8 +100,6 @@ def _trajectories(root: Path) -> list[str]:
 
 def plan_bair(src: Path) -> tuple[dict[str, list[str]], list[str]]:
     """{"train": [...], "val": [...]} trajectory folders (relative to ``src``) and notes."""
-    from .shards import DataError
-
     missing = [s for s in ("train", "test") if not (src / s).is_dir()]
     if missing:
         raise DataError(f"`rvq data prepare bair` expects SRC/train/ and SRC/test/ holding one folder of frames per "
@@ -128,8 +126,6 @@ def _find_list(src: Path, name: str) -> Optional[Path]:
 def plan_ucf101(src: Path, train_list: Optional[Path], val_list: Optional[Path]
                 ) -> tuple[dict[str, list[str]], dict[str, int], dict, list[str]]:
     """Splits of video paths (relative to ``src``), classes, pins for the job record, and notes."""
-    from .shards import DataError
-
     # a split-list folder kept inside SRC is not a class
     names = sorted(p.name for p in src.iterdir() if p.is_dir() and p.name != "ucfTrainTestlist")
     classes = {c: i for i, c in enumerate(names)}
@@ -140,8 +136,8 @@ def plan_ucf101(src: Path, train_list: Optional[Path], val_list: Optional[Path]
     for split, given, name in (("train", train_list, "trainlist01.txt"), ("val", val_list, "testlist01.txt")):
         path = Path(given).expanduser() if given else _find_list(src, name)
         if path is None or not path.is_file():
-            raise DataError(f"the UCF101 {split} split list was not found: pass --{split}-list "
-                            f"PATH (the official ucfTrainTestlist/{name}), or put ucfTrainTestlist/ inside or beside "
+            raise DataError(f"the UCF101 {split} split list was not found: pass {option(split + '_list')} PATH "
+                            f"(the official ucfTrainTestlist/{name}), or put ucfTrainTestlist/ inside or beside "
                             f"{src}.")
         lists[split] = path
     splits, notes = {}, []
