@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -10,10 +9,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import codebook as cb
-from .estimators import ESTIMATORS, GammaLike, get_estimator
+from .estimators import ESTIMATORS, Found, GammaLike, Quantized, get_estimator
+from .estimators.gumbel import GUMBEL_LOGITS, GUMBEL_SAMPLES, GUMBEL_TEMPERATURE, cosine_anneal, logit_projection
 
 UPDATES = ("ema", "learned")
-GUMBEL_TEMPERATURE = (1.0, 1.0 / 16.0)  # the paper's Gumbel baseline (A.10.1, after karpathy/deep-vector-quantization)
 
 
 class _Renormalize(torch.autograd.Function):
@@ -38,42 +37,6 @@ COSINE_OUTPUTS = ("as_is", "renormalize")
 VQ_LOSSES = ("vqvae", "taming_legacy")
 EMA_COUNTS = ("ones", "zeros")
 COSINE_INITS = ("unit", "as_drawn")
-GUMBEL_LOGITS = ("distance", "linear")
-GUMBEL_SAMPLES = ("soft", "hard")  # what the decoder gets in training: the relaxed sample, or its one-hot
-_LOGIT_SEED = 0x6B61_7270_6174_6879  # mixed into torch's seed for the linear logits' own generator
-
-
-class _ScaleGrad(torch.autograd.Function):
-    """Identity forward; the gradient is multiplied by ``scale`` on the way back."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, scale: float) -> Tensor:
-        ctx.scale = scale
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, g: Tensor):
-        return g * ctx.scale, None
-
-
-def cosine_anneal(start: float, end: float, progress: float) -> float:
-    """``start`` at progress 0 to ``end`` at 1 along 1 − cos(πp/2): the Gumbel temperature
-    schedule of karpathy/deep-vector-quantization, which the paper's baseline follows."""
-    a = 1.0 - math.cos(min(1.0, max(0.0, progress)) * math.pi / 2)
-    return a * end + (1.0 - a) * start
-
-
-def _logit_projection(dim: int, codebook_size: int) -> nn.Linear:
-    """Linear(dim, K) with bias, initialised as nn.Linear (and karpathy's 1×1 nn.Conv2d) are,
-    weight and bias U(±1/√dim), but drawn from a generator of its own seeded from torch's seed:
-    the layers built after it start from the same weights as under every other estimator."""
-    layer = nn.Linear(dim, codebook_size, device="meta").to_empty(device="cpu")
-    g = torch.Generator().manual_seed(torch.initial_seed() ^ _LOGIT_SEED)
-    bound = 1.0 / math.sqrt(dim)
-    with torch.no_grad():
-        layer.weight.uniform_(-bound, bound, generator=g)
-        layer.bias.uniform_(-bound, bound, generator=g)
-    return layer
 
 
 @dataclass
@@ -112,7 +75,7 @@ class QuantizeOutput:
     indices: Tensor  # (B, *spatial), int64
     losses: QuantizeLosses
     metrics: QuantizeMetrics
-    # Loss-level estimators in training (rvq_cli.train.loss_level completes their gradient):
+    # Loss-level estimators in training (their training_loss hook completes the gradient):
     decoder_input: Tensor | None = None  # hessian, exact: the leaf q (N, d) the decoder reads; dL/d it is g
     latents: Tensor | None = None  # hessian: e (N, d), the encoder output in code space, with its graph
     passthrough: Tensor | None = None  # exact: e itself in the layout of ``quantized`` (no quantization),
@@ -179,8 +142,8 @@ class VectorQuantizer(nn.Module):
 
     Loss-level and stochastic estimators (see :data:`ESTIMATORS`): ``hessian`` and ``exact``
     send no gradient to e through the decoder path by themselves; in training their output holds
-    ``decoder_input``/``latents``/``passthrough`` and :mod:`rvq_cli.train.loss_level` completes
-    the gradient. ``gumbel`` feeds the decoder a Gumbel-softmax mixture of codes in training
+    ``decoder_input``/``latents``/``passthrough`` and the estimator's ``training_loss`` hook
+    completes the gradient. ``gumbel`` feeds the decoder a Gumbel-softmax mixture of codes in training
     and, at eval, the code of the index it reports: the nearest code (distance logits) or the
     argmax of the logits (linear), hard.
     """
@@ -229,30 +192,8 @@ class VectorQuantizer(nn.Module):
         self.kmeans_iters, self.dead_code_threshold, self.chunk = kmeans_iters, dead_code_threshold, chunk
         if not epsilon > 0:
             raise ValueError(f"epsilon must be > 0, got {epsilon}")
-        if len(temperature) != 2 or not all(t > 0 for t in temperature):
-            raise ValueError(f"temperature must be (start, end) with both > 0, got {temperature}")
-        self.epsilon, self.kl_weight = float(epsilon), float(kl_weight)
-        self.temperature_range = (float(temperature[0]), float(temperature[1]))
-        self.temperature = self.temperature_range[0]  # the gumbel temperature now (see anneal)
-        if kl_warmup_steps < 0 or temperature_steps is not None and temperature_steps < 1:
-            raise ValueError(f"need kl_warmup_steps >= 0 and temperature_steps None or >= 1, got "
-                             f"{kl_warmup_steps} and {temperature_steps}")
-        self.kl_warmup_steps, self.temperature_steps = int(kl_warmup_steps), temperature_steps
-        self.kl_scale = self.kl_weight_at(0)  # the gumbel KL weight now (see anneal)
-        self.gumbel_logits = _choice("gumbel_logits", gumbel_logits, GUMBEL_LOGITS)
-        self.gumbel_sample = _choice("gumbel_sample", gumbel_sample, GUMBEL_SAMPLES)
-        linear = gumbel_logits == "linear"
-        if linear and self.estimator.name != "gumbel":
-            raise ValueError(f"gumbel_logits 'linear' is an option of the gumbel estimator, not of {estimator!r}")
-        if linear and self.update != "learned":
-            raise ValueError("gumbel_logits 'linear' learns the codebook through the soft mixture of codes "
-                             "(karpathy/deep-vector-quantization), so it needs update='learned', not 'ema'")
-        if linear and codebook_dim not in (None, dim):
-            raise ValueError(f"gumbel_logits 'linear' reads the layer's input directly, so a factorising "
-                             f"projection to codebook_dim={codebook_dim} would be unused; leave codebook_dim unset")
-        # gumbel_logits "linear": logits = W x + b on the input (N, D) -> (N, K), karpathy's 1×1 conv
-        self.logit_proj = _logit_projection(dim, codebook_size) if linear else None
-
+        self.epsilon = float(epsilon)
+        self._init_gumbel(temperature, kl_weight, kl_warmup_steps, temperature_steps, gumbel_logits, gumbel_sample)
         factorised = self.codebook_dim != dim
         self.project_in = nn.Linear(dim, self.codebook_dim) if factorised else nn.Identity()
         self.project_out = nn.Linear(self.codebook_dim, dim) if factorised else nn.Identity()
@@ -278,6 +219,35 @@ class VectorQuantizer(nn.Module):
         self._grad_cos_n = 0
         self._pending_q_hook = None
 
+    def _init_gumbel(self, temperature, kl_weight, kl_warmup_steps, temperature_steps, gumbel_logits,
+                     gumbel_sample) -> None:
+        """The gumbel estimator's options and schedule state (see :mod:`.estimators.gumbel`)."""
+        if len(temperature) != 2 or not all(t > 0 for t in temperature):
+            raise ValueError(f"temperature must be (start, end) with both > 0, got {temperature}")
+        self.kl_weight = float(kl_weight)
+        self.temperature_range = (float(temperature[0]), float(temperature[1]))
+        self.temperature = self.temperature_range[0]  # the gumbel temperature now (see anneal)
+        if kl_warmup_steps < 0 or temperature_steps is not None and temperature_steps < 1:
+            raise ValueError(f"need kl_warmup_steps >= 0 and temperature_steps None or >= 1, got "
+                             f"{kl_warmup_steps} and {temperature_steps}")
+        self.kl_warmup_steps, self.temperature_steps = int(kl_warmup_steps), temperature_steps
+        self.kl_scale = self.kl_weight_at(0)  # the gumbel KL weight now (see anneal)
+        self.gumbel_logits = _choice("gumbel_logits", gumbel_logits, GUMBEL_LOGITS)
+        self.gumbel_sample = _choice("gumbel_sample", gumbel_sample, GUMBEL_SAMPLES)
+        linear = gumbel_logits == "linear"
+        if linear and "gumbel_logits" not in self.estimator.own_options:
+            raise ValueError("gumbel_logits 'linear' is an option of the gumbel estimator, not of "
+                             f"{self.estimator.name!r}")
+        if linear and self.update != "learned":
+            raise ValueError("gumbel_logits 'linear' learns the codebook through the soft mixture of codes "
+                             "(karpathy/deep-vector-quantization), so it needs update='learned', not 'ema'")
+        if linear and self.codebook_dim != self.dim:
+            raise ValueError(f"gumbel_logits 'linear' reads the layer's input directly, so a factorising "
+                             f"projection to codebook_dim={self.codebook_dim} would be unused; leave codebook_dim "
+                             "unset")
+        # gumbel_logits "linear": logits = W x + b on the input (N, D) -> (N, K), karpathy's 1×1 conv
+        self.logit_proj = logit_projection(self.dim, self.codebook_size) if linear else None
+
     def extra_repr(self) -> str:
         return (f"dim={self.dim}, codebook_size={self.codebook_size}, codebook_dim={self.codebook_dim}, "
                 f"estimator={self.estimator.name}, lookup={self.lookup}, update={self.update}, "
@@ -293,7 +263,7 @@ class VectorQuantizer(nn.Module):
                 self._buffers[name] = buf.float()
         return self
 
-    def _project(self, layer: nn.Module, x: Tensor) -> Tensor:
+    def project(self, layer: nn.Module, x: Tensor) -> Tensor:
         """A factorising projection applied in fp32, whatever dtype the module was cast to."""
         if isinstance(layer, nn.Identity):
             return x
@@ -316,17 +286,21 @@ class VectorQuantizer(nn.Module):
         # (N, D) -> (B, *spatial, D) -> (B, D, *spatial)
         return x.reshape(*grid, self.dim).movedim(-1, 1).contiguous()
 
+    def to_output(self, v: Tensor, grid: tuple[int, ...], dtype: torch.dtype) -> Tensor:
+        """Rows ``v`` (N, d) in code space -> the layer's output layout (B, D, *spatial) in ``dtype``."""
+        return self._unflatten(self.project(self.project_out, v), grid).to(dtype)
+
     def forward(self, z: Tensor) -> QuantizeOutput:
         """Quantize channel-first features ``z`` (B, D, *spatial)."""
         with torch.autocast(device_type=z.device.type, enabled=False):  # quantizer math in fp32
             x, grid = self._flatten(z)
-            e = e_raw = self._project(self.project_in, x)  # (N, d)
+            e = e_raw = self.project(self.project_in, x)  # (N, d)
             if self.lookup == "cosine":
                 e = F.normalize(e, dim=-1)
             if self.init == "kmeans" and self.training and not bool(self.initialized):
                 self._kmeans_init(e.detach())
             codes = self.codes()  # (K, d)
-            logits = None if self.logit_proj is None else self._project(self.logit_proj, x)  # (N, K)
+            logits = None if self.logit_proj is None else self.project(self.logit_proj, x)  # (N, K)
             if logits is None:
                 indices = cb.nearest_codes(e.detach(), codes.detach(), self.lookup, self.chunk)  # (N,)
             else:  # gumbel_logits "linear": the code the logits choose (hard one-hot of the argmax at eval)
@@ -342,41 +316,27 @@ class VectorQuantizer(nn.Module):
                 codebook=codebook_w * F.mse_loss(q, e.detach()) if vq_terms and self.update == "learned" else zero,
                 prior=zero,
             )
-            extra: dict[str, Tensor] = {}
-            kind = self.estimator.kind
-            if kind == "pointwise":
-                at = e_raw if self.estimator.acts_on == "raw" else e  # ste_raw: g reaches e before normalisation
-                q_tilde = self.estimator(self._watch_gradients(at), q)  # forward value: q, bit for bit
-                if self.lookup == "cosine" and self.cosine_output == "renormalize":
-                    q_tilde = _Renormalize.apply(q_tilde)
-            elif not (self.training and torch.is_grad_enabled() and e.requires_grad):
-                q_tilde = q.detach()  # eval (or no gradient wanted): the code of the index, hard
-            elif kind == "stochastic":  # gumbel
-                q_tilde, losses.prior = self._gumbel(e if logits is None else x, codes, logits)
-            else:  # hessian, exact: the decoder reads a leaf; the trainer completes the gradient
-                q_tilde = extra["decoder_input"] = q.detach().requires_grad_(True)
-                if self.estimator.name == "hessian":
-                    extra["latents"] = e
-                else:
-                    alias = self._watch_gradients(e)
-                    passthrough = _ScaleGrad.apply(alias, 1.0 / self.epsilon)
-                    extra["passthrough"] = self._unflatten(self._project(self.project_out, passthrough),
-                                                           grid).to(z.dtype)
+            found = Found(x, e, e_raw, q, codes, logits, grid, z.dtype)
+            if self.estimator.pointwise or (self.training and torch.is_grad_enabled() and e.requires_grad):
+                res = self.estimator.quantize(self, found)  # pointwise: forward value q, bit for bit
+            else:
+                res = Quantized(q.detach())  # eval (or no gradient wanted): the code of the index, hard
+            q_tilde = res.q_tilde
+            if self.estimator.pointwise and self.lookup == "cosine" and self.cosine_output == "renormalize":
+                q_tilde = _Renormalize.apply(q_tilde)
+            if res.prior is not None:
+                losses.prior = res.prior
             hook, self._pending_q_hook = self._pending_q_hook, None
             if hook is not None and q_tilde.requires_grad:
                 q_tilde.register_hook(hook)
-            out = self._unflatten(self._project(self.project_out, q_tilde), grid)
+            out = self._unflatten(self.project(self.project_out, q_tilde), grid)
             metrics = self._statistics(e.detach(), q.detach(), indices, sq_err.detach())
-        return QuantizeOutput(out.to(z.dtype), indices.reshape(grid), losses, metrics, **extra)
+        return QuantizeOutput(out.to(z.dtype), indices.reshape(grid), losses, metrics, **res.extra)
 
     def anneal(self, step: int, total_steps: int) -> None:
-        """Set the gumbel schedules for optimizer step ``step`` (0-based) of a ``total_steps`` run:
-        the temperature from start to end over ``temperature_steps`` (None: the run) and the KL
-        weight (:meth:`kl_weight_at`). Both are functions of the step alone, so a resumed run
-        continues them exactly."""
-        horizon = self.temperature_steps or total_steps
-        self.temperature = cosine_anneal(*self.temperature_range, step / max(1, horizon))
-        self.kl_scale = self.kl_weight_at(step)
+        """Before optimizer step ``step`` (0-based) of a ``total_steps`` run: the estimator's
+        schedules (gumbel: the temperature and the KL weight), functions of the step alone."""
+        self.estimator.start_step(self, step, total_steps)
 
     def kl_weight_at(self, step: int) -> float:
         """The gumbel KL weight at optimizer step ``step``: ``kl_weight`` throughout, or with
@@ -386,7 +346,7 @@ class VectorQuantizer(nn.Module):
             return self.kl_weight
         return cosine_anneal(0.0, self.kl_weight, step / self.kl_warmup_steps)
 
-    def _watch_gradients(self, e: Tensor) -> Tensor:
+    def watch_gradients(self, e: Tensor) -> Tensor:
         """``e`` itself, through an alias whose gradient is the estimator's alone (the commitment
         loss reaches ``e`` by another path): the backward pass records the mean cosine between
         grad_e and g = dL/dq̃ over the rows, read with :meth:`gradient_cosine`. The hook on q̃ is
@@ -418,30 +378,6 @@ class VectorQuantizer(nn.Module):
         total, n = self._grad_cos, self._grad_cos_n
         self._grad_cos, self._grad_cos_n = None, 0
         return float(total) / n if n else None
-
-    def _gumbel(self, e: Tensor, codes: Tensor, logits: Tensor | None) -> tuple[Tensor, Tensor]:
-        """A Gumbel-softmax mixture of codes at the current temperature (training), and the
-        weighted KL of softmax(logits) to the uniform prior. ``e`` is what the logits read:
-        distance logits (``logits`` None) are negative squared distances of the latents ``e`` up
-        to a per-row constant, 2 e·c − ‖c‖², so the most likely code is the nearest one (the index
-        the layer reports); linear ``logits`` are W x + b of the layer's input ``e`` = x. The
-        mixture carries gradient to ``e`` through the logits, and to the codes when the codebook
-        is learned."""
-        # a copy: the EMA update and dead-code restarts write the codebook in place before backward
-        codes = codes.clone() if self.update == "learned" else codes.detach().clone()
-
-        def logits_of(v: Tensor) -> Tensor:  # (N, ·) -> (N, K)
-            if logits is not None:
-                return self._project(self.logit_proj, v)
-            return 2.0 * v @ codes.t() - (codes * codes).sum(-1)
-
-        # hard: the one-hot of the sample forward, the relaxed sample's gradient (taming's GumbelVQ)
-        soft = F.gumbel_softmax(logits_of(self._watch_gradients(e)), tau=self.temperature,
-                                hard=self.gumbel_sample == "hard")  # (N, K)
-        # the prior term reaches e outside the watched path
-        p = (logits_of(e) if logits is None else logits).softmax(-1)  # (N, K)
-        kl = (p * torch.log(p * self.codebook_size + 1e-10)).sum(-1).mean()  # Σ p log(p / (1/K)), as karpathy's
-        return soft @ codes, self.kl_scale * kl
 
     @torch.no_grad()
     def _statistics(self, e: Tensor, q: Tensor, indices: Tensor, sq_err: Tensor) -> QuantizeMetrics:
@@ -504,7 +440,7 @@ class VectorQuantizer(nn.Module):
         grid = tuple(indices.shape)
         with torch.autocast(device_type=indices.device.type, enabled=False):
             q = F.embedding(indices.reshape(-1).long(), self.codes())  # (N, d)
-            out = self._unflatten(self._project(self.project_out, q), grid)
+            out = self._unflatten(self.project(self.project_out, q), grid)
         return out if dtype is None else out.to(dtype)
 
 

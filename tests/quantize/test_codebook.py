@@ -14,7 +14,15 @@ import torch
 import torch.nn.functional as F
 
 from rvq_cli.quantize import codebook as cb
-from rvq_cli.quantize.codebook import INITS, LOOKUPS, ema_update, init_codebook, kmeans, nearest_codes, restart_dead_codes
+from rvq_cli.quantize.codebook import (
+    INITS,
+    LOOKUPS,
+    ema_update,
+    init_codebook,
+    kmeans,
+    nearest_codes,
+    restart_dead_codes,
+)
 
 UNCHUNKED = 1 << 40  # every score of the searches below in one block
 

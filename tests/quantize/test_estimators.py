@@ -323,7 +323,7 @@ def test_set_compile_rejects_unknown_mode():
 
 
 def test_eager_kernels_in_row_blocks_equal_one_block(monkeypatch):
-    from rvq_cli.quantize import estimators as est_mod
+    from rvq_cli.quantize.estimators import kernels as est_mod
 
     e, q, g = (rand(1000, 7, dtype=torch.float32, seed=s) for s in (1, 2, 3))
     e[3] = 0

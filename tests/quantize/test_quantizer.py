@@ -438,7 +438,29 @@ def test_invalid_constructor_arguments(kwargs, names):
 
 
 def test_decay_zero_is_valid():
-    VectorQuantizer(8, 16, decay=0.0)
+    """decay 0 keeps nothing of the past: one EMA update sets cluster_size to this batch's counts n_k,
+    embed_sum to its per-code sums, and each code to its assigned mean under the Laplace smoothing,
+    c_k = Σx / ((n_k + ε) / (n + Kε) · n): within ~ε of the plain mean for a used code, and zero for
+    a code no row chose (its sum is zero)."""
+    eps, k = 1e-5, 64
+    vq = make_vq(dim=4, k=k, decay=0.0, eps=eps).train()
+    vq(rand(2, 4, 5, 5, seed=3))  # a first update: the state before must not matter
+    z = rand(2, 4, 5, 5, seed=4)
+    e = flat_e(vq, z).double()
+    idx = nearest_codes(e.float(), vq.codes(), vq.lookup)
+    assert torch.equal(vq(z).indices.reshape(-1), idx)
+    n = e.shape[0]
+    counts = torch.bincount(idx, minlength=k).double()
+    sums = torch.zeros(k, 4, dtype=torch.float64).index_add_(0, idx, e)
+    used = counts > 0
+    assert 1 < int(used.sum()) < k  # 50 rows, 64 codes: some used, some not
+    assert torch.equal(vq.cluster_size.double(), counts)
+    torch.testing.assert_close(vq.embed_sum.double(), sums, rtol=1e-6, atol=1e-6)
+    want = sums / ((counts + eps) / (n + k * eps) * n)[:, None]
+    torch.testing.assert_close(vq.codebook.double(), want, rtol=1e-5, atol=1e-7)
+    means = sums[used] / counts[used, None]
+    torch.testing.assert_close(vq.codebook.double()[used], means, rtol=1e-4, atol=1e-6)
+    assert torch.equal(vq.codebook[~used], torch.zeros(k - int(used.sum()), 4))
 
 
 @pytest.mark.parametrize("shape", [(2, 7, 4, 4), (2, 8), (8,), (2, 4, 8, 8)])

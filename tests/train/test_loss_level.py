@@ -9,10 +9,14 @@ import torch.nn.functional as F
 from torch.autograd.functional import hessian
 
 from rvq_cli.models import build_conv_tokenizer, build_vit_tokenizer
-from rvq_cli.quantize import VectorQuantizer
-from rvq_cli.quantize.quantizer import cosine_anneal
-from rvq_cli.train.loss_level import estimator_loss, forward_context, hessian_gradient
-from test_train import recipe_file, shards  # noqa: F401  (fixture)
+from rvq_cli.quantize import ESTIMATORS, VectorQuantizer
+from rvq_cli.quantize.estimators.gumbel import cosine_anneal
+from rvq_cli.quantize.estimators.hessian import hessian_gradient
+from tiny import recipe_file
+
+
+def estimator_loss(loss, out, quantizer, decoder_loss):
+    return quantizer.estimator.training_loss(loss, out, quantizer, decoder_loss)
 
 
 def rand(*shape, seed=0):
@@ -112,7 +116,7 @@ def test_hessian_through_attention_needs_the_math_kernel():
     model = build_vit_tokenizer(image_size=16, patch_size=4, dim=16, depth=1, heads=2, mlp_dim=32, z_channels=16,
                                 embed_dim=4, quantizer=dict(codebook_size=16, estimator="hessian")).train()
     x = rand(2, 3, 16, 16, seed=13).clamp(-1, 1)
-    with forward_context("hessian"):
+    with ESTIMATORS["hessian"].forward_context():
         out = model(x)
         loss = F.mse_loss(out.reconstruction, x) + out.quantize.loss
         estimator_loss(loss, out, model.quantize, mse(x)).backward()
@@ -142,14 +146,19 @@ def test_exact_encoder_gets_the_autoencoder_gradient_and_the_decoder_the_vq_one(
     dec, dec_vq, dec_ae = grads(decoder_side(model)), grads(decoder_side(vq)), grads(decoder_side(ae))
     torch.testing.assert_close(dec, dec_vq + model.quantize.epsilon * dec_ae, rtol=1e-5, atol=1e-8)
     assert (dec - dec_vq).abs().max() <= 1e-5 * dec_vq.abs().max()
-    assert model.quantize.gradient_cosine() is not None
+    cos = model.quantize.gradient_cosine()  # the encoder's gradient is the autoencoder's, not the decoder's g
+    assert cos is not None and -1.0 <= cos < 0.99, cos  # (STE: 1)
+    assert model.quantize.gradient_cosine() is None  # read once: nothing since
 
 
 def test_exact_reconstruction_is_the_quantized_one_and_eval_is_hard():
     model = tiny_tokenizer("exact")
     x = rand(2, 3, 16, 16, seed=15).clamp(-1, 1)
     out = model(x)
-    assert out.reconstruction_e is not None
+    assert out.reconstruction_e is not None and out.reconstruction_e.requires_grad
+    with torch.no_grad():  # the latents themselves decoded, as a plain autoencoder
+        torch.testing.assert_close(out.reconstruction_e, model.decode_codes(model.encode_latents(x)), rtol=1e-6,
+                                   atol=1e-6)
     assert not torch.equal(out.reconstruction, out.reconstruction_e)  # the second pass skips quantization
     model.eval()
     with torch.no_grad():
@@ -209,8 +218,11 @@ def test_gumbel_temperature_sharpens_the_mixture():
     vq.temperature = 1e-4
     out = vq(z.clone().requires_grad_(True))
     assert distance_to_nearest_code(out.quantized).max() < 1e-5
+    rows = out.quantized.detach().movedim(1, -1).reshape(-1, 4)
+    counts = torch.bincount(torch.cdist(rows, codes).argmin(-1), minlength=16).float()  # the sampled codes
     out.quantized.sum().backward()
-    assert vq.codebook.grad is not None  # a learned codebook is trained through the mixture as well
+    # a learned codebook is trained through the mixture as well: d Σ(y @ C) / dC_k = (rows that sampled k) · 1
+    torch.testing.assert_close(vq.codebook.grad, counts[:, None].expand(16, 4), rtol=0, atol=1e-4)
 
     far = VectorQuantizer(4, 16, "gumbel", init="normal").train()  # codes ~N(0, 1): distances ≫ noise
     far.temperature = 1e-4
@@ -226,15 +238,16 @@ def test_gumbel_temperature_sharpens_the_mixture():
 
 
 @pytest.mark.parametrize("estimator", ["hessian", "exact", "gumbel"])
-def test_estimator_trains_a_vqgan_past_the_discriminator_start(tmp_path, shards, vgg_file, estimator):  # noqa: F811
+def test_estimator_trains_a_vqgan_past_the_discriminator_start(tmp_path, shards, vgg_file, estimator):
     """The whole objective (LPIPS, PatchGAN, adaptive weight) through each estimator, and the
     checkpoint evaluates and decodes like any other."""
     import json
 
-    from rvq_cli.config import load_recipe
-    from rvq_cli.evaluate import load_tokenizer
-    from rvq_cli.train import train
     from test_gan import GAN
+
+    from rvq_cli.config import load_recipe
+    from rvq_cli.runs import load_tokenizer
+    from rvq_cli.train import train
 
     over = GAN + [f"model.quantizer.estimator={estimator}", "loss.gan.start=1", "train.steps=3",
                   "loss.perceptual_weight=0.1", f"loss.perceptual_weights={vgg_file}"]
@@ -252,7 +265,7 @@ def test_estimator_trains_a_vqgan_past_the_discriminator_start(tmp_path, shards,
         assert torch.equal(tok.model.decode_indices(tok.model.encode(x)), tok.model(x).reconstruction)
 
 
-def test_hessian_trains_a_vit(tmp_path, shards):  # noqa: F811
+def test_hessian_trains_a_vit(tmp_path, shards):
     from rvq_cli.config import load_recipe
     from rvq_cli.train import train
 
