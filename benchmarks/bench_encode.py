@@ -24,10 +24,10 @@ import torch
 from safetensors.torch import save_file
 
 from rvq_cli.config import load_recipe, recipe_to_yaml
-from rvq_cli.data import expand_pattern, image_batches
-from rvq_cli.evaluate import load_tokenizer
+from rvq_cli.data import expand_pattern, image_batches, resolve_data
+from rvq_cli.models import build_tokenizer
+from rvq_cli.runs import load_tokenizer
 from rvq_cli.tokens import encode_dataset
-from rvq_cli.train.build import build_tokenizer
 
 
 def make_checkpoint(recipe_path: str, root: Path) -> Path:
@@ -49,10 +49,10 @@ def photo_shards(root: Path, n: int = 1024) -> str:
     from PIL import Image
 
     from rvq_cli.data import write_shards
-    from rvq_cli.data.demo import _photos
+    from rvq_cli.data.demo import bundled_photos
 
     jpegs = []
-    for name, load in sorted(_photos().items()):
+    for _, load in sorted(bundled_photos().items()):
         buf = io.BytesIO()
         Image.fromarray(load()).convert("RGB").save(buf, format="JPEG", quality=90)
         jpegs.append(buf.getvalue())
@@ -99,13 +99,7 @@ def main() -> None:
         root = Path(tmp)
         ckpt = make_checkpoint(args.recipe, root)
         size = load_tokenizer(ckpt).recipe.data.image_size
-        pattern = args.data
-        if pattern == "demo":
-            from rvq_cli.data import demo_shards
-
-            pattern = demo_shards().train
-        elif pattern == "photos":
-            pattern = photo_shards(root)
+        pattern = photo_shards(root) if args.data == "photos" else resolve_data(args.data)  # "demo": its train set
         ref, rates = 0.0, dict.fromkeys(args.workers, 0.0)
         for r in range(args.repeat):
             rate, n = model_only(ckpt, pattern, args.batch_size, size)
@@ -117,8 +111,8 @@ def main() -> None:
         print(f"{n} images ({args.data}) at {size}×{size} from {len(expand_pattern(pattern))} shards, batch "
               f"{args.batch_size}, torch threads {torch.get_num_threads()}, best of {args.repeat}")
         print(f"model only (encoder + lookup, images in memory): {ref:8.1f} images/s")
-        print(f"decoding only (no model, in this process):        {decode_only(pattern, size, args.batch_size, 0):8.1f} "
-              "images/s")
+        only = decode_only(pattern, size, args.batch_size, 0)
+        print(f"decoding only (no model, in this process):        {only:8.1f} images/s")
         for w, rate in rates.items():
             print(f"rvq encode, {w} decoding worker(s):          {rate:8.1f} images/s  ratio {rate / ref:.2f}")
 

@@ -40,7 +40,7 @@ def textbook_ste(e: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
 def timeit(fn, e, q, g, repeat: int, warmup: int = 3) -> float:
     """Median seconds of fn(e, q).backward(g) over `repeat` runs."""
     times = []
-    for i in range(warmup + repeat):
+    for _ in range(warmup + repeat):
         e.grad = None
         t0 = time.perf_counter()
         fn(e, q).backward(g)

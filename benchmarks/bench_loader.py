@@ -18,13 +18,13 @@ import time
 from pathlib import Path
 
 from rvq_cli.config import load_recipe
+from rvq_cli.data.loader import batch_tensor, build_loader, data_patterns
 from rvq_cli.train import train
-from rvq_cli.train.trainer import _data_patterns, _loader, batch_tensor
 
 
 def loader_rate(recipe, batches: int) -> float:
-    train_pattern, _ = _data_patterns(recipe)
-    it = iter(_loader(train_pattern, recipe, train=True))
+    train_pattern, _ = data_patterns(recipe)
+    it = iter(build_loader(train_pattern, recipe, train=True))
     batch_tensor(next(it))  # workers started, first shards opened
     n, t0 = 0, time.perf_counter()
     for _ in range(batches):

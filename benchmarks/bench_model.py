@@ -24,8 +24,8 @@ import contextlib
 import io
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -203,7 +203,7 @@ def interleaved(variants: list[Variant], reps: int, warmup: int = 2) -> dict[str
 def report(title: str, variants: list[Variant], medians: dict[str, float]) -> None:
     ref = medians[variants[0].name]
     print(f"\n{title}")
-    print(f"| variant | ms / step | vs reference | compile s |")
+    print("| variant | ms / step | vs reference | compile s |")
     print("|---|---:|---:|---:|")
     for v in variants:
         comp = f"{v.compile_s:.1f}" if v.compile_s else ""
@@ -228,7 +228,8 @@ def main() -> None:
     if args.only in (None, "vit"):
         cfg = TINY_VIT if args.tiny else VIT
         variants = vit_variants(cfg, args.compile)
-        report(f"ViT-VQGAN block training step, {cfg}", variants, interleaved(variants, reps, warmup=1 if args.tiny else 2))
+        report(f"ViT-VQGAN block training step, {cfg}", variants,
+               interleaved(variants, reps, warmup=1 if args.tiny else 2))
 
 
 if __name__ == "__main__":

@@ -17,7 +17,8 @@ import time
 import torch
 
 from rvq_cli.config import load_recipe
-from rvq_cli.train.build import build_optimizer, build_tokenizer
+from rvq_cli.models import build_tokenizer
+from rvq_cli.train.build import build_optimizer
 from rvq_cli.train.loss_level import estimator_loss, forward_context
 from rvq_cli.train.trainer import reconstruction_loss
 

@@ -24,9 +24,10 @@ import argparse
 import torch
 
 from rvq_cli.config import load_recipe
+from rvq_cli.data.loader import batch_tensor, build_loader, data_patterns
+from rvq_cli.models import build_tokenizer
 from rvq_cli.quantize import codebook as cb
-from rvq_cli.train.build import build_tokenizer
-from rvq_cli.train.trainer import _data_patterns, _loader, batch_tensor
+
 
 def _setting(dim: int, projection: str, groups: int) -> list[str]:
     return [f"model.quantizer.dim={dim}", f"model.projection={projection}", f"model.encoder.norm_groups={groups}",
@@ -48,15 +49,15 @@ def describe(recipe_path: str, overrides: list[str], batches: int) -> dict:
     recipe = load_recipe(recipe_path, overrides + ["data.num_workers=0"])
     torch.manual_seed(recipe.train.seed)  # as the trainer: accelerate's set_seed seeds torch the same way
     model = build_tokenizer(recipe.model, recipe.data.image_size, recipe.data.frames).train()
-    train, _ = _data_patterns(recipe)
+    train, _ = data_patterns(recipe)
     xs = []
-    for i, b in enumerate(_loader(train, recipe, True)):
+    for i, b in enumerate(build_loader(train, recipe, train=True)):
         xs.append(batch_tensor(b))
         if i + 1 == batches:
             break
     z = model.encode_latents(torch.cat(xs))  # (B, D, h, w)
     q = model.quantize
-    e = q._project(q.project_in, z.float().movedim(1, -1).reshape(-1, q.dim))  # (N, d) rows the lookup sees
+    e = q.project(q.project_in, z.float().movedim(1, -1).reshape(-1, q.dim))  # (N, d) rows the lookup sees
     codes = q.codes()
     idx = cb.nearest_codes(e, codes, q.lookup)
     lam = torch.linalg.eigvalsh(torch.cov(e.T.double())).clamp_min(0)

@@ -5,8 +5,29 @@ CheckpointError, ...)."""
 
 from __future__ import annotations
 
-__all__ = ["RvqError"]
+__all__ = ["RvqError", "name_options_as_flags", "option"]
 
 
 class RvqError(Exception):
     """A problem with the user's input, files or environment that the message explains."""
+
+
+_AS_FLAGS = False  # set while the rvq command runs: messages name options as its flags
+
+
+def option(name: str, flag: str | None = None) -> str:
+    """How a message names the parameter ``name`` of a library function: as itself
+    (``batch_size``) when the library is called from Python, as the command's flag
+    (``--batch-size``) while the ``rvq`` command runs (see :func:`name_options_as_flags`).
+    ``flag`` gives the flag where it is not ``name`` with dashes (``option("fvd=False",
+    flag="--no-fvd")``)."""
+    if not _AS_FLAGS:
+        return name
+    return flag if flag is not None else "--" + name.replace("_", "-")
+
+
+def name_options_as_flags(on: bool = True) -> None:
+    """Make :func:`option` name parameters as command-line flags (the CLI turns this on for the
+    length of a command and off again when it ends)."""
+    global _AS_FLAGS
+    _AS_FLAGS = on

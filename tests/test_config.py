@@ -93,7 +93,8 @@ model:
 """)
     found = problems_of(path)
     assert "model.encoder.z_channels (32) must equal model.quantizer.dim (4)" in found["model.projection"]
-    vit = write(tmp_path, "model: {name: vit, projection: none, vit: {dim: 64, heads: 4}, quantizer: {dim: 32}}\n", "v.yaml")
+    vit = write(tmp_path, "model: {name: vit, projection: none, vit: {dim: 64, heads: 4}, quantizer: {dim: 32}}\n",
+                "v.yaml")
     assert "model.vit.dim (64)" in problems_of(vit)["model.projection"]
     ok = load_recipe(path, ["model.quantizer.dim=32"], check_paths=False)
     assert ok.model.projection == "none" and ok.model.z_channels == 32
@@ -122,7 +123,8 @@ def test_non_mapping_and_missing_file(tmp_path):
 def test_overrides_are_typed_and_validated(tmp_path):
     path = write(tmp_path, "")
     r = load_recipe(path, ["model.quantizer.estimator=ste", "train.steps=200", "optim.lr=3e-4",
-                           "model.encoder.ch_mult=[1, 2]", "model.encoder.attn_resolutions=[]", "data.val=null", "data.random_flip=false"])
+                           "model.encoder.ch_mult=[1, 2]", "model.encoder.attn_resolutions=[]", "data.val=null",
+                           "data.random_flip=false"])
     assert r.model.quantizer.estimator == "ste" and r.train.steps == 200 and r.optim.lr == 3e-4
     assert r.model.encoder.ch_mult == [1, 2] and r.data.val is None and r.data.random_flip is False
     found = problems_of(path, ["model.quantizer.estimator=nope", "train.stepz=3", "garbage"])
@@ -183,7 +185,8 @@ KARPATHY_GUMBEL = ["model.quantizer.estimator=gumbel", "model.quantizer.gumbel_l
 
 
 def test_the_karpathy_gumbel_options_are_accepted(tmp_path):
-    q = load_recipe(write(tmp_path, "{}\n"), KARPATHY_GUMBEL + ["model.quantizer.temperature_steps=150000"]).model.quantizer
+    q = load_recipe(write(tmp_path, "{}\n"),
+                    KARPATHY_GUMBEL + ["model.quantizer.temperature_steps=150000"]).model.quantizer
     assert (q.gumbel_logits, q.update, q.beta, q.kl_warmup_steps, q.temperature_steps) == \
         ("linear", "learned", 0.0, 5000, 150000)
     default = Recipe().model.quantizer

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from rvq_cli.config import load_recipe
-from rvq_cli.train.trainer import _flatten
+from rvq_cli.runs import flat_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "reproduction.md"
@@ -62,7 +62,7 @@ def test_recipe_rows_hold_in_the_recipes(row):
     for name in names:
         path = ROOT / "recipes" / f"{name}.yaml"
         assert path.is_file(), name
-        flat = _flatten(load_recipe(path, check_paths=False).model_dump(mode="json"))
+        flat = flat_recipe(load_recipe(path, check_paths=False))
         assert key in flat, (name, key)
         got = flat[key]
         assert got == value or (isinstance(value, float) and got == pytest.approx(value)), (name, key, got, value)
@@ -85,7 +85,7 @@ def test_the_gumbel_line_on_the_page_sets_every_override_row_of_karpathys():
              if line.startswith("rvq train recipes/") and "model.quantizer.gumbel_logits=linear" in line]
     assert len(lines) == 1, lines
     words = lines[0].split()
-    flat = _flatten(load_recipe(ROOT / words[2], words[3:], check_paths=False).model_dump(mode="json"))
+    flat = flat_recipe(load_recipe(ROOT / words[2], words[3:], check_paths=False))
     rows = [r for r in _karpathy_rows() if r["key"].startswith("`")]
     assert {r["key"].strip("`") for r in rows if r["status"].startswith("override")} >= {
         "model.quantizer.estimator", "model.quantizer.gumbel_logits", "model.quantizer.update",

@@ -1,7 +1,5 @@
-"""Using trained tokenizers: loading checkpoints, and measuring reconstructions (``rvq eval``)."""
+"""Measuring a trained tokenizer's reconstructions (``rvq eval``): metrics, r-FID / r-IS, r-FVD."""
 
 from .evaluator import EvalError, EvalResult, evaluate
-from .load import CheckpointError, LoadedTokenizer, load_tokenizer, resolve_checkpoint, tokenizer_id
 
-__all__ = ["CheckpointError", "EvalError", "EvalResult", "LoadedTokenizer", "evaluate", "load_tokenizer",
-           "resolve_checkpoint", "tokenizer_id"]
+__all__ = ["EvalError", "EvalResult", "evaluate"]

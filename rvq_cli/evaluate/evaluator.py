@@ -40,18 +40,18 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object
 
 from .. import __version__
-from ..config import DEMO
-from ..data import RESIZE_METHOD, expand_pattern, image_batches
-from ..data.shards import count_samples
-from ..errors import RvqError
+from ..data import RESIZE_METHOD, count_samples, expand_pattern, resolve_data
+from ..data.images import to_uint8
+from ..data.loader import batch_tensor, build_loader
+from ..errors import RvqError, option
 from ..files import write_json_atomic
+from ..grids import frames, grid_frames
+from ..inference import check_precision, inference_accelerator, inference_settings
 from ..progress import JobProgress
+from ..runs import LoadedTokenizer, load_tokenizer
 from . import fidelity
-from ..train.objective import frames
-from ..train.trainer import batch_tensor
 from .i3d import MIN_FRAMES as I3D_MIN_FRAMES
 from .i3d import I3DError, find_i3d_weights, i3d_features, load_i3d, missing_i3d_message
-from .load import CheckpointError, LoadedTokenizer, inference_accelerator, inference_settings, load_tokenizer
 
 PSNR_FLOOR = 1e-10  # MSE floor of a perfect reconstruction (caps PSNR at 100 dB)
 GRID_IMAGES = 8
@@ -83,14 +83,8 @@ def _data_pattern(tok: LoadedTokenizer, data: str | None, split: str) -> str:
         data = tok.recipe.data.val if split == "val" else tok.recipe.data.train
         if data is None:
             raise EvalError(f"the recipe of {tok.checkpoint} has no validation set (data.val is null); pass the "
-                            "shards to evaluate on with --data SHARDS.")
-    if data == DEMO:
-        from ..data import demo_shards
-        from ..data.video_demo import demo_video_shards
-
-        d = demo_video_shards() if tok.recipe.model.video else demo_shards()
-        return d.val if split == "val" else d.train
-    return data
+                            f"shards to evaluate on with {option('data')}.")
+    return resolve_data(data, video=tok.recipe.model.video, split=split)  # "demo": the demo set's split
 
 
 def _psnr(x: torch.Tensor, rec: torch.Tensor) -> torch.Tensor:
@@ -129,7 +123,7 @@ class _Accumulator:
         s["frames"] += len(x)
         if lpips is not None:  # the recipe's perceptual term, as training takes it (unclamped)
             s["lpips"] += float(lpips(x, rec).double().sum())
-        x8, r8 = fidelity.to_uint8(x), fidelity.to_uint8(rec)
+        x8, r8 = to_uint8(x), to_uint8(rec)
         s["psnr"] += float(_psnr(x8, r8).sum())
         m, idx = out.metrics, out.indices.reshape(-1).cpu()
         s["batches"] += 1
@@ -158,13 +152,6 @@ def _gather_rows(acc: Accelerator, parts: list[torch.Tensor], width: int) -> tor
     padded[: len(t)] = t
     every = acc.gather(padded.to(acc.device)).cpu().view(acc.num_processes, max(lengths), width)
     return torch.cat([every[r, :k] for r, k in enumerate(lengths)])
-
-
-def _grid_frames(clips: torch.Tensor, per_clip: int = 4) -> torch.Tensor:
-    """``per_clip`` evenly spaced frames of each clip (B, C, T, H, W) -> (B·per_clip, C, H, W)."""
-    t = clips.shape[2]
-    pick = torch.linspace(0, t - 1, min(per_clip, t)).round().long().to(clips.device)
-    return frames(clips[:, :, pick])
 
 
 def _save_grid(x: torch.Tensor, rec: torch.Tensor, path: Path) -> None:
@@ -232,6 +219,114 @@ def _set_metrics(s: dict, counts: torch.Tensor) -> dict:
     }
 
 
+@dataclass
+class _Models:
+    """The feature networks an evaluation runs beside the tokenizer (None: skipped, with a note)."""
+
+    inception: object = None
+    inception_file: Path | None = None
+    lpips: object = None
+    lpips_file: Path | None = None
+    i3d: object = None
+    i3d_file: Path | None = None
+
+
+def _check_arguments(split: str, batch_size: int | None, num_workers: int | None, image_size: int | None,
+                     precision: str | None) -> None:
+    if split not in ("val", "train"):
+        raise EvalError(f"{option('split')} must be 'val' or 'train', got {split!r}.")
+    for name, v, lo in (("batch_size", batch_size, 1), ("num_workers", num_workers, 0), ("image_size", image_size, 1)):
+        if v is not None and v < lo:
+            raise EvalError(f"{option(name)} must be at least {lo}, got {v}.")
+    check_precision(precision)
+
+
+def _feature_models(recipe, device, fid: bool, inception_weights, fvd: bool, i3d_weights, notes: list[str]) -> _Models:
+    """Inception (r-FID, r-IS), LPIPS (when the recipe's loss has it) and I3D (video r-FVD), each
+    found where the user keeps its weights; what is missing is skipped with a note."""
+    m = _Models()
+    if fid:
+        m.inception_file = fidelity.find_inception_weights(inception_weights)
+        if m.inception_file is None:
+            notes.append(fidelity.missing_weights_message())
+        else:
+            m.inception = fidelity.load_inception(m.inception_file, device)
+    if recipe.loss.perceptual_weight > 0:  # the recipe's L_nll includes LPIPS: measure it too
+        from ..losses import PerceptualError, build_lpips, find_vgg_weights
+
+        try:
+            m.lpips_file = find_vgg_weights(recipe.loss.perceptual_weights)
+            m.lpips = build_lpips(m.lpips_file).to(device).eval()
+        except PerceptualError as err:
+            notes.append(f"lpips and nll skipped: {err}")
+    if not (recipe.model.video and fvd):
+        return m
+    if recipe.data.frames < I3D_MIN_FRAMES:
+        notes.append(f"r-FVD skipped: I3D needs clips of at least {I3D_MIN_FRAMES} frames, the checkpoint's are "
+                     f"{recipe.data.frames}.")
+        return m
+    try:
+        m.i3d_file = find_i3d_weights(i3d_weights)
+        if m.i3d_file is None:
+            notes.append(missing_i3d_message())
+        else:
+            m.i3d = load_i3d(m.i3d_file, device)
+    except I3DError as err:
+        raise EvalError(str(err)) from None
+    return m
+
+
+def _run_batches(tok: LoadedTokenizer, loader, acc, run_as, models: _Models, total: int | None, quiet: bool):
+    """Every batch through the tokenizer and the feature networks: the accumulated sums and
+    features, and the first GRID_IMAGES images (clips: 4 frames of each) with their reconstructions."""
+    recipe, q, video = tok.recipe, tok.model.quantize, tok.recipe.model.video
+    accum = _Accumulator(q.codebook_size, q.codebook_dim, recipe.loss.reconstruction, models.inception is not None,
+                         tok.model.pixel_scale)
+    grid = (torch.zeros(0), torch.zeros(0))
+    with JobProgress("eval", total, silent=quiet or not acc.is_main_process) as progress, torch.no_grad():
+        for batch in loader:
+            x = batch_tensor(batch).to(acc.device)
+            with run_as.autocast(acc.device):
+                fwd = tok.model(run_as.layout(x))
+            rec = fwd.reconstruction.float()
+            accum.add(x, rec, fwd.quantize, batch["key"], models.inception, models.i3d, models.lpips)
+            accum.sums["skipped"] += batch["skipped"]
+            if len(grid[0]) < GRID_IMAGES:
+                take = GRID_IMAGES - len(grid[0])
+                gx, gr = (grid_frames(x), grid_frames(rec)) if video else (x, rec)
+                grid = (torch.cat([grid[0], gx[:take].cpu()]), torch.cat([grid[1], gr[:take].cpu()]))
+            progress.advance(len(x))
+    return accum, grid
+
+
+def _settings(recipe, acc, run_as, models: _Models, batch_size: int, workers: int, n_keys: int) -> dict:
+    """How the evaluation ran, for eval.json."""
+    video, inception = recipe.model.video, models.inception is not None
+    nll = ("rec_weight·rec_loss + laplace_weight·l1/2 + gaussian_weight·mse/4 + perceptual_weight·lpips, "
+           "the recipe's weights")
+    fvd = ("I3D Kinetics-400 logits, time-averaged; frames resized (short side) and centre-cropped to 224, "
+           "[-1, 1]")
+    return {"batch_size": batch_size, "processes": acc.num_processes, "num_workers": workers,
+            "reconstruction_loss": recipe.loss.reconstruction, **run_as.record(),
+            "fid_feature": fidelity.FID_FEATURE if inception else None,
+            "is_splits": min(10, n_keys) if inception else None,
+            "inception_weights": str(models.inception_file) if models.inception_file else None,
+            **({"lpips_weights": str(models.lpips_file), "nll": nll} if models.lpips is not None else {}),
+            **({"i3d_weights": str(models.i3d_file) if models.i3d_file else None, "fvd_feature": fvd}
+               if video else {})}
+
+
+def _data_record(recipe, pattern: str, split: str, files: list, s: dict, duplicates: int, size: int) -> dict:
+    """What was evaluated, for eval.json."""
+    video = recipe.model.video
+    clips = {"frames_per_clip": recipe.data.frames, "frame_stride": recipe.data.frame_stride,
+             "frames": int(s["frames"]), "clip": "centred"} if video else {}
+    resize = RESIZE_METHOD if recipe.data.crop == "random" else "none (centre of the stored image)"
+    return {"pattern": pattern, "split": split, "shards": len(files), "images": int(s["images"]), **clips,
+            "skipped": int(s["skipped"]), "duplicate_keys": duplicates, "image_size": size,
+            "recipe_image_size": recipe.data.image_size, "crop": "center", "resize": resize}
+
+
 def evaluate(checkpoint: str | os.PathLike, *, data: str | None = None, split: str = "val",
              batch_size: int | None = None, num_workers: int | None = None, image_size: int | None = None,
              inception_weights: str | os.PathLike | None = None, fid: bool = True,
@@ -240,23 +335,16 @@ def evaluate(checkpoint: str | os.PathLike, *, data: str | None = None, split: s
     """Evaluate the tokenizer at ``checkpoint`` (run directory or checkpoint folder) on ``data``
     (shards; default: the recipe's ``split`` set) and write ``eval.json`` and ``eval.png``
     (default: in the run directory). See the module docstring for the definitions."""
-    if split not in ("val", "train"):
-        raise EvalError(f"--split must be 'val' or 'train', got {split!r}.")
-    for name, v, lo in (("batch_size", batch_size, 1), ("num_workers", num_workers, 0), ("image_size", image_size, 1)):
-        if v is not None and v < lo:
-            raise EvalError(f"--{name.replace('_', '-')} must be at least {lo}, got {v}.")
+    _check_arguments(split, batch_size, num_workers, image_size, precision)
     acc = inference_accelerator()
     tok = load_tokenizer(checkpoint, device=acc.device)
-    try:
-        run_as = inference_settings(tok, acc.device, precision)
-    except CheckpointError as err:
-        raise EvalError(str(err)) from None
-    recipe, notes = tok.recipe, []
+    run_as = inference_settings(tok, acc.device, precision)
+    recipe, notes, video = tok.recipe, [], tok.recipe.model.video
     size = recipe.data.image_size if image_size is None else image_size
     try:
-        tok.model.latent_shape((recipe.data.frames, size, size) if recipe.model.video else size)
+        tok.model.latent_shape((recipe.data.frames, size, size) if video else size)
     except ValueError as err:
-        raise EvalError(f"--image-size {size}: {err}.") from None
+        raise EvalError(f"{option('image_size')} {size}: {err}.") from None
     pattern = _data_pattern(tok, data, split)
     with acc.main_process_first():
         files = expand_pattern(pattern)
@@ -264,70 +352,12 @@ def evaluate(checkpoint: str | os.PathLike, *, data: str | None = None, split: s
     workers = recipe.data.num_workers if num_workers is None else num_workers
     if len(files) < acc.num_processes:
         notes.append(f"{len(files)} shard(s) for {acc.num_processes} processes: some processes had no data.")
-
-    inception, weights = None, None
-    if fid:
-        weights = fidelity.find_inception_weights(inception_weights)
-        if weights is None:
-            notes.append(fidelity.missing_weights_message())
-        else:
-            inception = fidelity.load_inception(weights, acc.device)
-
-    lpips, lpips_file = None, None
-    if recipe.loss.perceptual_weight > 0:  # the recipe's L_nll includes LPIPS: measure it too
-        from ..losses import PerceptualError, build_lpips, find_vgg_weights
-
-        try:
-            lpips_file = find_vgg_weights(recipe.loss.perceptual_weights)
-            lpips = build_lpips(lpips_file).to(acc.device).eval()
-        except PerceptualError as err:
-            notes.append(f"lpips and nll skipped: {err}")
-
-    video = recipe.model.video
-    i3d, i3d_file = None, None
-    if video and fvd:
-        if recipe.data.frames < I3D_MIN_FRAMES:
-            notes.append(f"r-FVD skipped: I3D needs clips of at least {I3D_MIN_FRAMES} frames, the checkpoint's are "
-                         f"{recipe.data.frames}.")
-        else:
-            try:
-                i3d_file = find_i3d_weights(i3d_weights)
-                if i3d_file is None:
-                    notes.append(missing_i3d_message())
-                else:
-                    i3d = load_i3d(i3d_file, acc.device)
-            except I3DError as err:
-                raise EvalError(str(err)) from None
-
-    q = tok.model.quantize
-    accum = _Accumulator(q.codebook_size, q.codebook_dim, recipe.loss.reconstruction, inception is not None,
-                         tok.model.pixel_scale)
-    if video:
-        from ..data.video import video_batches
-
-        loader = video_batches(pattern, frames=recipe.data.frames, stride=recipe.data.frame_stride, image_size=size,
-                               batch_size=bs, train=False, seed=recipe.train.seed, rank=acc.process_index,
-                               world_size=acc.num_processes, num_workers=workers)
-    else:
-        loader = image_batches(pattern, image_size=size, batch_size=bs, train=False, seed=recipe.train.seed,
-                               rank=acc.process_index, world_size=acc.num_processes, num_workers=workers,
-                               crop=recipe.data.crop)
-    grid = (torch.zeros(0), torch.zeros(0))
+    models = _feature_models(recipe, acc.device, fid, inception_weights, fvd, i3d_weights, notes)
+    loader = build_loader(pattern, recipe, train=False, rank=acc.process_index, world_size=acc.num_processes,
+                          batch_size=bs, image_size=size, num_workers=workers)
     t0 = time.perf_counter()
     total = count_samples(files[acc.process_index :: acc.num_processes])
-    with JobProgress("eval", total, silent=quiet or not acc.is_main_process) as progress, torch.no_grad():
-        for batch in loader:
-            x = batch_tensor(batch).to(acc.device)
-            with run_as.autocast(acc.device):
-                fwd = tok.model(run_as.layout(x))
-            rec = fwd.reconstruction.float()
-            accum.add(x, rec, fwd.quantize, batch["key"], inception, i3d, lpips)
-            accum.sums["skipped"] += batch["skipped"]
-            if len(grid[0]) < GRID_IMAGES:  # the first GRID_IMAGES images (clips: 4 frames of each) of this process
-                take = GRID_IMAGES - len(grid[0])
-                gx, gr = (_grid_frames(x), _grid_frames(rec)) if video else (x, rec)
-                grid = (torch.cat([grid[0], gx[:take].cpu()]), torch.cat([grid[1], gr[:take].cpu()]))
-            progress.advance(len(x))
+    accum, grid = _run_batches(tok, loader, acc, run_as, models, total, quiet)
 
     sums = torch.tensor([accum.sums[k] for k in _SUMS], dtype=torch.float64, device=acc.device)
     totals = acc.reduce(torch.cat([sums, accum.counts.to(acc.device)]), "sum").cpu()
@@ -337,12 +367,12 @@ def evaluate(checkpoint: str | os.PathLike, *, data: str | None = None, split: s
     if s["images"] == 0:
         what = "clip" if video else "image"
         raise EvalError(f"no {what} could be read from {pattern} ({int(s['skipped'])} samples skipped as "
-                        f"undecodable). Point --data at {what.replace('clip', 'video')} shards.")
+                        f"undecodable). Point {option('data')} at {what.replace('clip', 'video')} shards.")
     order = sorted(range(len(keys)), key=keys.__getitem__)
     per = recipe.data.frames if video else 1
     frame_order = [i * per + t for i in order for t in range(per)]
-    extra = _fidelity(acc, accum.feats, frame_order, notes) if inception is not None else {}
-    if i3d is not None:
+    extra = _fidelity(acc, accum.feats, frame_order, notes) if models.inception is not None else {}
+    if models.i3d is not None:
         extra.update(_fvd(acc, accum.i3d, order, notes))
     if not acc.is_main_process:
         acc.wait_for_everyone()
@@ -351,33 +381,18 @@ def evaluate(checkpoint: str | os.PathLike, *, data: str | None = None, split: s
     duplicates = len(keys) - len(set(keys))
     if duplicates:
         notes.append(f"{duplicates} sample key(s) occur more than once in {pattern}: the data has repeated samples.")
-    metrics = _metrics(s, counts, recipe.loss if lpips is not None else None)
+    metrics = _metrics(s, counts, recipe.loss if models.lpips is not None else None)
     metrics.update(rfid=extra.get("rfid"), ris=extra.get("ris"), ris_std=extra.get("ris_std"),
                    is_originals=extra.get("is_originals"))
     if video:
         metrics["rfvd"] = extra.get("rfvd")
     report = {
         "checkpoint": str(tok.checkpoint.resolve()), "step": tok.step, "tokenizer_id": tok.tokenizer_id,
-        "estimator": recipe.model.quantizer.estimator, "codebook_size": q.codebook_size,
+        "estimator": recipe.model.quantizer.estimator, "codebook_size": tok.model.quantize.codebook_size,
         "metrics": metrics,
         "code_counts": [int(c) for c in counts.tolist()],  # how often each code was chosen over the set
-        "data": {"pattern": pattern, "split": split, "shards": len(files), "images": int(s["images"]),
-                 **({"frames_per_clip": recipe.data.frames, "frame_stride": recipe.data.frame_stride,
-                     "frames": int(s["frames"]), "clip": "centred"} if video else {}),
-                 "skipped": int(s["skipped"]), "duplicate_keys": duplicates, "image_size": size,
-                 "recipe_image_size": recipe.data.image_size, "crop": "center",
-                 "resize": RESIZE_METHOD if recipe.data.crop == "random" else "none (centre of the stored image)"},
-        "settings": {"batch_size": bs, "processes": acc.num_processes, "num_workers": workers,
-                     "reconstruction_loss": recipe.loss.reconstruction, **run_as.record(),
-                     "fid_feature": fidelity.FID_FEATURE if inception is not None else None,
-                     "is_splits": min(10, len(keys)) if inception is not None else None,
-                     "inception_weights": str(weights) if weights else None,
-                     **({"lpips_weights": str(lpips_file), "nll": "rec_weight·rec_loss + laplace_weight·l1/2 + "
-                         "gaussian_weight·mse/4 + perceptual_weight·lpips, the recipe's weights"}
-                        if lpips is not None else {}),
-                     **({"i3d_weights": str(i3d_file) if i3d_file else None,
-                         "fvd_feature": "I3D Kinetics-400 logits, time-averaged; frames resized (short side) and "
-                                        "centre-cropped to 224, [-1, 1]"} if video else {})},
+        "data": _data_record(recipe, pattern, split, files, s, duplicates, size),
+        "settings": _settings(recipe, acc, run_as, models, bs, workers, len(keys)),
         "versions": {"rvq": __version__, **fidelity.library_versions()},
         "seconds": round(time.perf_counter() - t0, 2),
         "notes": notes,

@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 from torch import Tensor
 from torch_fidelity import metric_fid, metric_isc
 
-from ..errors import RvqError
+from ..errors import RvqError, option
 
 INCEPTION_URL: str = tfi.URL_INCEPTION_V3
 INCEPTION_FILENAME: str = os.path.basename(urlparse(INCEPTION_URL).path)
@@ -62,7 +62,7 @@ def find_inception_weights(path: str | os.PathLike | None = None) -> Path | None
     """An explicit path (must exist and be a file, else FidelityError naming it), else the env var
     RVQ_INCEPTION_WEIGHTS if set (same check), else default_weights_path() if it exists, else None."""
     if path is not None:
-        return _existing_file(path, "--inception-weights")
+        return _existing_file(path, option("inception_weights"))
     if os.environ.get(WEIGHTS_ENV):
         return _existing_file(os.environ[WEIGHTS_ENV], f"${WEIGHTS_ENV}")
     default = default_weights_path()
@@ -72,7 +72,7 @@ def find_inception_weights(path: str | os.PathLike | None = None) -> Path | None
 def missing_weights_message() -> str:
     """One line saying r-FID and r-IS were skipped, and how to provide the weights."""
     return (f"r-FID and r-IS skipped: torch-fidelity's Inception weights were not found; download {INCEPTION_URL} "
-            f"to {default_weights_path()}, or pass --inception-weights PATH / set {WEIGHTS_ENV}.")
+            f"to {default_weights_path()}, or pass {option('inception_weights')} PATH / set {WEIGHTS_ENV}.")
 
 
 def _read_failure(exc: Exception) -> str:
@@ -141,13 +141,6 @@ def load_inception(path: str | os.PathLike, device: str | torch.device = "cpu") 
         raise FidelityError(f"{p} is not a state dict of torch-fidelity's InceptionV3: {detail}. "
                             f"{_expected()}") from exc
     return model.to(device).eval().requires_grad_(False)
-
-
-def to_uint8(x: Tensor) -> Tensor:
-    """Images in [-1, 1] float (B,3,H,W) -> uint8 (B,3,H,W), rounded as torchvision's save_image does
-    (clamp to [-1, 1], (x + 1) / 2, then x * 255 + 0.5 truncated), so features match those of saved PNGs."""
-    y = x.detach().to(torch.promote_types(x.dtype, torch.float32)).clamp(-1, 1).add(1).div(2)
-    return y.mul(255).add_(0.5).clamp_(0, 255).to(torch.uint8)
 
 
 def _device(model: torch.nn.Module) -> torch.device:

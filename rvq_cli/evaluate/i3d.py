@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import RvqError
+from ..errors import RvqError, option
 
 __all__ = ["I3D", "I3DError", "MIN_FRAMES", "find_i3d_weights", "i3d_features", "load_i3d", "missing_i3d_message"]
 
@@ -130,7 +130,7 @@ class I3D(nn.Module):
 def find_i3d_weights(path: str | os.PathLike | None = None) -> Path | None:
     """The I3D weights file: ``path``, ``$RVQ_I3D_WEIGHTS``, or VideoGPT's cache; None when absent.
     A ``path`` or variable that names a missing file is an error, not a fallback."""
-    for given, where in ((path, "--i3d-weights"), (os.environ.get(ENV), f"${ENV}")):
+    for given, where in ((path, option("i3d_weights")), (os.environ.get(ENV), f"${ENV}")):
         if given:
             p = Path(given).expanduser()
             if not p.is_file():
@@ -142,7 +142,7 @@ def find_i3d_weights(path: str | os.PathLike | None = None) -> Path | None:
 
 def missing_i3d_message() -> str:
     return (f"r-FVD skipped: the I3D weights (VideoGPT's {WEIGHTS_NAME}, Kinetics-400) were not found; put the "
-            f"file at ~/.cache/videogpt/{WEIGHTS_NAME}, or pass --i3d-weights PATH / set {ENV}.")
+            f"file at ~/.cache/videogpt/{WEIGHTS_NAME}, or pass {option('i3d_weights')} PATH / set {ENV}.")
 
 
 def load_i3d(path: str | os.PathLike, device: torch.device | str = "cpu") -> I3D:
@@ -187,7 +187,7 @@ def i3d_features(model: I3D, clips: Tensor, chunk: int = 8) -> Tensor:
     """I3D logits (B, 400) of clips (B, 3, T, H, W) in [−1, 1], in chunks of ``chunk`` clips."""
     if clips.shape[2] < MIN_FRAMES:
         raise I3DError(f"r-FVD needs clips of at least {MIN_FRAMES} frames for I3D, got {clips.shape[2]}; evaluate "
-                       "with longer clips (data.frames) or pass --no-fvd.")
+                       f"with longer clips (data.frames) or pass {option('fvd=False', flag='--no-fvd')}.")
     device = next(model.parameters()).device
     return torch.cat([model(preprocess(clips[i : i + chunk]).to(device)).double().cpu()
                       for i in range(0, len(clips), chunk)])

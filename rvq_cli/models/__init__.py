@@ -1,6 +1,7 @@
 """Tokenizer models: the convolutional VQGAN, ViT-VQGAN and TimeSformer (video) encoders/decoders
 and the VQ tokenizer around them."""
 
+from .build import build_tokenizer, quantizer_arguments
 from .conv import AttnBlock, Decoder, Downsample, Encoder, ResnetBlock, Upsample, level_resolutions
 from .tokenizer import TokenizerOutput, VQTokenizer, build_conv_tokenizer
 from .video import TimeSformerDecoder, TimeSformerEncoder, build_timesformer_tokenizer
@@ -20,7 +21,9 @@ __all__ = [
     "ViTDecoder",
     "ViTEncoder",
     "build_conv_tokenizer",
+    "build_tokenizer",
     "build_timesformer_tokenizer",
     "build_vit_tokenizer",
     "level_resolutions",
+    "quantizer_arguments",
 ]

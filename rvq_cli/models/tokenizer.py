@@ -124,7 +124,8 @@ class VQTokenizer(nn.Module):
         if name not in PIXEL_NORMS:
             raise ValueError(f"unknown pixel_norm {name!r}; valid: {', '.join(PIXEL_NORMS)}")
         if name == "clip" and self.in_channels != 3:
-            raise ValueError(f"pixel_norm 'clip' has statistics for 3 (RGB) channels; this model has {self.in_channels}")
+            raise ValueError("pixel_norm 'clip' has statistics for 3 (RGB) channels; this model has "
+                             f"{self.in_channels}")
         self.pixel_norm = name
         shape = (1, self.in_channels) + (1,) * self.spatial_dims
         if name == "clip":

@@ -59,7 +59,16 @@ from torch import Tensor, nn
 
 from ..quantize import VectorQuantizer
 from .tokenizer import VQTokenizer
-from .vit import ACTIVATIONS, Attention, _check_args, _check_init, _grid, init_weights, mirrored_tokenizer, sincos_2d
+from .vit import (
+    ACTIVATIONS,
+    Attention,
+    check_init,
+    check_transformer_args,
+    init_weights,
+    mirrored_tokenizer,
+    patch_grid,
+    sincos_2d,
+)
 
 __all__ = ["FLAVOURS", "DividedBlock", "HFDividedBlock", "TimeSformerDecoder", "TimeSformerEncoder",
            "build_timesformer_tokenizer", "sincos_1d"]
@@ -134,7 +143,7 @@ class HFDividedBlock(DividedBlock):
 def _clip(frames: int, image_size: int | Sequence[int], patch_size: int):
     if int(frames) != frames or frames < 1:
         raise ValueError(f"frames must be a positive integer, got {frames!r}")
-    hw, grid = _grid(image_size, patch_size)
+    hw, grid = patch_grid(image_size, patch_size)
     return int(frames), hw, grid
 
 
@@ -152,7 +161,7 @@ def _check_flavour(flavour: str, init: str | None) -> None:
     if flavour not in FLAVOURS:
         raise ValueError(f"unknown flavour {flavour!r}; valid: {', '.join(FLAVOURS)}")
     if init is not None:
-        _check_init(init)
+        check_init(init)
 
 
 def _hf_init(m: nn.Module) -> None:
@@ -227,7 +236,8 @@ class TimeSformerEncoder(_Transformer):
                  depth: int, heads: int, mlp_dim: int, z_channels: int, dropout: float = 0.0, *,
                  activation: str = "gelu", flavour: str = "rvq", init: str | None = None) -> None:
         super().__init__()
-        _check_args(("in_channels", in_channels), dim, depth, heads, mlp_dim, z_channels, dropout, activation)
+        check_transformer_args(("in_channels", in_channels), dim, depth, heads, mlp_dim, z_channels, dropout,
+                               activation)
         _check_flavour(flavour, init)
         self.frames, self.image_size, self.grid = _clip(frames, image_size, patch_size)
         self.in_channels, self.z_channels, self.dim = in_channels, z_channels, dim
@@ -263,7 +273,8 @@ class TimeSformerDecoder(_Transformer):
                  depth: int, heads: int, mlp_dim: int, z_channels: int, dropout: float = 0.0, *,
                  activation: str = "gelu", flavour: str = "rvq", init: str | None = None) -> None:
         super().__init__()
-        _check_args(("out_channels", out_channels), dim, depth, heads, mlp_dim, z_channels, dropout, activation)
+        check_transformer_args(("out_channels", out_channels), dim, depth, heads, mlp_dim, z_channels, dropout,
+                               activation)
         _check_flavour(flavour, init)
         self.frames, self.image_size, self.grid = _clip(frames, image_size, patch_size)
         self.out_channels, self.z_channels, self.dim = out_channels, z_channels, dim

@@ -120,7 +120,7 @@ WEIGHT_INITS = tuple(_INITS)  # model.vit.init, model.timesformer.init
 def init_weights(module: nn.Module, init: str = "trunc_normal") -> None:
     """Initialise every Linear, Conv2d / ConvTranspose2d and LayerNorm inside ``module`` by ``init``
     (one of :data:`WEIGHT_INITS`, the module docstring says what each draws)."""
-    _check_init(init)
+    check_init(init)
     module.apply(_INITS[init])
 
 
@@ -159,7 +159,7 @@ class Block(nn.Module):
         return x + self.drop(self.mlp(self.norm2(x)))
 
 
-def _grid(image_size: int | Sequence[int], patch_size: int) -> tuple[tuple[int, int], tuple[int, int]]:
+def patch_grid(image_size: int | Sequence[int], patch_size: int) -> tuple[tuple[int, int], tuple[int, int]]:
     """((H, W), (H/p, W/p)) for ``image_size``, raising for sizes the patches don't tile."""
     hw = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
     if len(hw) != 2 or any(int(s) != s or s < 1 for s in hw):
@@ -169,7 +169,7 @@ def _grid(image_size: int | Sequence[int], patch_size: int) -> tuple[tuple[int, 
     return (int(hw[0]), int(hw[1])), (int(hw[0]) // patch_size, int(hw[1]) // patch_size)
 
 
-def _check_args(channels: tuple[str, int], dim: int, depth: int, heads: int, mlp_dim: int, z_channels: int,
+def check_transformer_args(channels: tuple[str, int], dim: int, depth: int, heads: int, mlp_dim: int, z_channels: int,
                 dropout: float, activation: str) -> None:
     """Raise ValueError naming the bad value; shared by ViTEncoder and ViTDecoder."""
     for name, value in (channels, ("dim", dim), ("heads", heads), ("mlp_dim", mlp_dim),
@@ -188,7 +188,7 @@ def _check_args(channels: tuple[str, int], dim: int, depth: int, heads: int, mlp
         raise ValueError(f"unknown activation {activation!r}; valid: {', '.join(ACTIVATIONS)}")
 
 
-def _check_init(init: str) -> None:
+def check_init(init: str) -> None:
     if init not in _INITS:
         raise ValueError(f"unknown init {init!r}; valid: {', '.join(WEIGHT_INITS)}")
 
@@ -206,9 +206,10 @@ class ViTEncoder(nn.Module):
                  heads: int, mlp_dim: int, z_channels: int, dropout: float = 0.0, *,
                  activation: str = "tanh", init: str = "trunc_normal") -> None:
         super().__init__()
-        _check_args(("in_channels", in_channels), dim, depth, heads, mlp_dim, z_channels, dropout, activation)
-        _check_init(init)
-        self.image_size, self.grid = _grid(image_size, patch_size)
+        check_transformer_args(("in_channels", in_channels), dim, depth, heads, mlp_dim, z_channels, dropout,
+                               activation)
+        check_init(init)
+        self.image_size, self.grid = patch_grid(image_size, patch_size)
         self.in_channels, self.z_channels, self.dim = in_channels, z_channels, dim
         self.downsample_factor = patch_size
         self.patch_embed = nn.Conv2d(in_channels, dim, patch_size, stride=patch_size)
@@ -244,9 +245,10 @@ class ViTDecoder(nn.Module):
                  heads: int, mlp_dim: int, z_channels: int, dropout: float = 0.0, *,
                  activation: str = "tanh", init: str = "trunc_normal") -> None:
         super().__init__()
-        _check_args(("out_channels", out_channels), dim, depth, heads, mlp_dim, z_channels, dropout, activation)
-        _check_init(init)
-        self.image_size, self.grid = _grid(image_size, patch_size)
+        check_transformer_args(("out_channels", out_channels), dim, depth, heads, mlp_dim, z_channels, dropout,
+                               activation)
+        check_init(init)
+        self.image_size, self.grid = patch_grid(image_size, patch_size)
         self.out_channels, self.z_channels, self.dim = out_channels, z_channels, dim
         self.downsample_factor = patch_size
         self.proj_in = nn.Linear(z_channels, dim) if z_channels != dim else nn.Identity()

@@ -17,11 +17,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..evaluate.fidelity import to_uint8
+from ..data.images import to_uint8
+from ..errors import option
 from ..files import atomic_path, write_bytes_atomic
-from ..evaluate.load import CheckpointError, inference_settings, load_tokenizer
+from ..inference import check_precision, inference_settings
 from ..models import VQTokenizer
 from ..progress import JobProgress
+from ..runs import load_tokenizer
 from .format import TokenError, TokenSample, check_sample, read_token_samples, token_files
 
 
@@ -60,7 +62,7 @@ def clip_fps(meta: dict) -> int:
 
 def save_mp4(clip: torch.Tensor, path: Path, fps: int) -> None:
     """One clip (C, T, H, W) in [-1, 1] as an H.264 mp4 (8-bit frames), written atomically."""
-    from ..data.video import encode_mp4
+    from ..data.mp4 import encode_mp4
 
     frames = to_uint8(clip.transpose(0, 1)).permute(0, 2, 3, 1).cpu().numpy()  # (T, H, W, C)
     write_bytes_atomic(path, encode_mp4(frames, fps=fps))
@@ -108,14 +110,12 @@ def decode_dataset(checkpoint: str | os.PathLike, tokens: str | os.PathLike, out
     """Decode the token shards ``tokens`` (an ``rvq encode`` folder or a shard pattern) with the
     tokenizer at ``checkpoint`` into ``out/KEY.png`` (video tokenizers: ``out/KEY.mp4``)."""
     if batch_size < 1:
-        raise TokenError(f"--batch-size must be at least 1, got {batch_size}.")
+        raise TokenError(f"{option('batch_size')} must be at least 1, got {batch_size}.")
     files, manifest = token_files(tokens)
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    check_precision(precision)
     tok = load_tokenizer(checkpoint, device=device)
-    try:
-        settings = inference_settings(tok, torch.device(device), precision)
-    except CheckpointError as err:
-        raise TokenError(str(err)) from None
+    settings = inference_settings(tok, torch.device(device), precision)
     K = tok.model.quantize.codebook_size
     if manifest is not None and manifest.get("tokenizer") != tok.tokenizer_id:
         raise TokenError(f"{tokens} holds tokens of tokenizer {manifest.get('tokenizer')!r} (checkpoint "

@@ -25,13 +25,13 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 
-from ..data.shards import count_samples, write_shards
-from ..errors import RvqError
-from ..evaluate.load import (CheckpointError, InferenceSettings, LoadedTokenizer, inference_accelerator,
-                             inference_settings, load_tokenizer)
+from ..data.format import count_samples, write_shards
+from ..errors import RvqError, option
 from ..files import write_json_atomic
+from ..inference import InferenceSettings, check_precision, inference_accelerator, inference_settings
 from ..jobs import clear_outputs, job_differences
 from ..progress import JobProgress
+from ..runs import LoadedTokenizer, load_tokenizer
 from .format import FORMAT, MANIFEST, META, TOKENS, token_dtype, tokens_to_npy
 from .source import Source, Unit, plan_source, unit_batches
 
@@ -85,10 +85,11 @@ def _check_job(out: Path, job: dict, restart: bool) -> None:
     diff = job_differences(path, job)
     if diff:
         raise EncodeError(f"{out} holds tokens of a different encode job ({'; '.join(diff)}). Continue with the "
-                          "same checkpoint and settings, pass --restart to discard them, or choose another OUT.")
+                          f"same checkpoint and settings, pass {option('restart')} to discard them, or choose another "
+                          "OUT.")
     if diff is None and out.is_dir() and any(_OURS.fullmatch(p.name) or p.name == MANIFEST for p in out.iterdir()):
-        raise EncodeError(f"{out} already holds token shards without a record of how they were made. Pass --restart "
-                          "to replace them, or choose another OUT.")
+        raise EncodeError(f"{out} already holds token shards without a record of how they were made. Pass "
+                          f"{option('restart')} to replace them, or choose another OUT.")
     (out / UNITS).mkdir(parents=True, exist_ok=True)
     write_json_atomic(path, job)
 
@@ -131,8 +132,9 @@ class _UnitWriter:
         rows = self.samples.pop(index, [])
         prefix = f"tokens-{index:06d}"
         shards = [p.name for p in write_shards(rows, self.out, prefix=prefix, max_count=self.per_shard)] if rows else []
-        write_json_atomic(_record(self.out, index), {"unit": index, "source": self.units[index].source, "shards": shards,
-                                                "count": len(rows), "skipped": [list(s) for s in skipped]})
+        write_json_atomic(_record(self.out, index), {"unit": index, "source": self.units[index].source,
+                                                "shards": shards, "count": len(rows),
+                                                "skipped": [list(s) for s in skipped]})
 
 
 def _encode_units(acc: Accelerator, tok: LoadedTokenizer, todo: list[Unit], out: Path, size: int, per_shard: int,
@@ -169,7 +171,8 @@ def _manifest(out: Path, tok: LoadedTokenizer, src: Source, size: int, per_shard
         "format": FORMAT, "tokenizer": tok.tokenizer_id, "checkpoint": str(tok.checkpoint.resolve()), "step": tok.step,
         "codebook_size": q.codebook_size, "dtype": token_dtype(q.codebook_size).name,
         "grid": list(tok.model.latent_shape(_grid_input(tok, size))), "image_size": size, "crop": "center",
-        "resize": "short side to image_size" if tok.recipe.data.crop == "random" else "none (centre of the stored image)",
+        "resize": ("short side to image_size" if tok.recipe.data.crop == "random"
+                   else "none (centre of the stored image)"),
         **({"clip": {"frames": _clip(tok)[0], "stride": _clip(tok)[1], "from": "every whole clip, frame 0 on"}}
            if _clip(tok) else {}),
         **settings.record(),
@@ -189,18 +192,16 @@ def encode_dataset(checkpoint: str | os.PathLike, data: str, out: str | os.PathL
     for name, v, lo in (("per_shard", per_shard, 1), ("batch_size", batch_size, 1), ("num_workers", num_workers, 0),
                         ("image_size", 1 if image_size is None else image_size, 1)):
         if v < lo:
-            raise EncodeError(f"--{name.replace('_', '-')} must be at least {lo}, got {v}.")
+            raise EncodeError(f"{option(name)} must be at least {lo}, got {v}.")
     acc = inference_accelerator()
+    check_precision(precision)
     tok = load_tokenizer(checkpoint, device=acc.device)
-    try:
-        settings = inference_settings(tok, acc.device, precision)
-    except CheckpointError as err:
-        raise EncodeError(str(err)) from None
+    settings = inference_settings(tok, acc.device, precision)
     size = tok.recipe.data.image_size if image_size is None else image_size
     try:
         tok.model.latent_shape(_grid_input(tok, size))
     except ValueError as err:
-        raise EncodeError(f"--image-size {size}: {err}.") from None
+        raise EncodeError(f"{option('image_size')} {size}: {err}.") from None
     out = Path(out).expanduser()
     if out.exists() and not out.is_dir():
         raise EncodeError(f"{out} is a file; OUT must be a folder (it is created if missing).")

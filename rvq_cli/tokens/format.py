@@ -22,7 +22,7 @@ import numpy as np
 import webdataset as wds
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
-from ..data.shards import DataError, expand_pattern
+from ..data.format import DataError, expand_pattern
 from ..errors import RvqError
 
 FORMAT = "rvq-tokens/1"

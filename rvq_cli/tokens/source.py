@@ -3,10 +3,11 @@
 A unit is one input shard, or (for a folder of images) ``per_shard`` consecutive files in
 sorted order. For a video tokenizer the input is video shards (mp4), and each video becomes its
 consecutive clips of ``frames`` frames at ``stride`` from its first frame (a tail shorter than a
-clip is left out), each clip a sample keyed ``KEY_cNNN``. Units are the grain of everything that must be exact: each unit becomes its own
-token shard(s), process r of W takes units r, r+W, ..., data-loader workers split a process's
-units the same way, and a finished unit is never redone. Images get the evaluation view (short
-side resized, centre crop): no augmentation, so the same input always gives the same tokens.
+clip is left out), each clip a sample keyed ``KEY_cNNN``. Units are the grain of everything that
+must be exact: each unit becomes its own token shard(s), process r of W takes units r, r+W, ...,
+data-loader workers split a process's units the same way, and a finished unit is never redone.
+Images get the evaluation view (short side resized, centre crop): no augmentation, so the same
+input always gives the same tokens.
 """
 
 from __future__ import annotations
@@ -21,10 +22,10 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
-from ..config import DEMO
+from ..data.folders import class_layout, list_images, path_keys
+from ..data.format import DataError, expand_pattern
 from ..data.images import center_crop, center_crop_native, decode_rgb, sample_image, to_batch
-from ..data.prepare import _class_layout, _keys, _list_images
-from ..data.shards import DataError, expand_pattern
+from ..data.sources import resolve_data
 
 
 @dataclass
@@ -46,11 +47,7 @@ def plan_source(data: str, per_shard: int, video: bool = False) -> Source:
     """Units of ``data``: "demo" (the demo training shards), a folder of images (class
     sub-folders give labels, as ``rvq data shards``), or a shard pattern. ``video``: video
     shards or the demo video set."""
-    if data == DEMO:
-        from ..data import demo_shards
-        from ..data.video_demo import demo_video_shards
-
-        data = demo_video_shards().train if video else demo_shards().train
+    data = resolve_data(data, video=video, split="train")  # "demo": the demo training shards
     p = Path(os.path.expanduser(data))
     if p.is_dir() and not list(p.glob("*.tar")) and video:
         raise DataError(f"{p} is a folder; a video tokenizer encodes video shards (mp4 samples). Make them with "
@@ -65,12 +62,12 @@ def plan_source(data: str, per_shard: int, video: bool = False) -> Source:
 
 
 def _folder_source(folder: Path, per_shard: int) -> Source:
-    rel = _list_images(folder)
+    rel = list_images(folder)
     if not rel:
         raise DataError(f"No image files under {folder}. Give a folder of images, a shard pattern, or 'demo'.")
-    classes = _class_layout(rel)
+    classes = class_layout(rel)
     labels = [classes[r.split("/", 1)[0]] if classes else None for r in rel]
-    items = [(str(folder / r), k, c) for r, k, c in zip(rel, _keys(rel), labels)]
+    items = [(str(folder / r), k, c) for r, k, c in zip(rel, path_keys(rel), labels)]
     units = [Unit(i // per_shard, f"{folder}[{rel[i]}..{rel[min(i + per_shard, len(rel)) - 1]}]",
                   items[i : i + per_shard]) for i in range(0, len(items), per_shard)]
     return Source(str(folder), units, len(items), classes)
@@ -103,7 +100,8 @@ def _clips(key: str, s: dict, size: int, clip: tuple[int, int]) -> Iterator[tupl
     """(KEY_cNNN, uint8 clip (T, S, S, 3), metadata, label) of each whole clip of a video sample."""
     import json
 
-    from ..data.video import clip_span, decode_clip, resize_center_crop, sample_video, video_length
+    from ..data.mp4 import clip_span, decode_clip, video_length
+    from ..data.video import resize_center_crop, sample_video
 
     frames, stride = clip
     data = sample_video(s)

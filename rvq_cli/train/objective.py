@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from ..config import LossConfig
+from ..grids import frames
 from ..losses import (
     GAN_LOSSES,
     PatchDiscriminator,
@@ -20,15 +21,6 @@ from ..losses import (
 from .build import adam_kernel
 
 GAN_KEYS = ("g_loss", "d_loss", "adaptive_weight", "logits_real", "logits_fake")
-
-
-def frames(x: Tensor) -> Tensor:
-    """Images as they are; clips (B, C, T, H, W) as their B·T frames (B·T, C, H, W): LPIPS and the
-    discriminator judge video frame by frame (Table 11)."""
-    if x.dim() == 5:
-        b, c, t, h, w = x.shape
-        return x.transpose(1, 2).reshape(b * t, c, h, w)
-    return x
 
 
 def build_discriminator(loss: LossConfig, in_channels: int, image_size: int) -> nn.Module | None:

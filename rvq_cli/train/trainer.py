@@ -22,19 +22,27 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 
-from ..config import DEMO, Recipe, recipe_to_yaml
-from ..errors import RvqError
-from ..hardware import (compile_modules, keep_grad_layouts, resolve_memory_format, resolve_precision,
-                        torch_memory_format)
-from .build import build_optimizer, build_scheduler, build_tokenizer, count_parameters
-from .checkpoint import CheckpointState, latest_checkpoint, load_checkpoint, save_checkpoint, save_rng
-from .loss_level import estimator_loss, forward_context
+from ..config import Recipe, recipe_to_yaml
+from ..data.loader import batch_tensor, build_loader, data_patterns
+from ..errors import RvqError, option
+from ..hardware import compile_modules, keep_grad_layouts, resolve_memory_format, resolve_precision, torch_memory_format
+from ..models import build_tokenizer
+from ..runs import (
+    METRICS,
+    RECIPE,
+    SAMPLES,
+    CheckpointState,
+    checkpoint_name,
+    latest_checkpoint,
+    load_checkpoint,
+    recipe_changes,
+    save_checkpoint,
+    save_rng,
+    saved_recipe,
+)
+from .build import build_optimizer, build_scheduler, count_parameters
 from .objective import build_disc_optimizer, build_discriminator, build_objective, describe
 from .progress import TrainProgress
-
-# Keys a resumed run may change; anything else must match the checkpoint's recipe.
-RESUMABLE_CHANGES = {"train.steps", "train.log_every", "train.sample_every", "train.ckpt_every", "train.keep_last",
-                     "data.num_workers", "output.tensorboard"}
 
 
 class TrainingError(RvqError):
@@ -49,54 +57,13 @@ class TrainResult:
     last_metrics: dict = field(default_factory=dict)
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        out.update(_flatten(v, key + ".") if isinstance(v, dict) else {key: v})
-    return out
-
-
 def _check_resume_recipe(saved: Recipe, now: Recipe) -> None:
-    a, b = _flatten(saved.model_dump(mode="json")), _flatten(now.model_dump(mode="json"))
-    changed = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k) and k not in RESUMABLE_CHANGES)
+    changed = recipe_changes(saved, now)
     if changed:
-        diffs = "; ".join(f"{k}: {a.get(k)!r} in the checkpoint, {b.get(k)!r} now" for k in changed)
+        diffs = "; ".join(changed)
         raise TrainingError(f"the recipe differs from the one the run was started with ({diffs}). Resume with the "
                             "same recipe (only the step count and logging/checkpoint intervals may change), or start "
                             "a new run in another output.dir.")
-
-
-def _data_patterns(recipe: Recipe) -> tuple[str, str | None]:
-    train, val = recipe.data.train, recipe.data.val
-    if DEMO in (train, val):
-        from ..data import demo_shards
-        from ..data.video_demo import demo_video_shards
-
-        demo = demo_video_shards() if recipe.model.video else demo_shards()
-        train = demo.train if train == DEMO else train
-        val = demo.val if val == DEMO else val
-    return train, val
-
-
-def _loader(pattern: str, recipe: Recipe, train: bool, rank: int = 0, world_size: int = 1,
-            start_batch: int = 0):
-    """Image batches, or clips of ``data.frames`` frames for a video model."""
-    from ..data import image_batches
-    from ..data.video import video_batches
-
-    d = recipe.data
-    common = dict(image_size=d.image_size, batch_size=recipe.train.batch_size, train=train, seed=recipe.train.seed,
-                  rank=rank, world_size=world_size, num_workers=d.num_workers,
-                  random_flip=d.random_flip, shuffle_buffer=d.shuffle_buffer, start_batch=start_batch)
-    if recipe.model.video:
-        return video_batches(pattern, frames=d.frames, stride=d.frame_stride, **common)
-    return image_batches(pattern, crop=d.crop, **common)
-
-
-def batch_tensor(batch: dict) -> torch.Tensor:
-    """The model input of a loader batch: ``image`` (B, C, H, W) or ``video`` (B, C, T, H, W)."""
-    return batch["video"] if "video" in batch else batch["image"]
 
 
 def _check_batch(x: torch.Tensor, step: int) -> None:
@@ -196,7 +163,7 @@ class Trainer:
                                          self.acc.unwrap_model(self.disc) if self.disc is not None else None,
                                          self.acc.unwrap_model(self.model).pixel_scale)
         with self.acc.main_process_first():  # the demo set is built once, by the main process
-            self.train_pattern, self.val_pattern = _data_patterns(recipe)
+            self.train_pattern, self.val_pattern = data_patterns(recipe)
         self.recipe_yaml = recipe_to_yaml(recipe)
         self._checked = False
         self._stop = False
@@ -206,25 +173,25 @@ class Trainer:
     def _prepare_run_dir(self, resume: bool) -> None:
         has_ckpt = latest_checkpoint(self.run_dir) is not None
         if resume and not has_ckpt:
-            raise TrainingError(f"--resume {self.run_dir}: no checkpoint there to resume from (checkpoints are "
-                                f"folders named ckpt-NNNNNNNN with a state.json).")
+            raise TrainingError(f"{option('resume')} {self.run_dir}: no checkpoint there to resume from (checkpoints "
+                                "are folders named ckpt-NNNNNNNN with a state.json).")
         if not resume and has_ckpt:
             raise TrainingError(f"{self.run_dir} already holds checkpoints of a run. Continue it with "
-                                f"--resume {self.run_dir}, or set output.dir=OTHER_DIR for a new run; nothing was changed.")
+                                f"{option('resume')} {self.run_dir}, or set output.dir=OTHER_DIR for a new run; "
+                                "nothing was changed.")
         if self.acc.is_main_process:
             self.run_dir.mkdir(parents=True, exist_ok=True)
 
     def _resume(self) -> None:
-        from ..config import load_recipe
-
         ckpt = latest_checkpoint(self.run_dir)
-        _check_resume_recipe(load_recipe(ckpt / "recipe.yaml", check_paths=False), self.recipe)
+        _check_resume_recipe(saved_recipe(ckpt), self.recipe)
         state = load_checkpoint(ckpt, self.model, self.optimizer, self.scheduler, rank=self.acc.process_index,
                                 discriminator=self.disc, disc_optimizer=self.opt_d)
         if state.world_size != self.acc.num_processes or state.num_workers != self.recipe.data.num_workers:
             raise TrainingError(f"{ckpt} was written by {state.world_size} process(es) with {state.num_workers} data "
                                 f"workers each; resume with the same numbers so every process continues its own data "
-                                f"stream (now: {self.acc.num_processes} process(es), {self.recipe.data.num_workers} workers).")
+                                f"stream (now: {self.acc.num_processes} process(es), {self.recipe.data.num_workers} "
+                                "workers).")
         state.precision, state.memory_format = self.precision.value, self.memory_format.value  # what runs now
         self.state = state
 
@@ -242,24 +209,22 @@ class Trainer:
         sync = contextlib.nullcontext() if last else self.acc.no_sync(self.model)
         model = self.acc.unwrap_model(self.model)
         last_layer, quantizer, step = model.last_layer, model.quantize, self.state.step
-        with sync, self.acc.autocast(), forward_context(quantizer.estimator.name):
+        estimator = quantizer.estimator
+        with sync, self.acc.autocast(), estimator.forward_context():
             out = self.model(x)
             loss, terms = self.objective.generator(x, out, last_layer, step)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss is {loss.item()}")
-            total = estimator_loss(loss, out, quantizer,
-                                   lambda rec: self.objective.decoder_loss(x, rec, last_layer, step)[0])
+            total = estimator.training_loss(loss, out, quantizer,
+                                            lambda rec: self.objective.decoder_loss(x, rec, last_layer, step)[0])
         self.acc.backward(total / self.recipe.train.grad_accum)
-        m = out.quantize.metrics
-        metrics = {"loss": loss.detach(), "commitment": out.quantize.losses.commitment.detach(), "usage": m.usage,
-                   "perplexity": m.perplexity, "quant_error": m.quant_error, "fallbacks": m.fallbacks,
-                   "obtuse": m.obtuse, "latent_power": m.latent_power}
+        # the quantizer's metrics as a whole (usage, perplexity, quant_error, fallbacks, restarted, ...)
+        metrics = {"loss": loss.detach(), "commitment": out.quantize.losses.commitment.detach(),
+                   **vars(out.quantize.metrics)}
         metrics.update({k: v.detach() for k, v in terms.items()})
         if self.disc is not None:
             metrics.update({k: metrics.get(k, torch.zeros(())) for k in self.objective.gan_keys})
-        if quantizer.estimator.name == "gumbel":
-            metrics["temperature"] = torch.tensor(quantizer.temperature)
-            metrics["kl_weight"] = torch.tensor(quantizer.kl_scale)
+        metrics.update({k: torch.tensor(v) for k, v in estimator.metrics(quantizer).items()})  # gumbel: temperature
         return out, metrics
 
     def _discriminator_step(self, x: torch.Tensor, rec: torch.Tensor, last: bool) -> dict[str, torch.Tensor]:
@@ -301,14 +266,14 @@ class Trainer:
         out = {k: v / t.grad_accum for k, v in sums.items()}
         cos = self.acc.unwrap_model(self.model).quantize.gradient_cosine()
         out["grad_cos"] = 1.0 if cos is None else cos  # cos(grad_e, g) through the estimator, this process
-        out["fallbacks"] = sums["fallbacks"]
+        out["fallbacks"], out["restarted"] = sums["fallbacks"], sums["restarted"]  # counts over the step
         out.update(lr=lr, skipped=skipped)
         return out
 
     # ---------------------------------------------------------------- outputs
 
     def save(self) -> Path | None:
-        ckpt = self.run_dir / f"ckpt-{self.state.step:08d}"
+        ckpt = self.run_dir / checkpoint_name(self.state.step)
         if self.acc.is_main_process:
             save_checkpoint(self.run_dir, self.acc.unwrap_model(self.model), self.optimizer, self.scheduler,
                             self.state, self.recipe_yaml, self.recipe.train.keep_last,
@@ -332,7 +297,7 @@ class Trainer:
         model.train(was_training)
         loss = reconstruction_loss(x.to(rec.device), rec, self.recipe.loss.reconstruction).item()
         if self.acc.is_main_process:
-            out = self.run_dir / "samples" / f"step-{self.state.step:08d}.png"
+            out = self.run_dir / SAMPLES / f"step-{self.state.step:08d}.png"
             out.parent.mkdir(exist_ok=True)
             if x.dim() == 5:  # clips: 8 evenly spaced frames of the first two, original above reconstruction
                 t = x.shape[2]
@@ -347,7 +312,8 @@ class Trainer:
     def _val_batch(self) -> torch.Tensor | None:
         if self.val_pattern is None:
             return None
-        for batch in _loader(self.val_pattern, self.recipe, False, self.acc.process_index, self.acc.num_processes):
+        for batch in build_loader(self.val_pattern, self.recipe, train=False, rank=self.acc.process_index,
+                                  world_size=self.acc.num_processes):
             return batch_tensor(batch)[:8]
         return None
 
@@ -365,13 +331,13 @@ class Trainer:
         t = self.recipe.train
         main = self.acc.is_main_process
         if main:
-            (self.run_dir / "recipe.yaml").write_text(self.recipe_yaml)
+            (self.run_dir / RECIPE).write_text(self.recipe_yaml)
         if self.recipe.output.tensorboard:
             self.acc.init_trackers("rvq")
         val_x = self._val_batch()
-        batches = iter(_loader(self.train_pattern, self.recipe, True, self.acc.process_index, self.acc.num_processes,
-                               start_batch=self.state.micro_batches))
-        log = open(self.run_dir / "metrics.jsonl", "a") if main else None
+        batches = iter(build_loader(self.train_pattern, self.recipe, train=True, rank=self.acc.process_index,
+                                    world_size=self.acc.num_processes, start_batch=self.state.micro_batches))
+        log = open(self.run_dir / METRICS, "a") if main else None
         progress = TrainProgress(t.steps, self.state.step, quiet=self.quiet, silent=not main,
                                  unit="clip" if self.recipe.model.video else "img")
         window: list[dict] = []
@@ -386,8 +352,8 @@ class Trainer:
                     except FloatingPointError as err:
                         good = latest_checkpoint(self.run_dir)
                         raise TrainingError(f"{err} at step {self.state.step + 1}; the run stopped. Last good "
-                                            f"checkpoint: {good or 'none'}. Lower optim.lr, set train.grad_clip, or use "
-                                            "train.precision=no to find the cause.") from None
+                                            f"checkpoint: {good or 'none'}. Lower optim.lr, set train.grad_clip, or "
+                                            "use train.precision=no to find the cause.") from None
                     images += t.batch_size * t.grad_accum * self.acc.num_processes
                     window.append(metrics)
                     step = self.state.step
@@ -418,7 +384,8 @@ class Trainer:
                 interrupted = True
                 self.save()
                 if main:
-                    print(f"interrupted at step {self.state.step}: saved {self.run_dir / f'ckpt-{self.state.step:08d}'}; "
+                    print(f"interrupted at step {self.state.step}: saved "
+                          f"{self.run_dir / checkpoint_name(self.state.step)}; "
                           f"continue with: rvq train RECIPE --resume {self.run_dir}")
         finally:
             if previous_handler is not None:
@@ -437,7 +404,8 @@ def train(recipe: Recipe, run_dir: str | Path | None = None, resume: bool = Fals
         q = recipe.model.quantizer
         print(f"rvq train: {count_parameters(trainer.acc.unwrap_model(trainer.model)) / 1e6:.2f}M parameters, "
               f"estimator {q.estimator}, {q.codebook_size} codes, loss = "
-              f"{describe(recipe.loss, q.beta, q.update == 'learned', q.vq_loss)}, {trainer.acc.num_processes} process(es) on "
+              f"{describe(recipe.loss, q.beta, q.update == 'learned', q.vq_loss)}, "
+              f"{trainer.acc.num_processes} process(es) on "
               f"{trainer.acc.device}, precision {trainer.precision}, memory format {trainer.memory_format}, "
               + (f"compiled: {', '.join(trainer.compiled)}, " if trainer.compiled else "")
               + f"run dir {trainer.run_dir}")

@@ -6,11 +6,11 @@ os.environ.setdefault("RVQ_COMPILE", "never")
 
 import pytest
 import torch
-from tiny import TINY, png
 
 from rvq_cli.config import load_recipe
 from rvq_cli.data import write_shards
 from rvq_cli.train import train
+from tiny import TINY, png
 
 
 @pytest.fixture(scope="session")

@@ -16,8 +16,9 @@ from PIL import Image
 
 from rvq_cli.config import load_recipe
 from rvq_cli.data import write_shards
-from rvq_cli.data.images import center_crop, decode_rgb, to_batch
-from rvq_cli.evaluate import evaluate, fidelity, load_tokenizer
+from rvq_cli.data.images import center_crop, decode_rgb, to_batch, to_uint8
+from rvq_cli.evaluate import evaluate, fidelity
+from rvq_cli.runs import load_tokenizer
 from rvq_cli.train import train
 
 RVQ = shutil.which("rvq") or os.path.join(os.path.dirname(sys.executable), "rvq")
@@ -76,7 +77,7 @@ def test_metrics_match_an_independent_computation(eval_run, tmp_path, inception_
     assert m["mse"] == pytest.approx(float((rec - x).pow(2).mean()), rel=1e-5)
     assert m["rec_loss"] == pytest.approx(m["mse"], rel=1e-12)  # the tiny recipe's loss is l2
     assert m["l1"] == pytest.approx(float((rec - x).abs().mean()), rel=1e-5)
-    x8, r8 = fidelity.to_uint8(x), fidelity.to_uint8(rec)
+    x8, r8 = to_uint8(x), to_uint8(rec)
     mse8 = ((x8.double() - r8.double()) / 255).pow(2).flatten(1).mean(1)
     assert m["psnr"] == pytest.approx(float((10 * torch.log10(1 / mse8)).mean()), rel=1e-6)
     counts = torch.bincount(idx, minlength=16).double()

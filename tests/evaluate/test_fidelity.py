@@ -17,6 +17,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from torchvision.utils import save_image
 
+from rvq_cli.data.images import to_uint8
 from rvq_cli.evaluate.fidelity import (
     FID_FEATURE,
     INCEPTION_FILENAME,
@@ -31,7 +32,6 @@ from rvq_cli.evaluate.fidelity import (
     library_versions,
     load_inception,
     missing_weights_message,
-    to_uint8,
 )
 
 N = 8  # images per set: enough for a covariance, few enough for a 2-core CPU
@@ -296,5 +296,5 @@ def test_default_location_under_torch_home(clean_env):
 def test_missing_weights_message_names_url_and_default_path(clean_env):
     message = missing_weights_message()
     assert INCEPTION_URL in message and str(default_weights_path()) in message
-    assert "--inception-weights" in message and "RVQ_INCEPTION_WEIGHTS" in message
+    assert "pass inception_weights PATH" in message and "RVQ_INCEPTION_WEIGHTS" in message  # from Python: the parameter
     assert "\n" not in message

@@ -3,7 +3,6 @@ against independent computations; and the I3D loader's safety and messages."""
 
 import json
 import pickle
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,12 +13,11 @@ from safetensors.torch import save_file
 
 from rvq_cli.config import load_recipe
 from rvq_cli.data.video import video_batches
-from rvq_cli.evaluate import EvalError, evaluate, load_tokenizer
+from rvq_cli.evaluate import EvalError, evaluate
 from rvq_cli.evaluate.i3d import I3D, I3DError, _same_pad, find_i3d_weights, i3d_features, load_i3d, preprocess
+from rvq_cli.runs import load_tokenizer
 from rvq_cli.train import train
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
-from test_video_train import RECIPE, video_shards  # noqa: E402, F401  (fixture)
+from tiny import TINY_VIDEO
 
 
 @pytest.fixture(autouse=True)
@@ -44,10 +42,11 @@ def i3d_file(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def video_run(tmp_path_factory, video_shards):  # noqa: F811
+def video_run(tmp_path_factory, video_shards):
     root = tmp_path_factory.mktemp("vrun")
     path = root / "video.yaml"
-    path.write_text(RECIPE.format(train=video_shards[0], val=video_shards[1], estimator="rotation", out=root / "run"))
+    path.write_text(TINY_VIDEO.format(train=video_shards[0], val=video_shards[1], estimator="rotation",
+                                      out=root / "run"))
     train(load_recipe(path, ["data.frames=9", "data.frame_stride=1", "train.steps=2"]), quiet=True)
     return root / "run"
 
@@ -134,7 +133,7 @@ def test_video_eval_per_frame_metrics_and_rfvd(video_run, i3d_file, tmp_path):
 def test_video_eval_without_i3d_weights_says_where_to_put_them(video_run, tmp_path):
     result = evaluate(video_run, fid=False, out=tmp_path / "e.json", quiet=True)
     assert result.report["metrics"]["rfvd"] is None
-    assert any("i3d_pretrained_400.pt" in n and "--i3d-weights" in n for n in result.notes)
+    assert any("i3d_pretrained_400.pt" in n and "pass i3d_weights PATH" in n for n in result.notes)
     with pytest.raises(EvalError, match="does not exist"):
         evaluate(video_run, fid=False, i3d_weights=tmp_path / "missing.pt", out=tmp_path / "f.json", quiet=True)
     assert not (tmp_path / "f.json").exists()

@@ -153,7 +153,7 @@ def test_huggingface_flavour_state_dict():
 
 def test_the_recipe_keys_reach_the_model():
     from rvq_cli.config import ModelConfig
-    from rvq_cli.train.build import build_tokenizer
+    from rvq_cli.models import build_tokenizer
 
     model = ModelConfig(name="timesformer", timesformer={"patch_size": 4, "dim": 32, "depth": 1, "heads": 4,
                                                          "mlp_dim": 64, "flavour": "huggingface", "init": "xavier"},

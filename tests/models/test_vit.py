@@ -182,7 +182,7 @@ def test_xavier_init_is_enhancing_transformers(part):
 
 def test_the_recipe_key_reaches_the_model():
     from rvq_cli.config import ModelConfig
-    from rvq_cli.train.build import build_tokenizer
+    from rvq_cli.models import build_tokenizer
 
     model = ModelConfig(name="vit", vit={"patch_size": 4, "dim": 64, "depth": 1, "heads": 4, "mlp_dim": 256,
                                          "init": "xavier"}, quantizer={"dim": 8, "codebook_size": 16})

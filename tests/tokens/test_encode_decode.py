@@ -26,18 +26,17 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tiny import TINY, png
 
 from rvq_cli.config import load_recipe
 from rvq_cli.data import write_shards
-from rvq_cli.data.images import center_crop, decode_rgb, to_batch
-from rvq_cli.evaluate.fidelity import to_uint8
-from rvq_cli.evaluate.load import load_tokenizer
+from rvq_cli.data.images import center_crop, decode_rgb, to_batch, to_uint8
 from rvq_cli.quantize import VectorQuantizer
 from rvq_cli.quantize.codebook import nearest_codes
+from rvq_cli.runs import load_tokenizer
 from rvq_cli.tokens import FORMAT, encode_dataset
 from rvq_cli.tokens.decode import decode_tokens
 from rvq_cli.train import train
+from tiny import TINY, png
 
 RVQ = shutil.which("rvq") or os.path.join(os.path.dirname(sys.executable), "rvq")
 ENV = dict(os.environ, RVQ_COMPILE="never")

@@ -3,8 +3,6 @@ clip of each video, bit-equal to the forward reconstruction, decoded to mp4."""
 
 import io
 import json
-import sys
-from pathlib import Path
 
 import av
 import numpy as np
@@ -12,27 +10,27 @@ import pytest
 import torch
 
 from rvq_cli.config import load_recipe
-from rvq_cli.data.video import decode_clip, resize_center_crop, to_video_batch
-from rvq_cli.evaluate import load_tokenizer
-from rvq_cli.evaluate.fidelity import to_uint8
+from rvq_cli.data.images import to_uint8
+from rvq_cli.data.mp4 import decode_clip
+from rvq_cli.data.video import resize_center_crop, to_video_batch
+from rvq_cli.runs import load_tokenizer
 from rvq_cli.tokens import TokenError, decode_dataset, encode_dataset, read_token_samples, token_files
 from rvq_cli.tokens.decode import decode_tokens
 from rvq_cli.train import train
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
-from test_video_train import RECIPE, video_shards  # noqa: E402, F401  (fixture)
+from tiny import TINY_VIDEO
 
 
 @pytest.fixture(scope="module")
-def video_run(tmp_path_factory, video_shards):  # noqa: F811
+def video_run(tmp_path_factory, video_shards):
     root = tmp_path_factory.mktemp("vtok")
     path = root / "video.yaml"
-    path.write_text(RECIPE.format(train=video_shards[0], val=video_shards[1], estimator="rotation", out=root / "run"))
+    path.write_text(TINY_VIDEO.format(train=video_shards[0], val=video_shards[1], estimator="rotation",
+                                      out=root / "run"))
     train(load_recipe(path, ["data.frame_stride=1", "train.steps=2"]), quiet=True)  # clips of 4 frames
     return root / "run"
 
 
-def test_video_encode_decode_round_trip(video_run, video_shards, tmp_path):  # noqa: F811
+def test_video_encode_decode_round_trip(video_run, video_shards, tmp_path):
     rep = encode_dataset(video_run, video_shards[1], tmp_path / "tok", batch_size=3, num_workers=0, quiet=True)
     m = rep.manifest
     # two 10-frame videos -> two whole 4-frame clips each (frames 0-3, 4-7; the tail 8-9 is left out)

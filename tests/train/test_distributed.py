@@ -6,11 +6,10 @@ import json
 import torch
 from safetensors.torch import load_file
 
-from test_train import recipe_file, shards  # noqa: F401  (fixture)
-from two_processes import run_two
+from tiny import recipe_file
 
 
-def test_two_processes_stay_identical_and_read_different_data(tmp_path, shards):  # noqa: F811
+def test_two_processes_stay_identical_and_read_different_data(tmp_path, shards, run_two):
     path = recipe_file(tmp_path, shards, out="dist")
     text = path.read_text().replace("steps: 3", "steps: 4").replace("batch_size: 4", "batch_size: 4, grad_accum: 2")
     path.write_text(text)
@@ -29,7 +28,7 @@ def test_two_processes_stay_identical_and_read_different_data(tmp_path, shards):
         assert torch.equal(a[k], ckpt[k]), k
 
 
-def test_ddp_sees_gradients_in_the_parameters_layout(tmp_path, shards):  # noqa: F811
+def test_ddp_sees_gradients_in_the_parameters_layout(tmp_path, shards, run_two):
     """bf16 conv backward gives 1×1 kernels channels-last-strided weight gradients; DDP compared them
     literally and warned "Grad strides do not match bucket view strides" every run. The trainer
     re-strides them (hardware.keep_grad_layouts), for contiguous and channels_last models alike."""

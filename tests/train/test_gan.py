@@ -13,8 +13,7 @@ from safetensors.torch import load_file
 
 from rvq_cli.config import load_recipe
 from rvq_cli.train import TrainingError, train
-from test_train import RVQ, recipe_file, shards  # noqa: F401  (fixture)
-from two_processes import run_two
+from tiny import RVQ, recipe_file
 
 GAN = ["loss.gan.weight=0.1", "loss.gan.start=2", "loss.gan.layers=2", "loss.gan.channels=8"]
 
@@ -23,7 +22,7 @@ def metrics(run_dir):
     return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_vqgan_objective_trains_past_the_discriminator_start(tmp_path, shards, vgg_file):  # noqa: F811
+def test_vqgan_objective_trains_past_the_discriminator_start(tmp_path, shards, vgg_file):
     path = recipe_file(tmp_path, shards)
     over = GAN + ["train.steps=4", "loss.perceptual_weight=0.1", f"loss.perceptual_weights={vgg_file}",
                   "loss.laplace_weight=0.1", "loss.gaussian_weight=1.0"]
@@ -41,7 +40,7 @@ def test_vqgan_objective_trains_past_the_discriminator_start(tmp_path, shards, v
     assert opt["disc_optimizer"]["state"]  # Adam moments exist: the discriminator stepped
 
 
-def assert_resume_is_bit_identical(tmp_path, shards, over: list[str], split: int, steps: int) -> None:  # noqa: F811
+def assert_resume_is_bit_identical(tmp_path, shards, over: list[str], split: int, steps: int) -> None:
     """Training ``steps`` straight and training ``split`` steps, then resuming to ``steps``, end with
     the same tokenizer and discriminator weights, bit for bit."""
     straight = train(load_recipe(recipe_file(tmp_path, shards, out="straight"), over + [f"train.steps={steps}"]),
@@ -56,11 +55,11 @@ def assert_resume_is_bit_identical(tmp_path, shards, over: list[str], split: int
             assert torch.equal(a[k], b[k]), (name, k)
 
 
-def test_gan_run_resumes_bit_identically(tmp_path, shards):  # noqa: F811
+def test_gan_run_resumes_bit_identically(tmp_path, shards):
     assert_resume_is_bit_identical(tmp_path, shards, GAN + ["train.ckpt_every=100"], split=3, steps=4)
 
 
-def test_accumulation_equals_one_big_batch_for_generator_and_discriminator(tmp_path, shards):  # noqa: F811
+def test_accumulation_equals_one_big_batch_for_generator_and_discriminator(tmp_path, shards):
     """group norm (no batch statistics) and a fixed adversarial weight: both depend on how a batch
     is split, by definition; everything else must not."""
     common = GAN + ["loss.gan.start=0", "loss.gan.norm=group", "loss.gan.adaptive=false", "train.steps=2",
@@ -77,7 +76,7 @@ def test_accumulation_equals_one_big_batch_for_generator_and_discriminator(tmp_p
                 torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=f"{name}: {k}")
 
 
-def test_two_processes_past_the_discriminator_start_stay_identical(tmp_path, shards):  # noqa: F811
+def test_two_processes_past_the_discriminator_start_stay_identical(tmp_path, shards, run_two):
     path = recipe_file(tmp_path, shards, out="dist")
     text = path.read_text().replace("steps: 3", "steps: 4")
     text += "loss: {gan: {weight: 0.1, start: 2, layers: 2, channels: 8}}\n"
@@ -93,7 +92,7 @@ def test_two_processes_past_the_discriminator_start_stay_identical(tmp_path, sha
     assert rows[-1]["d_loss"] > 0
 
 
-def test_missing_vgg_weights_stop_before_anything_starts(tmp_path, shards, monkeypatch):  # noqa: F811
+def test_missing_vgg_weights_stop_before_anything_starts(tmp_path, shards, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
     monkeypatch.delenv("RVQ_VGG16_WEIGHTS", raising=False)
     path = recipe_file(tmp_path, shards, out="never")
@@ -107,8 +106,8 @@ def test_missing_vgg_weights_stop_before_anything_starts(tmp_path, shards, monke
     assert res.returncode == 2 and res.stderr.startswith("error:") and "Traceback" not in res.stderr
 
 
-def test_tiny_vit_vqgan_trains_past_the_start_and_round_trips(tmp_path, shards, vgg_file):  # noqa: F811
-    from rvq_cli.evaluate import load_tokenizer
+def test_tiny_vit_vqgan_trains_past_the_start_and_round_trips(tmp_path, shards, vgg_file):
+    from rvq_cli.runs import load_tokenizer
 
     vit = ["model.name=vit", "model.vit.patch_size=4", "model.vit.dim=32", "model.vit.depth=1", "model.vit.heads=4",
            "model.vit.mlp_dim=64", "model.quantizer.dim=8", "model.quantizer.lookup=cosine",
@@ -134,7 +133,7 @@ def test_vit_recipe_checks():
     assert paths == {"data.image_size", "model.vit.heads", "model.vit.dim"}
 
 
-def test_gan_under_bf16_mixed_precision(tmp_path, shards, vgg_file):  # noqa: F811
+def test_gan_under_bf16_mixed_precision(tmp_path, shards, vgg_file):
     over = GAN + ["loss.gan.start=1", "train.steps=3", "train.precision=bf16", "loss.perceptual_weight=0.1",
                   f"loss.perceptual_weights={vgg_file}"]
     res = train(load_recipe(recipe_file(tmp_path, shards), over), quiet=True)
@@ -151,7 +150,7 @@ STYLE = ["loss.gan.weight=0.1", "loss.gan.discriminator=stylegan2", "loss.gan.lo
 
 
 @pytest.mark.parametrize("precision", ["no", "bf16"])
-def test_stylegan2_with_lazy_r1_trains(tmp_path, shards, precision):  # noqa: F811
+def test_stylegan2_with_lazy_r1_trains(tmp_path, shards, precision):
     res = train(load_recipe(recipe_file(tmp_path, shards), STYLE + [f"train.precision={precision}"]), quiet=True)
     rows = metrics(res.run_dir)
     assert [r["step"] for r in rows] == [1, 2, 3]
@@ -165,13 +164,13 @@ def test_stylegan2_with_lazy_r1_trains(tmp_path, shards, precision):  # noqa: F8
 
 
 @pytest.mark.slow
-def test_stylegan2_run_resumes_bit_identically(tmp_path, shards):  # noqa: F811
+def test_stylegan2_run_resumes_bit_identically(tmp_path, shards):
     assert_resume_is_bit_identical(tmp_path, shards, STYLE + ["train.ckpt_every=100", "loss.gan.r1_every=3"],
                                    split=2, steps=5)
 
 
 @pytest.mark.slow
-def test_two_processes_with_stylegan2_and_r1_stay_identical(tmp_path, shards):  # noqa: F811
+def test_two_processes_with_stylegan2_and_r1_stay_identical(tmp_path, shards, run_two):
     path = recipe_file(tmp_path, shards, out="dist")
     text = path.read_text().replace("steps: 3", "steps: 4")
     text += ("loss: {gan: {weight: 0.1, discriminator: stylegan2, loss: non_saturating, adaptive: false, "

@@ -7,15 +7,15 @@ import math
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_train import recipe_file, shards  # noqa: F401  (fixture)
 
 from rvq_cli.config import load_recipe
-from rvq_cli.evaluate import load_tokenizer
+from rvq_cli.runs import load_tokenizer
 from rvq_cli.train import train
+from tiny import recipe_file
 
-KARPATHY = ["model.quantizer.estimator=gumbel", "model.quantizer.gumbel_logits=linear", "model.quantizer.update=learned",
-            "model.quantizer.beta=0", "model.quantizer.kl_warmup_steps=2", "model.quantizer.temperature_steps=4",
-            "train.ckpt_every=2"]
+KARPATHY = ["model.quantizer.estimator=gumbel", "model.quantizer.gumbel_logits=linear",
+            "model.quantizer.update=learned", "model.quantizer.beta=0", "model.quantizer.kl_warmup_steps=2",
+            "model.quantizer.temperature_steps=4", "train.ckpt_every=2"]
 
 
 def cos_anneal(e0, e1, t0, t1, e):  # karpathy's dvq/vqvae.py ramp, written out
@@ -27,7 +27,7 @@ def rows_of(run_dir):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_karpathy_gumbel_trains_resumes_and_encodes_like_its_eval(tmp_path, shards):  # noqa: F811
+def test_karpathy_gumbel_trains_resumes_and_encodes_like_its_eval(tmp_path, shards):
     straight = train(load_recipe(recipe_file(tmp_path, shards, out="straight"), KARPATHY + ["train.steps=4"]),
                      quiet=True)
     rows = rows_of(straight.run_dir)

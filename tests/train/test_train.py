@@ -2,9 +2,7 @@
 
 import json
 import os
-import shutil
 import subprocess
-import sys
 
 os.environ.setdefault("RVQ_COMPILE", "never")
 
@@ -12,26 +10,11 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-from tiny import TINY, png
 
 from rvq_cli.config import RecipeError, load_recipe
 from rvq_cli.data import write_shards
 from rvq_cli.train import TrainingError, train
-
-RVQ = shutil.which("rvq") or os.path.join(os.path.dirname(sys.executable), "rvq")
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    root = tmp_path_factory.mktemp("shards")
-    write_shards(({"__key__": f"img{i:03d}", "png": png(i)} for i in range(24)), root / "train", max_count=8)
-    write_shards(({"__key__": f"val{i:03d}", "png": png(100 + i)} for i in range(8)), root / "val", max_count=8)
-    return {"train": str(root / "train" / "shard-{000000..000002}.tar"), "val": str(root / "val" / "shard-000000.tar")}
-
-
-def recipe_file(tmp_path, shards, out="run"):
-    p = tmp_path / "tiny.yaml"
-    p.write_text(TINY.format(train=shards["train"], val=shards["val"], out=tmp_path / out))
-    return p
+from tiny import RVQ, TINY, png, recipe_file
 
 
 def test_cli_trains_three_steps(tmp_path, shards):
@@ -74,7 +57,7 @@ def test_existing_run_is_never_overwritten(tmp_path, shards):
     path = recipe_file(tmp_path, shards)
     train(load_recipe(path, ["train.steps=1"]), quiet=True)
     before = (tmp_path / "run" / "ckpt-00000001" / "model.safetensors").read_bytes()
-    with pytest.raises(TrainingError, match="--resume"):
+    with pytest.raises(TrainingError, match="Continue it with resume "):  # from Python: the parameter's name
         train(load_recipe(path, ["train.steps=1"]), quiet=True)
     assert (tmp_path / "run" / "ckpt-00000001" / "model.safetensors").read_bytes() == before
 
@@ -173,7 +156,7 @@ def test_bf16_mixed_precision_trains(tmp_path, shards):
 
 
 def test_failed_save_keeps_previous_checkpoint(tmp_path, shards, monkeypatch):
-    from rvq_cli.train import checkpoint
+    from rvq_cli import runs as checkpoint
 
     path = recipe_file(tmp_path, shards)
     train(load_recipe(path, ["train.steps=1"]), quiet=True)
@@ -268,7 +251,8 @@ def test_taming_legacy_vq_loss_puts_beta_on_the_codebook_term():
 def test_clip_pixel_norm_trains_and_evaluates_in_its_space(tmp_path, shards):
     """model.pixel_norm clip end to end: bf16 training, then `rvq eval` loads the run with the same
     normalisation and reports rec_loss in the model's space (≈3.5× the [-1, 1] mse)."""
-    from rvq_cli.evaluate import evaluate, load_tokenizer
+    from rvq_cli.evaluate import evaluate
+    from rvq_cli.runs import load_tokenizer
 
     result = train(load_recipe(recipe_file(tmp_path, shards), ["model.pixel_norm=clip", "train.precision=bf16",
                                                                 "train.steps=2"]), quiet=True)
@@ -282,7 +266,7 @@ def test_clip_pixel_norm_trains_and_evaluates_in_its_space(tmp_path, shards):
 def test_compiled_training_matches_eager(tmp_path, shards):
     """train.compile: the encoder and decoder compiled in place (state-dict keys unchanged), the same
     losses as eager to rounding, and a checkpoint that loads into an eager model."""
-    from rvq_cli.evaluate import load_tokenizer
+    from rvq_cli.runs import load_tokenizer
 
     eager = train(load_recipe(recipe_file(tmp_path, shards, out="eager"), ["train.steps=2"]), quiet=True)
     comp = train(load_recipe(recipe_file(tmp_path, shards, out="comp"), ["train.steps=2", "train.compile=true"]),

@@ -9,47 +9,16 @@ import torch
 from PIL import Image
 
 from rvq_cli.config import load_recipe
-from rvq_cli.data import write_shards
-from rvq_cli.data.video import encode_mp4
-from rvq_cli.evaluate import load_tokenizer
+from rvq_cli.grids import frames
+from rvq_cli.runs import load_tokenizer
 from rvq_cli.train import train
-from rvq_cli.train.objective import frames
-
-RECIPE = """
-data: {{train: '{train}', val: '{val}', image_size: 16, frames: 4, frame_stride: 2, num_workers: 0, shuffle_buffer: 4}}
-model:
-  name: timesformer
-  timesformer: {{patch_size: 4, dim: 32, depth: 1, heads: 4, mlp_dim: 64}}
-  quantizer: {{codebook_size: 32, dim: 8, lookup: cosine, estimator: {estimator}}}
-optim: {{lr: 1.0e-3}}
-train: {{steps: 3, batch_size: 2, log_every: 1, sample_every: 3, ckpt_every: 3}}
-output: {{dir: '{out}'}}
-"""
-
-
-def moving_square(seed: int, n: int = 10, size: int = 24) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    a = np.full((n, size, size, 3), rng.integers(0, 200, 3), np.uint8)
-    for t in range(n):
-        x = (3 * t + seed) % (size - 6)
-        a[t, 8:14, x : x + 6] = 255
-    return a
-
-
-@pytest.fixture(scope="module")
-def video_shards(tmp_path_factory):
-    root = tmp_path_factory.mktemp("video")
-    samples = [{"__key__": f"v{i:03d}", "mp4": encode_mp4(moving_square(i), fps=8), "json": {"fps": 8, "frames": 10}}
-               for i in range(6)]
-    write_shards(samples[:4], root / "train", max_count=2)
-    write_shards(samples[4:], root / "val", max_count=2)
-    return str(root / "train" / "shard-{000000..000001}.tar"), str(root / "val" / "shard-000000.tar")
+from tiny import TINY_VIDEO
 
 
 def recipe(tmp_path, video_shards, estimator="rotation", out="run"):
     path = tmp_path / "video.yaml"
-    path.write_text(RECIPE.format(train=video_shards[0], val=video_shards[1], estimator=estimator,
-                                  out=tmp_path / out))
+    path.write_text(TINY_VIDEO.format(train=video_shards[0], val=video_shards[1], estimator=estimator,
+                                      out=tmp_path / out))
     return path
 
 
