@@ -12,7 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from . import __version__
-from .errors import RvqError
+from .errors import RvqError, name_options_as_flags
 
 app = typer.Typer(
     name="rvq",
@@ -30,6 +30,23 @@ class UserError(RvqError):
     """Bad input from the user: printed as one paragraph, exit status 2, no traceback."""
 
 
+class OptionError(RvqError):
+    """A command-line option with a value the command cannot take."""
+
+
+def _precision(value: Optional[str]) -> Optional[str]:
+    from .hardware import PRECISIONS
+
+    if value is not None and value not in PRECISIONS:
+        raise OptionError(f"--precision {value!r}: choose one of {', '.join(PRECISIONS)} (default: the run's "
+                          "train.precision).")
+    return value
+
+
+PRECISION_OPTION = typer.Option(None, "--precision", callback=_precision, help="Autocast precision: auto, no (fp32), "
+                                "bf16 or fp16 (default: the run's train.precision; recorded in the output).")
+
+
 def _version(value: bool) -> None:
     if value:
         console.print(f"rvq {__version__}")
@@ -38,9 +55,13 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    ctx: typer.Context,
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
 ) -> None:
     """rvq: vector-quantized tokenizers with selectable gradient estimators."""
+    name_options_as_flags(True)  # the library's messages name its parameters as this command's flags
+    ctx.call_on_close(lambda: name_options_as_flags(False))
 
 
 @app.command()
@@ -157,17 +178,24 @@ def _fmt(v) -> str:
 @app.command("eval")
 def eval_(
     checkpoint: Path = typer.Argument(..., help="Run directory (its latest checkpoint) or a ckpt-NNNNNNNN folder."),
-    data: Optional[str] = typer.Option(None, "--data", help="Shards to evaluate on (default: the recipe's set for --split)."),
-    split: str = typer.Option("val", "--split", help="Which of the recipe's sets when --data is not given: val or train."),
+    data: Optional[str] = typer.Option(None, "--data",
+                                       help="Shards to evaluate on (default: the recipe's set for --split)."),
+    split: str = typer.Option("val", "--split",
+                              help="Which of the recipe's sets when --data is not given: val or train."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per batch (default: the recipe's)."),
-    num_workers: Optional[int] = typer.Option(None, "--num-workers", help="Data loader worker processes (default: the recipe's)."),
-    image_size: Optional[int] = typer.Option(None, "--image-size", help="Evaluate at another resolution than the checkpoint's (recorded in eval.json)."),
-    inception_weights: Optional[Path] = typer.Option(None, "--inception-weights", help="torch-fidelity's Inception weights (.pth or .safetensors) for r-FID/r-IS."),
+    num_workers: Optional[int] = typer.Option(None, "--num-workers",
+                                              help="Data loader worker processes (default: the recipe's)."),
+    image_size: Optional[int] = typer.Option(None, "--image-size", help="Evaluate at another resolution than the "
+                                             "checkpoint's (recorded in eval.json)."),
+    inception_weights: Optional[Path] = typer.Option(None, "--inception-weights", help="torch-fidelity's Inception "
+                                                     "weights (.pth or .safetensors) for r-FID/r-IS."),
     no_fid: bool = typer.Option(False, "--no-fid", help="Skip r-FID and r-IS."),
-    i3d_weights: Optional[Path] = typer.Option(None, "--i3d-weights", help="Video: I3D weights (VideoGPT's i3d_pretrained_400.pt) for r-FVD."),
+    i3d_weights: Optional[Path] = typer.Option(None, "--i3d-weights",
+                                               help="Video: I3D weights (VideoGPT's i3d_pretrained_400.pt) for r-FVD."),
     no_fvd: bool = typer.Option(False, "--no-fvd", help="Video: skip r-FVD."),
-    precision: Optional[str] = typer.Option(None, "--precision", help="Autocast precision: auto, no (fp32), bf16 or fp16 (default: the run's train.precision; recorded in the output)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Where to write the JSON report (default: RUN_DIR/eval.json; the grid goes beside it as .png)."),
+    precision: Optional[str] = PRECISION_OPTION,
+    out: Optional[Path] = typer.Option(None, "--out", help="Where to write the JSON report (default: "
+                                       "RUN_DIR/eval.json; the grid goes beside it as .png)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Measure a tokenizer: reconstruction loss, MSE/L1, PSNR, codebook usage, perplexity,
@@ -205,12 +233,13 @@ def encode(
     checkpoint: Path = typer.Argument(..., help="Run directory (its latest checkpoint) or a ckpt-NNNNNNNN folder."),
     data: str = typer.Argument(..., help="Image shards (pattern), a folder of images, or 'demo'."),
     out: Path = typer.Argument(..., help="Output folder for tokens-*.tar, manifest.json and skipped.txt."),
-    per_shard: int = typer.Option(1000, "--per-shard", help="Samples per token shard (folder inputs: also per unit of work)."),
+    per_shard: int = typer.Option(1000, "--per-shard",
+                                  help="Samples per token shard (folder inputs: also per unit of work)."),
     batch_size: int = typer.Option(64, "--batch-size", help="Images per forward pass."),
     num_workers: int = typer.Option(2, "--num-workers", help="Decoding worker processes (0: decode in this process)."),
     image_size: Optional[int] = typer.Option(None, "--image-size", help="Crop size (default: the checkpoint's)."),
     restart: bool = typer.Option(False, "--restart", help="Discard the token shards of an earlier run in OUT first."),
-    precision: Optional[str] = typer.Option(None, "--precision", help="Autocast precision: auto, no (fp32), bf16 or fp16 (default: the run's train.precision; recorded in the output)."),
+    precision: Optional[str] = PRECISION_OPTION,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Encode a dataset into token shards for a stage-2 model (resumable: re-run to continue)."""
@@ -239,7 +268,7 @@ def decode(
     tokens: str = typer.Argument(..., help="An rvq encode output folder, or token shards (pattern)."),
     out: Path = typer.Argument(..., help="Output folder for KEY.png images."),
     batch_size: int = typer.Option(32, "--batch-size", help="Token grids per decoder pass."),
-    precision: Optional[str] = typer.Option(None, "--precision", help="Autocast precision: auto, no (fp32), bf16 or fp16 (default: the run's train.precision; recorded in the output)."),
+    precision: Optional[str] = PRECISION_OPTION,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Decode token shards back to images, named by their source keys."""
@@ -285,16 +314,16 @@ def compare(
     if synthetic is not None:
         if synthetic not in SYNTHETIC:
             raise UserError(f"--synthetic {synthetic}: unknown problem; choose one of {', '.join(SYNTHETIC)}.")
-        given = [flag for flag, v in (("--recipe", recipe), ("--steps", steps), ("--seed", seed), ("key=value", overrides),
-                                      ("--inception-weights", inception_weights)) if v]
+        given = [flag for flag, v in (("--recipe", recipe), ("--steps", steps), ("--seed", seed),
+                                      ("key=value", overrides), ("--inception-weights", inception_weights)) if v]
         if given:
-            raise UserError(f"--synthetic runs the paper's 2-D problems, which take no recipe: drop {', '.join(given)}.")
+            raise UserError("--synthetic runs the paper's 2-D problems, which take no recipe: drop "
+                            f"{', '.join(given)}.")
         if seeds is not None and synthetic != "himmelblau":
             raise UserError(f"--synthetic {synthetic} runs one fixed setting (the paper's figure): drop --seeds, "
                             "which only --synthetic himmelblau takes.")
         _compare_synthetic(names, synthetic, out, 10 if seeds is None else seeds)
         return
-    from .compare.report import difference_table, summary_table
     from .compare.runner import compare as run_compare
 
     if recipe is None:
@@ -309,23 +338,16 @@ def compare(
     result = run_compare(names, recipe, overrides, seeds=seeds, out=out, restart=restart,
                          inception_weights=inception_weights, fid=not no_fid, quiet=quiet,
                          say=lambda m: console.print(m, highlight=False, markup=False, soft_wrap=True))
-    # a log file or pipe gets the whole table, not one cut to 80 columns
-    wide = console if console.is_terminal else Console(width=max(console.width, 200))
-    for i, table in enumerate(filter(None, (summary_table(result), difference_table(result)))):
-        prefix = f"rvq compare: {recipe}, {result.recipe.train.steps} steps, " if i == 0 else ""
-        wide.print(_rich_table(prefix + table.title + " (* best)" * (i == 0) +
-                               " (* interval excludes 0)" * (i == 1), table))
-    for note in result.notes:
-        console.print(f"note: {note}", highlight=False, markup=False, soft_wrap=True)
-    console.print(f"report: {result.md_path} and {result.json_path}; figures in {result.out_dir / 'figures'}",
-                  highlight=False, markup=False, soft_wrap=True)
+    _print_report(result.tables, [f"note: {note}" for note in result.notes],
+                  f"report: {result.md_path} and {result.json_path}; figures in {result.out_dir / 'figures'}")
 
 
-def _rich_table(title: str, table) -> Table:
-    """A report table (header and rows of cells) as a rich Table; marked cells bold with a star."""
+def _rich_table(table) -> Table:
+    """A report table (``rvq_cli.compare.tables.Table``) as a rich Table: the first column left,
+    the others right; marked cells bold with a star, which the title explains."""
     from rich.markup import escape
 
-    out = Table(title=escape(title))
+    out = Table(title=escape(table.title + (f" (* {table.marks})" if table.marks else "")))
     for i, col in enumerate(table.header):
         out.add_column(escape(col), justify="left" if i == 0 else "right")
     for row in table.rows:
@@ -333,19 +355,22 @@ def _rich_table(title: str, table) -> Table:
     return out
 
 
+def _print_report(tables, lines: list[str], footer: str) -> None:
+    """A comparison's tables (recipe or synthetic alike), then its lines of text and where the
+    report is."""
+    # a log file or pipe gets the whole table, not one cut to 80 columns
+    wide = console if console.is_terminal else Console(width=max(console.width, 200))
+    for table in tables:
+        wide.print(_rich_table(table))
+    for line in lines + [footer]:
+        console.print(line, highlight=False, markup=False, soft_wrap=True)
+
+
 def _compare_synthetic(names: list[str], problem: str, out: Optional[Path], seeds: int) -> None:
     from .compare.synthetic_report import run_synthetic
 
     result = run_synthetic(problem, names, out=out or Path("runs") / f"synthetic-{problem}", seeds=seeds)
-    table = Table(title=result.title)
-    for col in result.columns:
-        table.add_column(col, justify="right" if col != "estimator" else "left")
-    for row in result.rows:
-        table.add_row(*row)
-    console.print(table)
-    for line in result.lines:
-        console.print(line, highlight=False, markup=False, soft_wrap=True)
-    console.print(f"report: {result.json_path}; figure: {result.figure}", highlight=False, markup=False, soft_wrap=True)
+    _print_report(result.tables, result.lines, f"report: {result.json_path}; figure: {result.figure}")
 
 
 data_app = typer.Typer(help="Prepare datasets as webdataset shards.", no_args_is_help=True)
@@ -385,19 +410,33 @@ def data_shards(
 
 @data_app.command("prepare")
 def data_prepare(
-    layout: str = typer.Argument(..., help="imagenet | ffhq | celebahq | folder | bair | ucf101 (docs/datasets.md: what to download)."),
-    src: Path = typer.Argument(..., help="The unpacked download, e.g. ILSVRC/Data/CLS-LOC, ffhq-dataset/images1024x1024, UCF-101."),
-    out: Path = typer.Argument(..., help="Output folder for train-NNNNNN.tar, val-NNNNNN.tar, classes.json, skipped.txt."),
-    val_labels: Optional[Path] = typer.Option(None, "--val-labels", help="imagenet, flat val/: LOC_val_solution.csv (Kaggle) or ILSVRC2012_validation_ground_truth.txt (devkit, with --synsets)."),
-    synsets: Optional[Path] = typer.Option(None, "--synsets", help="imagenet with the devkit's ground truth: the devkit's data/meta.mat."),
-    val_from: Optional[int] = typer.Option(None, "--val-from", help="ffhq: images numbered N and above are validation (default 60000)."),
-    val_fraction: Optional[float] = typer.Option(None, "--val-fraction", help="celebahq: the last fraction by number is validation (default 0.1); folder: a fraction chosen by path hash (default 0)."),
-    train_list: Optional[Path] = typer.Option(None, "--train-list", help="ffhq, celebahq: file names of the training images, one a line (with --val-list); ucf101: the official trainlist01.txt."),
-    val_list: Optional[Path] = typer.Option(None, "--val-list", help="ffhq, celebahq: file names of the validation images, one a line; ucf101: testlist01.txt."),
-    size: Optional[int] = typer.Option(None, "--size", help="Store images downscaled to this short side (bicubic, JPEG quality 95; videos: every frame resized to it); default: the original size."),
+    layout: str = typer.Argument(..., help="imagenet | ffhq | celebahq | folder | bair | ucf101 (docs/datasets.md: "
+                                 "what to download)."),
+    src: Path = typer.Argument(..., help="The unpacked download, e.g. ILSVRC/Data/CLS-LOC, "
+                               "ffhq-dataset/images1024x1024, UCF-101."),
+    out: Path = typer.Argument(...,
+                               help="Output folder for train-NNNNNN.tar, val-NNNNNN.tar, classes.json, skipped.txt."),
+    val_labels: Optional[Path] = typer.Option(None, "--val-labels", help="imagenet, flat val/: LOC_val_solution.csv "
+                                              "(Kaggle) or ILSVRC2012_validation_ground_truth.txt (devkit, with "
+                                              "--synsets)."),
+    synsets: Optional[Path] = typer.Option(None, "--synsets",
+                                           help="imagenet with the devkit's ground truth: the devkit's data/meta.mat."),
+    val_from: Optional[int] = typer.Option(None, "--val-from",
+                                           help="ffhq: images numbered N and above are validation (default 60000)."),
+    val_fraction: Optional[float] = typer.Option(None, "--val-fraction", help="celebahq: the last fraction by number "
+                                                 "is validation (default 0.1); folder: a fraction chosen by path hash "
+                                                 "(default 0)."),
+    train_list: Optional[Path] = typer.Option(None, "--train-list", help="ffhq, celebahq: file names of the training "
+                                              "images, one a line (with --val-list); ucf101: the official "
+                                              "trainlist01.txt."),
+    val_list: Optional[Path] = typer.Option(None, "--val-list", help="ffhq, celebahq: file names of the validation "
+                                            "images, one a line; ucf101: testlist01.txt."),
+    size: Optional[int] = typer.Option(None, "--size", help="Store images downscaled to this short side (bicubic, JPEG "
+                                       "quality 95; videos: every frame resized to it); default: the original size."),
     per_shard: int = typer.Option(1000, "--per-shard", help="Images (videos) per shard."),
     workers: int = typer.Option(0, "--workers", help="Reader processes (0: up to 4, by CPU count)."),
-    restart: bool = typer.Option(False, "--restart", help="Discard what an earlier prepare wrote in OUT (shards, records) and start over."),
+    restart: bool = typer.Option(False, "--restart",
+                                 help="Discard what an earlier prepare wrote in OUT (shards, records) and start over."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Turn ImageNet, FFHQ, CelebA-HQ, a folder, BAIR Robot Pushing or UCF101 into train/val shards

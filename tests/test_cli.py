@@ -1,9 +1,11 @@
 """The rvq command, driven as a user runs it (the installed console script)."""
 
 import os
+import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -23,10 +25,50 @@ def test_version():
     assert res.stdout.strip() == f"rvq {rvq_cli.__version__}"
 
 
-def test_help_lists_commands():
-    res = run("--help")
-    assert res.returncode == 0
-    assert "estimators" in res.stdout
+# what README.md's command table documents: a command dropped from the app fails here
+README_COMMANDS = {("train",), ("eval",), ("encode",), ("decode",), ("data",), ("data", "shards"),
+                   ("data", "prepare"), ("recipes",), ("validate",), ("compare",), ("estimators",)}
+
+
+def registered_commands() -> dict[tuple[str, ...], list[str]]:
+    """Every command group of the Typer app (() is rvq itself) -> its visible sub-commands, read
+    from the app object, so a command added later is covered without editing this test."""
+    import typer
+
+    from rvq_cli.cli import app
+
+    groups, todo = {}, [((), typer.main.get_command(app))]
+    while todo:
+        path, group = todo.pop()
+        groups[path] = [name for name, cmd in group.commands.items() if not cmd.hidden]
+        todo += [(path + (name,), cmd) for name, cmd in group.commands.items()
+                 if hasattr(cmd, "commands") and not cmd.hidden]  # a sub-command group
+    return groups
+
+
+def listed_commands(help_text: str) -> list[str]:
+    """The names in the Commands panel(s) of a rich --help page: rows that start "│ name  "."""
+    panel, names = False, []
+    for line in help_text.splitlines():
+        if line.startswith("╭─"):
+            panel = "Commands" in line
+        elif panel and (m := re.match(r"│ (\S+) ", line)):
+            names.append(m.group(1))
+    return names
+
+
+def test_help_lists_every_registered_command():
+    groups = registered_commands()
+    registered = {path + (name,) for path, names in groups.items() for name in names}
+    assert README_COMMANDS <= registered, f"documented in README.md, not in the app: {README_COMMANDS - registered}"
+    assert ("data",) in groups  # the sub-command group is walked too
+    for path, names in groups.items():  # rvq --help, rvq data --help, and any group added later
+        res = run(*path, "--help")
+        assert res.returncode == 0, res.stderr
+        assert sorted(listed_commands(res.stdout)) == sorted(names), (path, res.stdout)
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for command in sorted(registered):  # a new command is documented in README.md's command table
+        assert f"| `rvq {' '.join(command)}" in readme, f"rvq {' '.join(command)} is not in README.md's table"
 
 
 def test_estimators_lists_and_checks_every_estimator():
@@ -71,10 +113,11 @@ def test_every_user_facing_error_shares_one_base():
     from rvq_cli.config import RecipeError
     from rvq_cli.data import DataError
     from rvq_cli.errors import RvqError
-    from rvq_cli.evaluate import CheckpointError, EvalError
+    from rvq_cli.evaluate import EvalError
     from rvq_cli.evaluate.fidelity import FidelityError
     from rvq_cli.evaluate.i3d import I3DError
     from rvq_cli.losses import PerceptualError
+    from rvq_cli.runs import CheckpointError
     from rvq_cli.tokens import EncodeError, TokenError
     from rvq_cli.train import TrainingError
 

@@ -1,6 +1,7 @@
 """The report of ``rvq compare``: the tables (over seeds, seed-paired differences, per seed) as
-rows that the CLI and compare.md render alike, and the figures: training curves with the seed
-spread, gradient diagnostics, codebook-usage histograms and a reconstruction grid (PNG).
+:class:`.tables.Table` rows that the CLI and compare.md render alike, and the figures: training
+curves with the seed spread, gradient diagnostics, codebook-usage histograms and a reconstruction
+grid (PNG). It reads a :class:`.results.CompareResult`; the runner makes one.
 
 Every plotting function returns the figure's data as drawn, so tests can compare what is on
 the page with what the runs logged.
@@ -8,24 +9,26 @@ the page with what the runs logged.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
 
-from .plotting import new_figure, save_figure
+from .plotting import hide_ticks, new_figure, save_figure
+from .results import COLUMNS, TRAIN_WINDOW, CompareResult, EstimatorRun
+from .stats import LEVEL
+from .tables import Cell, Table
 
-if TYPE_CHECKING:
-    from .runner import CompareResult, EstimatorRun
-
-__all__ = ["CURVES", "DIAGNOSTICS", "Cell", "Table", "difference_table", "format_value", "plot_reconstructions",
-           "plot_series", "plot_usage", "seed_table", "summary_table", "write_figures", "write_markdown"]
+__all__ = ["CURVES", "DIAGNOSTICS", "Cell", "Table", "console_tables", "difference_table", "format_value",
+           "plot_reconstructions", "plot_series", "plot_usage", "seed_table", "summary_table", "write_figures",
+           "write_markdown"]
 
 # (metric in metrics.jsonl, panel title, log scale)
 CURVES = (("rec_loss", "train reconstruction loss", True), ("usage", "codebook usage per batch", False),
-          ("quant_error", "quantization error", True), ("val_rec_loss", "reconstruction loss, 8 fixed val images", True))
+          ("quant_error", "quantization error", True),
+          ("val_rec_loss", "reconstruction loss, 8 fixed val images", True))
 DIAGNOSTICS = (("grad_cos", "cos(grad_e, g)", False), ("obtuse", "rows with angle(e, q) > 90°", False),
                ("fallbacks", "degenerate-row fallbacks per log", False))
 
@@ -33,25 +36,6 @@ DIAGNOSTICS = (("grad_cos", "cos(grad_e, g)", False), ("obtuse", "rows with angl
 # --------------------------------------------------------------------------------------------
 # tables
 # --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Cell:
-    text: str
-    mark: bool = False  # best (summary table) or an interval that excludes zero (differences)
-
-
-@dataclass(frozen=True)
-class Table:
-    title: str
-    header: list[str]
-    rows: list[list[Cell]]
-
-    def markdown(self) -> list[str]:
-        lines = ["| " + " | ".join(self.header) + " |", "|---|" + "---|" * (len(self.header) - 1)]
-        for row in self.rows:
-            lines.append("| " + " | ".join(f"**{c.text}**" if c.mark else c.text for c in row) + " |")
-        return lines
 
 
 def format_value(v, fmt: str) -> str:
@@ -65,14 +49,12 @@ def _signed(v: float, fmt: str) -> str:
 
 def _columns(table: dict) -> list:
     """The columns that any estimator has a value for in ``table`` (estimator -> column -> value)."""
-    from .runner import COLUMNS
-
     return [c for c in COLUMNS if any(c.key in per for per in table.values())]
 
 
 def summary_table(result: CompareResult) -> Table:
     """One row per estimator: the mean ± std over seeds of every column (the value itself for
-    one seed); ``mark`` on the best, as :func:`runner.best_values` decides."""
+    one seed); ``mark`` on the best, as :func:`.results.best_values` decides."""
     cols = _columns(result.summary)
     rows = []
     for name in result.estimators:
@@ -84,14 +66,12 @@ def summary_table(result: CompareResult) -> Table:
         rows.append(cells)
     n = len(result.seeds)
     title = f"mean ± std over {n} seeds" if n > 1 else f"seed {result.seeds[0]}"
-    return Table(title, ["estimator"] + [c.label for c in cols], rows)
+    return Table(title, ["estimator"] + [c.label for c in cols], rows, marks="best")
 
 
 def difference_table(result: CompareResult) -> Table | None:
     """One row per estimator after the first: the seed-paired difference to the first with its
     interval, ``mark`` where the interval excludes zero; None with fewer than two seeds."""
-    from .stats import LEVEL
-
     if len(result.seeds) < 2 or len(result.estimators) < 2:
         return None
     cols = _columns(result.differences)
@@ -108,17 +88,23 @@ def difference_table(result: CompareResult) -> Table | None:
         rows.append(cells)
     title = (f"seed-paired difference to {result.baseline}: mean [{LEVEL:.0%} interval] over "
              f"{len(result.seeds)} seeds")
-    return Table(title, ["difference"] + [c.label for c in cols], rows)
+    return Table(title, ["difference"] + [c.label for c in cols], rows, marks="interval excludes 0")
 
 
 def seed_table(result: CompareResult) -> Table:
     """One row per run (estimator and seed): the column values of that seed alone."""
-    from .runner import COLUMNS
-
     cols = [c for c in COLUMNS if any(r.value(c.key) is not None for r in result.runs)]
     rows = [[Cell(r.name), Cell(str(r.seed))] + [Cell(format_value(r.value(c.key), c.fmt)) for c in cols]
             for r in sorted(result.runs, key=lambda r: (result.estimators.index(r.name), r.seed))]
     return Table("every seed", ["estimator", "seed"] + [c.label for c in cols], rows)
+
+
+def console_tables(result: CompareResult, recipe_path) -> list[Table]:
+    """What the CLI prints of a comparison: the summary over seeds, headed by the recipe and its
+    step count, then the seed-paired differences when there are any."""
+    summary = summary_table(result)
+    heading = f"rvq compare: {recipe_path}, {result.recipe.train.steps} steps, "
+    return [replace(summary, title=heading + summary.title)] + list(filter(None, [difference_table(result)]))
 
 
 # --------------------------------------------------------------------------------------------
@@ -202,8 +188,8 @@ def plot_usage(runs: list[EstimatorRun], path: Path) -> dict[str, list[np.ndarra
 def plot_reconstructions(images: torch.Tensor, runs: list[EstimatorRun], path: Path) -> dict[str, torch.Tensor]:
     """The same validation images (top row) reconstructed by each run's final checkpoint, one row
     per run, in eval mode; returns the reconstructions in [-1, 1]."""
-    from ..evaluate import load_tokenizer
-    from ..evaluate.evaluator import _grid_frames
+    from ..grids import grid_frames
+    from ..runs import load_tokenizer
 
     recs = {}
     for run in runs:
@@ -212,15 +198,14 @@ def plot_reconstructions(images: torch.Tensor, runs: list[EstimatorRun], path: P
             recs[run.name] = tok.model(images.to(next(tok.model.parameters()).device)).reconstruction.float() \
                 .clamp(-1, 1).cpu()
     if images.dim() == 5:  # clips: 4 evenly spaced frames of each, side by side
-        images, recs = _grid_frames(images), {k: _grid_frames(v) for k, v in recs.items()}
+        images, recs = grid_frames(images), {k: grid_frames(v) for k, v in recs.items()}
     rows = [("original", images)] + list(recs.items())
     n = len(images)
     fig, axes = new_figure(len(rows), max(n, 1), figsize=(1.3 * max(n, 1), 1.4 * len(rows)))
     for i, (label, batch) in enumerate(rows):
         for j in range(max(n, 1)):
             ax = axes[i][j]
-            ax.set_xticks([])
-            ax.set_yticks([])
+            hide_ticks(ax)
             if j < n:
                 img = ((batch[j] + 1) / 2).clamp(0, 1).permute(1, 2, 0).numpy()
                 ax.imshow(img.squeeze(-1) if img.shape[-1] == 1 else img, cmap="gray" if img.shape[-1] == 1 else None)
@@ -246,8 +231,6 @@ def write_figures(folder: Path, runs: list[EstimatorRun], images: torch.Tensor,
 
 
 def write_markdown(result: CompareResult, recipe_path, overrides) -> Path:
-    from .runner import TRAIN_WINDOW
-
     r = result.recipe
     seeds = ", ".join(map(str, result.seeds))
     fingerprints = sorted({run.init_fingerprint for run in result.runs})

@@ -17,32 +17,41 @@ written on other data), a run with an earlier checkpoint resumes, so an interrup
 continues where it stopped. Separate processes may each train one estimator into the same
 OUT (each run directory is locked while trained); a last ``rvq compare`` naming them all then
 only evaluates what is missing and writes the report.
+
+This module trains and evaluates; what it returns (:class:`~.results.CompareResult`, its
+columns and statistics) is defined in :mod:`.results`, and :mod:`.report` renders it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import shutil
-import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 from ..config import Recipe, RecipeError, load_recipe
-from ..errors import RvqError
+from ..errors import RvqError, option
 from ..files import write_json_atomic
 from ..jobs import job_differences
 from ..quantize import ESTIMATORS
-from .stats import LEVEL, Difference, Summary, better_than, paired_difference, summarize
+from ..runs import (
+    METRICS,
+    CheckpointError,
+    flat_recipe,
+    latest_checkpoint,
+    read_state,
+    recipe_changes,
+    saved_recipe,
+    saved_step,
+)
+from .results import TRAIN_WINDOW, CompareResult, EstimatorRun, best_values, missing_values, seed_statistics, to_json
 
-__all__ = ["COLUMNS", "CompareError", "CompareResult", "EstimatorRun", "compare", "init_fingerprint", "run_dir_of"]
+__all__ = ["CompareError", "compare", "init_fingerprint", "run_dir_of"]
 
-TRAIN_WINDOW = 0.1  # training metrics: the mean over the logs of the last tenth of the steps
 GRID_IMAGES = 8
 EVAL_FILE = "compare-eval.json"  # the comparison's own evaluation of each run (beside compare-eval.png)
 REPORT_FILES = ("compare.json", "compare.md", "figures")
@@ -52,75 +61,12 @@ class CompareError(RvqError):
     """A comparison that cannot start or continue; the message says why and what to do."""
 
 
-@dataclass(frozen=True)
-class Column:
-    key: str  # "train.usage" or "eval.rfid": section and metric
-    label: str
-    better: str  # "high" or "low"; "" for no ranking
-    fmt: str = "{:.4g}"
-
-
-# The paper's Table 1, then throughput and the gradient diagnostics.
-COLUMNS = (
-    Column("train.usage", "usage ↑", "high", "{:.1%}"),
-    Column("train.rec_loss", "train rec ↓", "low"),
-    Column("train.quant_error", "quant err ↓", "low", "{:.3e}"),
-    Column("eval.rec_loss", "val rec ↓", "low"),
-    Column("eval.rfid", "r-FID ↓", "low", "{:.2f}"),
-    Column("eval.ris", "r-IS ↑", "high", "{:.2f}"),
-    Column("train.steps_per_s", "steps/s ↑", "high", "{:.2f}"),
-    Column("eval.usage", "val usage ↑", "high", "{:.1%}"),
-    Column("eval.quant_error", "val quant err ↓", "low", "{:.3e}"),
-    Column("eval.quant_error_relative", "val rel. quant err ↓", "low", "{:.3e}"),
-    Column("train.grad_cos", "cos(∇e, g)", "", "{:.3f}"),
-    Column("train.obtuse", "obtuse", "", "{:.2%}"),
-    Column("train.fallbacks", "fallbacks", "", "{:.0f}"),
-)
-
-
-@dataclass
-class EstimatorRun:
-    name: str
-    seed: int
-    run_dir: Path
-    status: str  # "trained", "resumed" or "reused"
-    train: dict  # training metrics over the last tenth of the run, plus steps_per_s
-    eval: dict  # eval.json's metrics
-    init_fingerprint: str
-    history: list[dict] = field(repr=False, default_factory=list)  # metrics.jsonl
-    code_counts: list[int] = field(repr=False, default_factory=list)  # per code, over the validation set
-
-    def value(self, key: str):
-        section, metric = key.split(".", 1)
-        return getattr(self, section).get(metric)
-
-
-@dataclass
-class CompareResult:
-    out_dir: Path
-    recipe: Recipe
-    estimators: list[str]  # in the order given; the first is the baseline of the differences
-    seeds: list[int]
-    runs: list[EstimatorRun]  # one per (seed, estimator), seed-major
-    summary: dict[str, dict[str, Summary]]  # estimator -> column key -> over seeds
-    differences: dict[str, dict[str, Difference]]  # estimator (not the first) -> column key -> vs the first
-    best: dict[str, list[str]]  # column key -> the estimator shown better than every other (LEVEL interval)
-    json_path: Path
-    md_path: Path
-    figures: dict[str, Path]
-    notes: list[str]
-
-    @property
-    def baseline(self) -> str:
-        return self.estimators[0]
-
-
 def init_fingerprint(recipe: Recipe) -> str:
     """SHA-256 (16 hex digits) of the initial parameters and buffers a run of ``recipe`` starts
     from: the trainer seeds, then builds the model, exactly as here."""
     from accelerate.utils import set_seed
 
-    from ..train.build import build_tokenizer
+    from ..models import build_tokenizer
 
     set_seed(recipe.train.seed)
     model = build_tokenizer(recipe.model, recipe.data.image_size, recipe.data.frames)
@@ -135,9 +81,7 @@ def _job(recipe: Recipe) -> dict:
     """What every run of the comparison shares, as dotted keys: the recipe without the estimator,
     the seed, the output dir and the step count (a comparison may be extended to more seeds, and
     to more steps: every run then resumes to the new count)."""
-    from ..train.trainer import _flatten
-
-    flat = _flatten(recipe.model_dump(mode="json"))
+    flat = flat_recipe(recipe)
     for key in ("model.quantizer.estimator", "train.seed", "output.dir", "train.steps"):
         flat.pop(key)
     return flat
@@ -150,7 +94,8 @@ def run_dir_of(out: Path, name: str, seed: int) -> Path:
 
 def _check_seeds(seeds: list[int]) -> None:
     if not seeds:
-        raise CompareError("give at least one seed (--seeds N trains seeds S, S+1, ..., S+N-1 from --seed S).")
+        raise CompareError(f"give at least one seed ({option('seeds')} N trains seeds S, S+1, ..., S+N-1 from the "
+                           "recipe's train.seed S).")
     bad = [s for s in seeds if not isinstance(s, int) or isinstance(s, bool) or s < 0]
     if bad:
         raise CompareError(f"seeds must be non-negative integers, got {', '.join(map(repr, bad))}.")
@@ -190,7 +135,8 @@ class _Lock:
                     pid = 0
                 if pid and _alive(pid):
                     raise CompareError(f"{self.path.parent} is being trained by process {pid}. Wait for it (a "
-                                       "later rvq compare reuses the finished run), or compare into another --out.")
+                                       "later rvq compare reuses the finished run), or compare into another "
+                                       f"{option('out')}.") from None
                 self.path.unlink(missing_ok=True)  # stale: its process is gone
                 continue
             with os.fdopen(fd, "w") as f:
@@ -213,7 +159,7 @@ def _alive(pid: int) -> bool:
 
 
 def _history(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
+    path = run_dir / METRICS
     if not path.is_file():
         return []
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -244,26 +190,27 @@ def _train_summary(history: list[dict], steps: int, images_per_step: int) -> dic
 
 def _run_status(run_dir: Path, recipe: Recipe) -> tuple[str, Path | None]:
     """("new" | "partial" | "done", latest checkpoint); raises when the run is of another recipe."""
-    from ..train.checkpoint import latest_checkpoint
-    from ..train.trainer import TrainingError, _check_resume_recipe
-
     ckpt = latest_checkpoint(run_dir)
     if ckpt is None:
         return "new", None
     try:
-        _check_resume_recipe(load_recipe(ckpt / "recipe.yaml", check_paths=False), recipe)
-    except (TrainingError, RecipeError) as err:
-        raise CompareError(f"{run_dir} holds a run of another recipe: {err} Use --restart to train it again, "
-                           "or another --out.") from None
-    step = json.loads((ckpt / "state.json").read_text())["step"]
+        changed = recipe_changes(saved_recipe(ckpt), recipe)
+    except CheckpointError as err:
+        raise CompareError(f"{run_dir} holds a damaged run: {err} Use {option('restart')} to train it again, "
+                           f"or another {option('out')}.") from None
+    if changed:
+        raise CompareError(f"{run_dir} holds a run of another recipe: the recipe differs from the one the run was "
+                           f"started with ({'; '.join(changed)}). Use {option('restart')} to train it again, or "
+                           f"another {option('out')}.")
+    step = saved_step(ckpt)
     if step > recipe.train.steps:
         raise CompareError(f"{run_dir} was trained for {step} steps, more than the {recipe.train.steps} asked now. "
-                           "Use --restart to train it again, or another --out.")
+                           f"Use {option('restart')} to train it again, or another {option('out')}.")
     return ("done" if step == recipe.train.steps else "partial"), ckpt
 
 
 def _images_per_step(ckpt: Path, recipe: Recipe) -> int:
-    world = json.loads((ckpt / "state.json").read_text()).get("world_size", 1)
+    world = read_state(ckpt).get("world_size", 1)
     return recipe.train.batch_size * recipe.train.grad_accum * world
 
 
@@ -273,7 +220,7 @@ def _unseeded_runs(out: Path) -> list[str]:
     if not out.is_dir():
         return []
     return sorted(p.name for p in out.iterdir() if p.is_dir() and p.name in ESTIMATORS
-                  and ((p / "metrics.jsonl").is_file() or (p / "state.json").is_file() or (p / "checkpoints").is_dir()))
+                  and ((p / METRICS).is_file() or latest_checkpoint(p) is not None))
 
 
 def _restart(out: Path, names: list[str], seeds: list[int] | None) -> None:
@@ -324,8 +271,8 @@ def compare(estimators: list[str], recipe_path: str | os.PathLike, overrides: li
     if old_runs and not restart:
         raise CompareError(f"{out} holds runs made before rvq compare kept one folder per seed "
                            f"({', '.join(f'{n}/' for n in old_runs)} instead of <estimator>/seed-<S>/), which it "
-                           "cannot reuse. Use --restart to retrain there (removes those runs and the report), or "
-                           "another --out.")
+                           f"cannot reuse. Use {option('restart')} to retrain there (removes those runs and the "
+                           f"report), or another {option('out')}.")
     for name in old_runs:  # --restart
         shutil.rmtree(out / name)
     if restart and out.is_dir():
@@ -334,8 +281,8 @@ def compare(estimators: list[str], recipe_path: str | os.PathLike, overrides: li
     diffs = job_differences(record, job)
     if diffs:
         shown = "; ".join(diffs[:8]) + (f"; and {len(diffs) - 8} more" if len(diffs) > 8 else "")
-        raise CompareError(f"{out} holds a comparison of another recipe ({shown}). Use --restart to start over "
-                           "there (removes its runs and report), or another --out.")
+        raise CompareError(f"{out} holds a comparison of another recipe ({shown}). Use {option('restart')} to "
+                           f"start over there (removes its runs and report), or another {option('out')}.")
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(record, job)
 
@@ -361,11 +308,12 @@ def compare(estimators: list[str], recipe_path: str | os.PathLike, overrides: li
     notes += missing_values(runs, estimators, seeds)
     best = best_values(runs, estimators, seeds)
     if len(seeds) == 1 and len(estimators) > 1:
-        notes.append(f"one seed: no interval, so no value is marked best; rerun with --seeds 3 (seeds "
+        notes.append(f"one seed: no interval, so no value is marked best; rerun with {option('seeds')} 3 (seeds "
                      f"{seeds[0]}..{seeds[0] + 2}) to see which differences exceed the seed-to-seed spread.")
     figures = report.write_figures(out / "figures", runs, _grid_images(base), say=say)
     result = CompareResult(out, base, estimators, seeds, runs, summary, differences, best,
                            out / "compare.json", out / "compare.md", figures, notes)
+    result.tables = report.console_tables(result, recipe_path)
     write_json_atomic(result.json_path, to_json(result, recipe_path, overrides))
     report.write_markdown(result, recipe_path, overrides)
     return result
@@ -377,7 +325,7 @@ def _train_and_evaluate(name: str, seed: int, recipe_path, overrides, out: Path,
     """One run of the comparison, trained (or resumed, or reused) and evaluated under its lock;
     with the evaluation's notes."""
     from ..data import DataError
-    from ..evaluate import CheckpointError, EvalError, evaluate
+    from ..evaluate import EvalError, evaluate
     from ..evaluate.fidelity import FidelityError
     from ..train import TrainingError, train
 
@@ -420,71 +368,6 @@ def _train_and_evaluate(name: str, seed: int, recipe_path, overrides, out: Path,
     ), report_.get("notes", [])
 
 
-def _column_values(runs: list[EstimatorRun], name: str, seeds: list[int], key: str) -> list[float] | None:
-    """The column's value for each seed of ``name``, or None when any seed lacks it."""
-    by_seed = {r.seed: r.value(key) for r in runs if r.name == name}
-    vals = [by_seed.get(s) for s in seeds]
-    return None if any(v is None for v in vals) else [float(v) for v in vals]
-
-
-def missing_values(runs: list[EstimatorRun], estimators: list[str], seeds: list[int]) -> list[str]:
-    """A note for every column that some seeds of an estimator have and others lack (that
-    estimator's column is then left out of the summary rather than summarised over fewer seeds),
-    and for every non-finite value (a diverged run: never marked best)."""
-    notes = []
-    for col in COLUMNS:
-        for name in estimators:
-            by_seed = {r.seed: r.value(col.key) for r in runs if r.name == name}
-            have = [s for s in seeds if by_seed.get(s) is not None]
-            if have and len(have) < len(seeds):
-                lacking = ", ".join(str(s) for s in seeds if s not in have)
-                notes.append(f"{col.label}: {name} has no value for seed(s) {lacking}, so its column is not "
-                             "summarised.")
-            bad = [s for s in have if not math.isfinite(float(by_seed[s]))]
-            if bad:
-                notes.append(f"{col.label}: {name} is not finite for seed(s) {', '.join(map(str, bad))} "
-                             "(a diverged run?); its summary is not finite and never marked best.")
-    return notes
-
-
-def seed_statistics(runs: list[EstimatorRun], estimators: list[str], seeds: list[int]
-                    ) -> tuple[dict[str, dict[str, Summary]], dict[str, dict[str, Difference]]]:
-    """Per estimator and column: the summary over seeds; per estimator after the first: the
-    seed-paired difference to the first."""
-    summary: dict[str, dict[str, Summary]] = {n: {} for n in estimators}
-    differences: dict[str, dict[str, Difference]] = {n: {} for n in estimators[1:]}
-    for col in COLUMNS:
-        base = _column_values(runs, estimators[0], seeds, col.key)
-        for name in estimators:
-            vals = _column_values(runs, name, seeds, col.key)
-            if vals is None:
-                continue
-            summary[name][col.key] = summarize(vals)
-            if name != estimators[0] and base is not None:
-                differences[name][col.key] = paired_difference(vals, base)
-    return summary, differences
-
-
-def best_values(runs: list[EstimatorRun], estimators: list[str], seeds: list[int]) -> dict[str, list[str]]:
-    """Per ranked column, the estimator whose seed-paired difference to every other estimator has
-    a LEVEL interval on the better side of zero (at most one; none with one seed or one estimator)."""
-    best: dict[str, list[str]] = {}
-    if len(estimators) < 2 or len(seeds) < 2:
-        return best
-    for col in COLUMNS:
-        if not col.better:
-            continue
-        vals = {n: v for n in estimators if (v := _column_values(runs, n, seeds, col.key)) is not None}
-        if len(vals) < 2:
-            continue
-        for cand, mine in vals.items():
-            if all(better_than(paired_difference(mine, other), col.better)
-                   for name, other in vals.items() if name != cand):
-                best[col.key] = [cand]
-                break
-    return best
-
-
 def _has_inception(path) -> bool:
     from ..evaluate import fidelity
 
@@ -494,42 +377,10 @@ def _has_inception(path) -> bool:
 def _grid_images(recipe: Recipe) -> torch.Tensor:
     """The first GRID_IMAGES validation images (video: the first 2 clips), centre-cropped as rvq
     eval sees them."""
-    from ..train.trainer import _data_patterns, _loader, batch_tensor
+    from ..data.loader import batch_tensor, build_loader, data_patterns
 
-    _, val = _data_patterns(recipe)
-    here = recipe.model_copy(update={"data": recipe.data.model_copy(update={"num_workers": 0})})
-    for batch in _loader(val, here, train=False):
+    _, val = data_patterns(recipe)
+    for batch in build_loader(val, recipe, train=False, num_workers=0):
         x = batch_tensor(batch)
         return x[:2] if x.dim() == 5 else x[:GRID_IMAGES]
     return torch.zeros(0, recipe.model.in_channels, recipe.data.image_size, recipe.data.image_size)
-
-
-def _summary_json(x: Summary | Difference) -> dict:
-    out = {"mean": x.mean, "std": x.std, "values": list(x.values)}
-    if isinstance(x, Difference):
-        out.update(low=x.low, high=x.high, excludes_zero=x.excludes_zero)
-    return out
-
-
-def to_json(result: CompareResult, recipe_path, overrides) -> dict:
-    return {
-        "recipe": str(recipe_path), "overrides": list(overrides), "steps": result.recipe.train.steps,
-        "estimators": result.estimators, "seeds": result.seeds, "validation": result.recipe.data.val,
-        "train_window": f"mean over the logs of the last {TRAIN_WINDOW:.0%} of the steps",
-        "columns": [{"key": c.key, "label": c.label, "better": c.better} for c in COLUMNS],
-        "runs": [{"estimator": r.name, "seed": r.seed, "run_dir": str(r.run_dir), "status": r.status,
-                  "init_fingerprint": r.init_fingerprint, "train": r.train, "eval": r.eval} for r in result.runs],
-        "summary": {n: {k: _summary_json(v) for k, v in cols.items()} for n, cols in result.summary.items()},
-        "differences": {
-            "baseline": result.baseline, "level": LEVEL,
-            "interval": "Student's t over seeds of the seed-paired differences (estimator − baseline)",
-            "estimators": {n: {k: _summary_json(v) for k, v in cols.items()}
-                           for n, cols in result.differences.items()},
-        },
-        "best": result.best,
-        "best_rule": f"the estimator whose paired difference to every other has a {LEVEL:.0%} interval on the "
-                     "better side of zero; none with one seed",
-        "figures": {k: str(v) for k, v in result.figures.items()},
-        "notes": result.notes,
-        "written": time.strftime("%Y-%m-%d %H:%M:%S"),
-    }

@@ -65,7 +65,8 @@ def t_quantile(p: float, df: int) -> float:
 def paired_difference(values: Sequence[float], baseline: Sequence[float], level: float = LEVEL) -> Difference:
     """``values − baseline`` seed by seed, with the t interval of its mean at ``level``."""
     if len(values) != len(baseline) or not values:
-        raise ValueError(f"paired values need the same, non-zero number of seeds, got {len(values)} and {len(baseline)}")
+        raise ValueError(f"paired values need the same, non-zero number of seeds, got {len(values)} and "
+                         f"{len(baseline)}")
     d = tuple(float(a) - float(b) for a, b in zip(values, baseline))
     n, mean, sd = len(d), sum(d) / len(d), _std(d)
     if sd is None:

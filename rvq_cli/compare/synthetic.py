@@ -209,8 +209,8 @@ def himmelblau(
         e_before = e.detach().clone()
         opt.step()
         cb = _ema_update(e_before, idx, size, total, decay)
-        l, d = _measure(e.detach(), cb)
-        loss.append(l)
+        loss_t, d = _measure(e.detach(), cb)
+        loss.append(loss_t)
         dist.append(d)
         if t in snapshot_steps:
             snaps[t] = Snapshot(t, e.detach().numpy().copy(), cb.numpy().copy())

@@ -1,5 +1,6 @@
 """``rvq compare EST... --synthetic himmelblau|voronoi|field``: the paper's 2-D problems run for
-each estimator, summarised as a table, a JSON file and the paper's figure (8, 4, or 2/14).
+each estimator, summarised as a table (:class:`.tables.Table`, as a recipe comparison's), a JSON
+file and the paper's figure (8, 4, or 2/14).
 
 Each ``plot_*`` returns what it drew, so tests compare the picture's data with independent
 computations.
@@ -13,11 +14,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import RvqError
+from ..errors import RvqError, option
 from ..files import write_json_atomic
 from ..quantize import ESTIMATORS, POINTWISE
 from . import synthetic as syn
-from .plotting import new_figure, save_figure
+from .plotting import hide_ticks, new_figure, save_figure
+from .tables import Table, plain_table
 
 __all__ = ["SyntheticError", "SyntheticResult", "plot_field", "plot_himmelblau", "plot_voronoi", "run_synthetic",
            "voronoi_summary"]
@@ -41,6 +43,11 @@ class SyntheticResult:
     figure: Path
     data: dict = field(repr=False, default_factory=dict)
 
+    @property
+    def tables(self) -> list[Table]:
+        """What the CLI prints, in the shape of a recipe comparison's tables (``CompareResult.tables``)."""
+        return [plain_table(self.title, self.columns, self.rows)]
+
 
 def _json(path: Path, obj: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -53,8 +60,9 @@ def _check(names: list[str], problem: str) -> None:
     bad = [n for n in names if n not in POINTWISE]
     if bad:
         kinds = ", ".join(f"{n} ({ESTIMATORS[n].kind})" if n in ESTIMATORS else f"{n} (unknown)" for n in bad)
-        raise SyntheticError(f"--synthetic compares pointwise estimators (a function of e and q alone: "
-                             f"{', '.join(POINTWISE)}); not {kinds}, which need a decoder: compare those on a recipe.")
+        raise SyntheticError(f"{option('problem', flag='--synthetic')} {problem} compares pointwise estimators (a "
+                             f"function of e and q alone: {', '.join(POINTWISE)}); not {kinds}, which need a decoder: "
+                             "compare those on a recipe.")
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
         raise SyntheticError(f"estimator(s) named twice: {', '.join(repeated)}; name each once.")
@@ -65,7 +73,7 @@ def run_synthetic(problem: str, names: list[str], *, out: Path, seeds: int = 10)
     out = Path(out)
     if problem == "himmelblau":
         if seeds < 2:
-            raise SyntheticError(f"--seeds must be at least 2 (the spread needs two runs), got {seeds}.")
+            raise SyntheticError(f"{option('seeds')} must be at least 2 (the spread needs two runs), got {seeds}.")
         return _himmelblau(names, out, seeds)
     if problem == "voronoi":
         return _voronoi(names, out)
@@ -97,8 +105,7 @@ def plot_himmelblau(runs: dict[str, syn.HimmelblauResult], curves: dict[str, np.
             ax.scatter(codes[:, 0], codes[:, 1], s=40, marker="x", color="tab:red")
             ax.set_xlim(-5.5, 5.5)
             ax.set_ylim(-5.5, 5.5)
-            ax.set_xticks([])
-            ax.set_yticks([])
+            hide_ticks(ax)
             ax.set_title(f"{name}: {'start' if step == 0 else f'{step} updates'}", fontsize=9)
         ax = axes[i][-1]
         for other, curve in curves.items():
@@ -186,7 +193,7 @@ def plot_voronoi(runs: dict[str, syn.VoronoiResult], path: Path) -> dict:
         ax.scatter(r.points[0, :, 0], r.points[0, :, 1], s=6, color="tab:blue", alpha=0.35, label="start")
         ax.scatter(r.points[-1, :, 0], r.points[-1, :, 1], s=6, color="tab:blue", label=f"after {len(r.grads)}")
         ax.scatter(r.codes[:, 0], r.codes[:, 1], s=60, marker="x", color="tab:red", label="codes")
-        for k, (c, g) in enumerate(zip(r.codes, r.region_grads)):
+        for _, (c, g) in enumerate(zip(r.codes, r.region_grads)):
             ax.annotate("", xy=tuple(c - 1.2 * g), xytext=tuple(c), arrowprops=dict(arrowstyle="->", color="tab:red"))
         ax.set_title(f"{name}", fontsize=10)
         ax.set_aspect("equal")
@@ -214,8 +221,9 @@ def _voronoi(names: list[str], out: Path) -> SyntheticResult:
     data = {"problem": "voronoi", "setup": setup, "estimators": summary}
     _json(out / "voronoi.json", data)
     lines = [f"setup: {setup}.", "displacement spread 0: the region moved rigidly (a translation); Δ distance < 0: "
-             "points pulled toward their code; Δ spread < 0: the cluster tightened (mean pairwise distance); across/along q: "
-             "the standard deviation of the points' positions perpendicular to and along the code's direction."]
+             "points pulled toward their code; Δ spread < 0: the cluster tightened (mean pairwise distance); "
+             "across/along q: the standard deviation of the points' positions perpendicular to and along the "
+             "code's direction."]
     return SyntheticResult("Voronoi regions (§4.3): how each estimator moves the points of a region",
                            ["estimator", "region", "displacement spread", "Δ distance to code", "Δ spread",
                             "Δ std across q", "Δ std along q"],
@@ -231,7 +239,8 @@ def _capped(v: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return v * (np.clip(n, lo, hi) / np.maximum(n, 1e-300))
 
 
-def plot_field(fields: dict[str, dict[str, syn.FieldResult]], path: Path, cap: tuple[float, float] = (0.5, 3.0)) -> dict:
+def plot_field(fields: dict[str, dict[str, syn.FieldResult]], path: Path,
+               cap: tuple[float, float] = (0.5, 3.0)) -> dict:
     """Figure 2 / 14: for each function (rows), the field without quantization, then the field
     each estimator induces (columns); arrow norms capped to ``cap``. Returns the drawn arrows."""
     names = list(next(iter(fields.values())))
@@ -249,8 +258,7 @@ def plot_field(fields: dict[str, dict[str, syn.FieldResult]], path: Path, cap: t
             ax.scatter(first.codes[:, 0], first.codes[:, 1], s=30, marker="x", color="tab:red")
             ax.set_title(f"{label}: f = {fname}", fontsize=9)
             ax.set_aspect("equal")
-            ax.set_xticks([])
-            ax.set_yticks([])
+            hide_ticks(ax)
             drawn[(fname, label)] = arrows
     save_figure(fig, path)
     return drawn

@@ -172,7 +172,8 @@ def test_himmelblau_ten_seed_summary():
     for name, s in summary.items():
         finals = np.array([[r.final_loss, r.final_distortion] for r in runs if r.estimator == name])
         assert s.seeds == tuple(seeds)
-        assert s.loss_mean == pytest.approx(finals[:, 0].mean()) and s.loss_std == pytest.approx(finals[:, 0].std(ddof=1))
+        assert s.loss_mean == pytest.approx(finals[:, 0].mean())
+        assert s.loss_std == pytest.approx(finals[:, 0].std(ddof=1))
         assert s.distortion_mean == pytest.approx(finals[:, 1].mean())
         assert s.distortion_std == pytest.approx(finals[:, 1].std(ddof=1))
         assert all(np.isfinite([s.loss_mean, s.loss_std, s.distortion_mean, s.distortion_std]))

@@ -282,7 +282,7 @@ def test_plot_himmelblau_draws_the_start_and_the_snapshots(tmp_path):
     ("field", ["ste", "nope"], 10, "nope (unknown)"),
     ("voronoi", ["rotation", "ste", "rotation"], 10, "named twice: rotation"),
     ("himmelblau", [], 10, "name the estimators"),
-    ("himmelblau", ["ste", "rotation"], 1, "--seeds must be at least 2"),
+    ("himmelblau", ["ste", "rotation"], 1, "seeds must be at least 2"),  # called from Python: the parameter
     ("spiral", ["ste"], 10, "unknown synthetic problem 'spiral'"),
 ])
 def test_run_synthetic_rejects_bad_arguments(tmp_path, problem, names, seeds, fragment):
