@@ -14,7 +14,8 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["Choice", "compile_modules", "cpu_bf16_instructions", "keep_grad_layouts", "resolve_memory_format", "resolve_precision"]
+__all__ = ["Choice", "compile_modules", "cpu_bf16_instructions", "keep_grad_layouts", "resolve_memory_format",
+           "resolve_precision"]
 
 PRECISIONS = ("auto", "no", "bf16", "fp16")
 MEMORY_FORMATS = ("contiguous", "channels_last")
@@ -136,7 +137,8 @@ def keep_grad_layouts(module: torch.nn.Module) -> int:
     return count
 
 
-def compile_modules(model: torch.nn.Module, disc: torch.nn.Module | None = None, double_backward: bool = False) -> list[str]:
+def compile_modules(model: torch.nn.Module, disc: torch.nn.Module | None = None,
+                    double_backward: bool = False) -> list[str]:
     """``train.compile``: compile the tokenizer's encoder and decoder (and the discriminator) in
     place with ``nn.Module.compile``, so state-dict keys and checkpoints stay as they are. The
     quantizer stays eager (its search, statistics and estimator hooks are data-dependent; the

@@ -21,7 +21,7 @@ class JobProgress:
         )
         self.task = None
 
-    def __enter__(self) -> "JobProgress":
+    def __enter__(self) -> JobProgress:
         self._t0 = time.perf_counter()
         if self.bar is not None:
             self.bar.__enter__()

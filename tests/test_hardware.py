@@ -67,11 +67,10 @@ def test_yaml_no_means_fp32(tmp_path):
 
 
 def test_a_run_records_what_ran(tmp_path):
-    from tiny import TINY, png
-
     from rvq_cli.data import write_shards
     from rvq_cli.train import train
     from rvq_cli.train.trainer import Trainer
+    from tiny import TINY, png
 
     write_shards(({"__key__": f"i{i:03d}", "png": png(i)} for i in range(8)), tmp_path / "d", max_count=8)
     shard = str(tmp_path / "d" / "shard-000000.tar")

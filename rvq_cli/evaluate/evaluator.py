@@ -103,7 +103,8 @@ class _Accumulator:
         self.counts = torch.zeros(codebook_size, dtype=torch.float64)
         self.dim, self.kind, self.fid = codebook_dim, loss_kind, fid
         self.keys: list[str] = []
-        self.feats: dict[str, list[torch.Tensor]] = {"real_pool": [], "real_logits": [], "fake_pool": [], "fake_logits": []}
+        self.feats: dict[str, list[torch.Tensor]] = {k: [] for k in ("real_pool", "real_logits", "fake_pool",
+                                                                     "fake_logits")}
         self.i3d: dict[str, list[torch.Tensor]] = {"real_i3d": [], "fake_i3d": []}
 
     def add(self, x: torch.Tensor, rec: torch.Tensor, out, keys: list[str], inception, i3d=None,
