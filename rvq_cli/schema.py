@@ -16,6 +16,7 @@ from .models.video import FLAVOURS
 from .models.vit import WEIGHT_INITS
 from .quantize.codebook import INITS
 from .quantize.estimators import ESTIMATORS, GAMMAS
+from .quantize.estimators.diveq import DIVEQ_NOISE_STD
 from .quantize.estimators.gumbel import GUMBEL_LOGITS, GUMBEL_SAMPLES, GUMBEL_TEMPERATURE
 from .quantize.quantizer import COSINE_INITS, COSINE_OUTPUTS, EMA_COUNTS, VQ_LOSSES
 
@@ -109,6 +110,10 @@ class QuantizerConfig(_Section):
         "unit", description="cosine lookup: the initial codes stored as unit vectors (unit), or as drawn (as_drawn: "
         "ViT-VQGAN's enhancing-transformers code keeps N(0, 1) codes of norm ≈ √d, normalised only at lookup, "
         "so a learned codebook's Adam steps turn them by smaller angles)")
+    diveq_noise_std: float = Field(
+        DIVEQ_NOISE_STD, ge=0.0, allow_inf_nan=False, description="estimator 'diveq': σ, the standard deviation "
+        "of the noise on the direction of the simulated distortion (the authors' code: 1e-3; "
+        "vector-quantize-pytorch's directional_reparam_variance is σ²)")
 
     @field_validator("temperature")
     @classmethod

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -10,6 +11,7 @@ from torch import Tensor, nn
 
 from . import codebook as cb
 from .estimators import ESTIMATORS, Found, GammaLike, Quantized, get_estimator
+from .estimators.diveq import DIVEQ_NOISE_STD
 from .estimators.gumbel import GUMBEL_LOGITS, GUMBEL_SAMPLES, GUMBEL_TEMPERATURE, cosine_anneal, logit_projection
 
 UPDATES = ("ema", "learned")
@@ -111,6 +113,8 @@ class VectorQuantizer(nn.Module):
         dead_code_threshold: restart codes whose EMA usage count falls below this (0: never).
         chunk: elements per block of the nearest-code search (bounds its peak memory).
         epsilon: the ``exact`` estimator's ε (§3): L = L_q + ε L_e.
+        diveq_noise_std: the ``diveq`` estimator's σ, the standard deviation of the noise on the
+            direction of its simulated distortion.
         temperature: the ``gumbel`` estimator's (start, end) temperature; :meth:`anneal` moves
             between them along a cosine ramp as training progresses.
         temperature_steps: ``gumbel``: optimizer steps of that ramp, then constant at the end
@@ -176,6 +180,7 @@ class VectorQuantizer(nn.Module):
         kl_warmup_steps: int = 0,
         temperature_steps: int | None = None,
         gumbel_sample: str = "soft",
+        diveq_noise_std: float = DIVEQ_NOISE_STD,
     ) -> None:
         super().__init__()
         if dim < 1 or codebook_size < 2:
@@ -193,6 +198,9 @@ class VectorQuantizer(nn.Module):
         if not epsilon > 0:
             raise ValueError(f"epsilon must be > 0, got {epsilon}")
         self.epsilon = float(epsilon)
+        if not (diveq_noise_std >= 0 and math.isfinite(diveq_noise_std)):
+            raise ValueError(f"diveq_noise_std must be finite and >= 0, got {diveq_noise_std}")
+        self.diveq_noise_std = float(diveq_noise_std)
         self._init_gumbel(temperature, kl_weight, kl_warmup_steps, temperature_steps, gumbel_logits, gumbel_sample)
         factorised = self.codebook_dim != dim
         self.project_in = nn.Linear(dim, self.codebook_dim) if factorised else nn.Identity()

@@ -141,7 +141,7 @@ def test_gradients_reach_the_encoder_through_the_estimator():
     assert not torch.allclose(ste.encoder.conv_in.weight.grad, rot.encoder.conv_in.weight.grad, rtol=1e-3, atol=0)
 
 
-@pytest.mark.parametrize("estimator", ["ste", "rotation"])
+@pytest.mark.parametrize("estimator", ["ste", "rotation", "diveq"])
 def test_training_reduces_reconstruction_error(estimator):
     tok = make(seed=5, estimator=estimator, beta=0.25).train()
     x = smooth_images(4, seed=6)

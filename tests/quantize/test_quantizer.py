@@ -22,7 +22,7 @@ from rvq_cli.quantize.quantizer import UPDATES
 
 EST = list(ESTIMATORS)
 POINT = list(POINTWISE)
-HARD = [name for name in EST if name != "gumbel"]  # forward value = the code in training too
+HARD = [name for name in EST if ESTIMATORS[name].kind != "stochastic"]  # forward value = the code in training too
 
 
 def rand(*shape, seed=0, dtype=torch.float32):

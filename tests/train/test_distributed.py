@@ -39,3 +39,17 @@ def test_ddp_sees_gradients_in_the_parameters_layout(tmp_path, shards, run_two):
         res = run_two(path, tmp_path / layout, port, "train.precision=bf16", f"train.memory_format={layout}",
                       f"output.dir={tmp_path / layout / 'run'}")
         assert "Grad strides do not match" not in res.stdout + res.stderr, layout
+
+
+def test_two_processes_keep_a_learned_diveq_codebook_identical(tmp_path, shards, run_two):
+    """DiVeQ draws its direction noise on each rank from that rank's generator; the learned
+    codebook's gradients are averaged by DDP, so both ranks hold the same codes after every step."""
+    path = recipe_file(tmp_path, shards, out="dist")
+    run_two(path, tmp_path, 29536, "model.quantizer.estimator=diveq", "model.quantizer.update=learned",
+            "train.steps=2")
+    a, b = (load_file(str(tmp_path / f"rank{r}.safetensors")) for r in (0, 1))
+    saved = load_file(str(tmp_path / "dist" / "ckpt-00000002" / "model.safetensors"))
+    assert set(a) == set(b) and "quantize.embed_sum" not in a  # a learned codebook: no EMA sums
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+        assert torch.equal(a[k], saved[k]), k

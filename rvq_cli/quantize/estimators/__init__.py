@@ -10,7 +10,8 @@ r = (ê + q̂)/‖ê + q̂‖, g = dL/dq̃.
   Rᵀg (A.9); ``reflection`` λ(I − 2ssᵀ)g (A.8); the released code's forms ``rotation_released``,
   ``rotation_unscaled_released``; ``ste_raw``.
 - loss-level (need the decoder and the loss): ``hessian`` g + H_q(e − q), ``exact`` ∂L_e/∂e.
-- stochastic: ``gumbel``, a Gumbel-softmax mixture of codes.
+- stochastic (a sample in training, the hard code at evaluation): ``gumbel``, a Gumbel-softmax
+  mixture of codes; ``diveq``, e plus a simulated distortion towards q (Vali et al. 2025).
 
 Adding an estimator is one module here (its function or :class:`Estimator` subclass with the
 hooks it needs, and its ``ENTRIES``) plus its line below.
@@ -18,7 +19,7 @@ hooks it needs, and its ``ENTRIES``) plus its line below.
 
 from __future__ import annotations
 
-from . import exact, gumbel, hessian, reflection, rotation, ste
+from . import diveq, exact, gumbel, hessian, reflection, rotation, ste
 from .base import KINDS, Estimator, Found, Quantized
 from .kernels import ANGLE_EPS, NORM_EPS, get_compile, set_compile
 from .reflection import reflection_vjp
@@ -27,9 +28,10 @@ from .rotation import GAMMAS, GammaLike, rotation_vjp, with_gamma
 __all__ = ["ANGLE_EPS", "ESTIMATORS", "GAMMAS", "KINDS", "NORM_EPS", "POINTWISE", "Estimator", "Found", "GammaLike",
            "Quantized", "get_compile", "get_estimator", "reflection_vjp", "rotation_vjp", "set_compile"]
 
-_FOUND = {est.name: est for module in (ste, rotation, reflection, hessian, exact, gumbel) for est in module.ENTRIES}
+_MODULES = (ste, rotation, reflection, hessian, exact, gumbel, diveq)
+_FOUND = {est.name: est for module in _MODULES for est in module.ENTRIES}
 _ORDER = ("ste", "rotation", "rotation_unscaled", "reflection", "rotation_released", "rotation_unscaled_released",
-          "ste_raw", "hessian", "exact", "gumbel")  # as `rvq estimators` lists them
+          "ste_raw", "hessian", "exact", "gumbel", "diveq")  # as `rvq estimators` lists them
 assert set(_ORDER) == set(_FOUND), "every estimator module's ENTRIES are listed in _ORDER"
 ESTIMATORS: dict[str, Estimator] = {name: _FOUND[name] for name in _ORDER}
 
