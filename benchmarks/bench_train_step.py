@@ -1,9 +1,11 @@
 """Does the estimator cost training time? Full training steps of a recipe's model (forward,
-losses, backward, optimizer step) with STE and with the rotation trick, in one process,
-interleaved step by step on the same batches so that machine noise hits both alike.
+losses, backward, optimizer step) with STE and with other methods, in one process, interleaved
+step by step on the same batches so that machine noise hits all alike.
 
 Run:  python benchmarks/bench_train_step.py [--recipe recipes/quickstart.yaml] [--steps 60]
-           [--estimators ste rotation hessian exact gumbel]
+           [--estimators ste rotation ibq diveq hessian exact gumbel fsq rotation:simvq ste:affine]
+A method is an estimator name, ``EST:CODEBOOK`` (an estimator on the simvq or affine codebook
+parameterisation) or ``fsq`` (FSQ with the paper's levels for about the recipe's codebook size).
 Prints the median step time of each and its ratio to STE (goal for rotation: at most 1.02; the
 loss-level estimators cost a double backward (hessian) or a second decoder pass (exact)).
 """
@@ -18,14 +20,30 @@ import torch
 
 from rvq_cli.config import load_recipe
 from rvq_cli.models import build_tokenizer
+from rvq_cli.quantize.fsq import PAPER_LEVELS
 from rvq_cli.train.build import build_optimizer
-from rvq_cli.train.loss_level import estimator_loss, forward_context
 from rvq_cli.train.trainer import reconstruction_loss
 
 
-def make_step(recipe, estimator: str):
+def with_method(recipe, method: str):
+    """The recipe with ``method``'s quantizer settings (see the module docstring)."""
     recipe = recipe.model_copy(deep=True)
-    recipe.model.quantizer.estimator = estimator
+    q = recipe.model.quantizer
+    if method == "fsq":
+        size = min(PAPER_LEVELS, key=lambda k: abs(k - q.codebook_size))
+        q.kind, q.levels, q.estimator = "fsq", list(PAPER_LEVELS[size]), "ste"
+        q.codebook_size, q.codebook_dim = size, len(q.levels)
+        return recipe
+    q.estimator, _, codebook = method.partition(":")
+    if codebook:
+        q.codebook = codebook
+        if codebook == "simvq":
+            q.update = "learned"
+    return recipe
+
+
+def make_step(recipe, estimator: str):
+    recipe = with_method(recipe, estimator)
     torch.manual_seed(recipe.train.seed)
     model = build_tokenizer(recipe.model, recipe.data.image_size).train()
     opt = build_optimizer(model.parameters(), recipe.optim)
@@ -33,11 +51,13 @@ def make_step(recipe, estimator: str):
     def rec(x, r):
         return reconstruction_loss(x, r, recipe.loss.reconstruction)
 
+    est = model.quantize.estimator
+
     def step(x):
-        with forward_context(estimator):
+        with est.forward_context():  # the estimator's hooks, as the trainer runs them
             out = model(x)
             loss = rec(x, out.reconstruction) + out.quantize.loss
-            loss = estimator_loss(loss, out, model.quantize, lambda r: rec(x, r))
+            loss = est.training_loss(loss, out, model.quantize, lambda r: rec(x, r))
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

@@ -142,7 +142,8 @@ def validate(
 
     resolved = load_recipe(recipe, overrides or [])
     q, t = resolved.model.quantizer, resolved.train
-    console.print(f"[green]{recipe}: valid.[/] model {resolved.model.name}, estimator {q.estimator}, "
+    fsq = f"FSQ levels {q.levels}, " if q.kind == "fsq" else ""
+    console.print(f"[green]{recipe}: valid.[/] model {resolved.model.name}, {fsq}estimator {q.estimator}, "
                   f"{q.codebook_size} codes, {t.steps} steps, batch {t.batch_size} × accumulation {t.grad_accum} "
                   "per process.", highlight=False)
     if show:

@@ -5,6 +5,7 @@ are importable from here too."""
 from __future__ import annotations
 
 import copy
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ from pydantic import ValidationError
 
 from .errors import RvqError
 from .quantize.estimators import ESTIMATORS
+from .quantize.fsq import PAPER_LEVELS
 from .schema import (
     DEMO,
     DataConfig,
@@ -238,6 +240,31 @@ def _check_estimator_options(q: QuantizerConfig) -> list[Problem]:
     return problems
 
 
+def _check_codebook(q: QuantizerConfig) -> list[Problem]:
+    """What the codebook parameterisations (simvq, affine) need, and their options under another."""
+    problems, at, defaults = [], "model.quantizer.", QuantizerConfig.model_fields
+    if q.codebook == "simvq":
+        if q.update != "learned":
+            problems.append(Problem(at + "update", f"{q.update!r}: codebook simvq keeps its basis C frozen and learns "
+                                    "the map W by gradient, so it needs update: learned (an EMA update of a frozen "
+                                    "basis is meaningless)"))
+        for key, why in (("init", "SimVQ draws its frozen basis from N(0, 1/d)"),
+                         ("cosine_init", "SimVQ stores its basis as drawn; the codes C Wᵀ are normalised at lookup"),
+                         ("dead_code_threshold", "SimVQ has no stored codes to restart (every code is C Wᵀ)")):
+            if getattr(q, key) != defaults[key].default:
+                problems.append(Problem(at + key, f"{getattr(q, key)!r} has no effect with codebook simvq: {why} "
+                                        "(remove the key)"))
+    if q.codebook == "affine" and q.lookup != "euclidean":
+        problems.append(Problem(at + "lookup", f"{q.lookup!r}: codebook affine shifts and scales the codes, which "
+                                "a cosine lookup would undo; use lookup: euclidean (as vector-quantize-pytorch)"))
+    if q.codebook != "affine":
+        for key in ("affine_batch_decay", "affine_codebook_decay", "affine_sync"):
+            if getattr(q, key) != defaults[key].default:
+                problems.append(Problem(at + key, f"{getattr(q, key)!r} acts on codebook affine only; this recipe's "
+                                        f"codebook is {q.codebook!r} (remove the key or set codebook: affine)"))
+    return problems
+
+
 def _check_gumbel(q: QuantizerConfig) -> list[Problem]:
     """What the gumbel estimator's linear logits need."""
     problems, at = [], "model.quantizer."
@@ -258,6 +285,40 @@ def _check_gumbel(q: QuantizerConfig) -> list[Problem]:
     return problems
 
 
+# model.quantizer keys that kind fsq reads (or derives from its levels); it ignores every other key
+FSQ_KEYS = ("kind", "levels", "dim", "codebook_size", "codebook_dim", "estimator")
+
+
+def _check_fsq(recipe: Recipe) -> list[Problem]:
+    """kind fsq: levels given, the keys derived from them in agreement, no key that FSQ would ignore."""
+    q, at = recipe.model.quantizer, "model.quantizer."
+    if q.levels is None:
+        sets = ", ".join(f"{list(v)} ({math.prod(v)} codes)" for v in PAPER_LEVELS.values())
+        return [Problem(at + "levels", f"kind fsq needs levels, the number of levels of each code channel; the FSQ "
+                        f"paper's sets: {sets}")]
+    problems, n, d = [], math.prod(q.levels), len(q.levels)
+    if q.codebook_size != n:
+        problems.append(Problem(at + "codebook_size", f"{q.codebook_size} disagrees with levels {q.levels}, which "
+                                f"give ∏ levels = {n} codes; remove codebook_size (kind fsq derives it) or set it "
+                                f"to {n}"))
+    if q.codebook_dim not in (None, d):
+        problems.append(Problem(at + "codebook_dim", f"{q.codebook_dim} disagrees with levels {q.levels}: FSQ codes "
+                                f"have one channel per level, {d}; remove codebook_dim or set it to {d}"))
+    if q.estimator != "ste":
+        problems.append(Problem(at + "estimator", f"{q.estimator!r}: kind fsq rounds each channel with the "
+                                "straight-through estimator, its only one; remove the key or set estimator: ste"))
+    fields = QuantizerConfig.model_fields
+    for key in fields:
+        if key not in FSQ_KEYS and getattr(q, key) != fields[key].default:
+            problems.append(Problem(at + key, f"{getattr(q, key)!r} has no effect with kind fsq, which has no "
+                                    "codebook to look up, update or restart and no commitment or codebook loss; "
+                                    "remove the key"))
+    if recipe.loss.codebook_weight != LossConfig.model_fields["codebook_weight"].default:
+        problems.append(Problem("loss.codebook_weight", f"{recipe.loss.codebook_weight} weights the quantizer's "
+                                "loss, which kind fsq does not have; remove the key"))
+    return problems
+
+
 def check_recipe(recipe: Recipe, check_paths: bool = True) -> list[Problem]:
     """Checks across fields, which the per-field schema cannot express."""
     q = recipe.model.quantizer
@@ -270,6 +331,7 @@ def check_recipe(recipe: Recipe, check_paths: bool = True) -> list[Problem]:
     problems += _check_without_effect(recipe)
     problems += _check_estimator_options(q)
     problems += _check_gumbel(q)
+    problems += _check_codebook(q)
     if recipe.model.pixel_norm == "clip" and recipe.model.in_channels != 3:
         problems.append(Problem("model.pixel_norm", f"'clip' has statistics for RGB images (3 channels); this "
                                 f"model has {recipe.model.in_channels} input channels (use signed)"))
@@ -277,6 +339,11 @@ def check_recipe(recipe: Recipe, check_paths: bool = True) -> list[Problem]:
         problems.append(Problem("model.quantizer.gamma",
                                 f"gamma is an option of the rotation estimator, not of {q.estimator!r}"))
     problems += _check_gan(recipe)
+    if q.kind == "fsq":  # FSQ's checks replace the vq checks of the quantizer's keys (those keys have no effect)
+        problems = [p for p in problems if not p.path.startswith("model.quantizer.")] + _check_fsq(recipe)
+    elif q.levels is not None:
+        problems.append(Problem("model.quantizer.levels", "acts on kind fsq only; this recipe's kind is 'vq' "
+                                "(remove the key or set kind: fsq)"))
     if check_paths:
         problems += check_data_paths(recipe.data.model_dump())
     return problems

@@ -6,18 +6,21 @@ from __future__ import annotations
 import math
 from typing import Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .data.sources import DEMO
 from .hardware import MEMORY_FORMATS, PRECISIONS
 from .losses import DISCRIMINATORS, GAN_LOSSES, NORMS
-from .models.tokenizer import PIXEL_NORMS, PROJECTIONS
+from .models.tokenizer import PIXEL_NORMS, PROJECTIONS, QUANTIZER_KINDS
 from .models.video import FLAVOURS
 from .models.vit import WEIGHT_INITS
 from .quantize.codebook import INITS
 from .quantize.estimators import ESTIMATORS, GAMMAS
 from .quantize.estimators.diveq import DIVEQ_NOISE_STD
 from .quantize.estimators.gumbel import GUMBEL_LOGITS, GUMBEL_SAMPLES, GUMBEL_TEMPERATURE
+from .quantize.estimators.ibq import IBQ_LOGITS
+from .quantize.fsq import check_levels
+from .quantize.parameterisations import CODEBOOKS
 from .quantize.quantizer import COSINE_INITS, COSINE_OUTPUTS, EMA_COUNTS, VQ_LOSSES
 
 __all__ = ["DEMO", "DataConfig", "EncoderConfig", "GANConfig", "LossConfig", "ModelConfig", "OptimConfig",
@@ -62,6 +65,15 @@ class EncoderConfig(_Section):
 
 
 class QuantizerConfig(_Section):
+    kind: Literal[QUANTIZER_KINDS] = Field(  # type: ignore[valid-type]
+        "vq", description="the quantization layer: vq (the nearest code of a codebook, through the gradient "
+        "estimator chosen by estimator) or fsq (finite scalar quantization, Mentzer et al. 2023: each of "
+        "len(levels) channels rounded to one of its levels, an implicit codebook of ∏ levels codes, no codebook "
+        "and no commitment loss; the other keys of this section are refused: docs/quantizer.md)")
+    levels: Optional[list[int]] = Field(
+        None, description="kind fsq: levels per code channel, each >= 3; the FSQ paper's sets: [8, 6, 5] (240 "
+        "codes), [8, 5, 5, 5] (1000), [7, 5, 5, 5, 5] (4375), [8, 8, 8, 6, 5] (15360), [8, 8, 8, 5, 5, 5] (64000). "
+        "Left out, codebook_size, codebook_dim and estimator follow from them: ∏ levels, len(levels), ste")
     estimator: str = Field("rotation", description="gradient estimator: " + ", ".join(ESTIMATORS))
     gamma: Optional[Union[float, str]] = Field(
         None, description="γ(e) of the rotation family (A.9.2): " + ", ".join(GAMMAS) + " or a number")
@@ -114,6 +126,28 @@ class QuantizerConfig(_Section):
         DIVEQ_NOISE_STD, ge=0.0, allow_inf_nan=False, description="estimator 'diveq': σ, the standard deviation "
         "of the noise on the direction of the simulated distortion (the authors' code: 1e-3; "
         "vector-quantize-pytorch's directional_reparam_variance is σ²)")
+    ibq_logits: Literal[IBQ_LOGITS] = Field(  # type: ignore[valid-type]
+        "dot", description="estimator 'ibq': the softmax's logits, dot (e·c, as SEED-Voken's IBQ; the token is "
+        "their argmax) or distance (−‖e − c‖², the token is the nearest code)")
+    ibq_entropy_weight: float = Field(0.0, ge=0.0, allow_inf_nan=False, description="estimator 'ibq': weight of "
+                                      "the entropy term (per-row entropy − entropy of the batch mean); 0: off")
+    ibq_entropy_temperature: float = Field(0.01, gt=0.0, allow_inf_nan=False, description="estimator 'ibq': τ "
+                                           "of the entropy term's softmax(logits / τ)")
+    codebook: Literal[CODEBOOKS] = Field(  # type: ignore[valid-type]
+        "plain", description="how the codes are made, for every estimator: plain (the stored codes), simvq "
+        "(SimVQ, Zhu et al. 2024, arXiv 2411.02038: a frozen random basis C times one learned linear map W, codes "
+        "C Wᵀ, so every code moves with W; needs update: learned, and the paper's beta is 0.25) or affine (Huh et "
+        "al. 2023, 'Straightening Out the Straight-Through Estimator', ICML: the stored codes shifted and scaled "
+        "per channel onto the running mean and variance of the latents; euclidean lookup): docs/quantizer.md")
+    affine_batch_decay: float = Field(0.99, ge=0.0, lt=1.0, description="codebook 'affine': decay of the running "
+                                      "mean and variance of the latents (vector-quantize-pytorch's "
+                                      "affine_param_batch_decay)")
+    affine_codebook_decay: float = Field(0.9, ge=0.0, lt=1.0, description="codebook 'affine': decay of the running "
+                                         "mean and variance of the stored codes (affine_param_codebook_decay)")
+    affine_sync: bool = Field(True, description="codebook 'affine': the latents' statistics over every process's "
+                              "batch (all-reduced, vector-quantize-pytorch's sync_affine_param), so all ranks keep "
+                              "the same codes; false: each process its own batch (vector-quantize-pytorch's default; "
+                              "the ranks' codes then differ); the same in one process")
 
     @field_validator("temperature")
     @classmethod
@@ -121,6 +155,21 @@ class QuantizerConfig(_Section):
         if not all(t > 0 and math.isfinite(t) for t in v):
             raise ValueError(f"temperatures must be finite and > 0, got {list(v)}")
         return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fsq_defaults(cls, data):
+        """kind fsq: codebook_size, codebook_dim and estimator default to ∏ levels, len(levels) and ste
+        (values that disagree are refused by the recipe check, naming both)."""
+        levels = data.get("levels") if isinstance(data, dict) and data.get("kind") == "fsq" else None
+        if isinstance(levels, list) and levels and all(isinstance(n, int) and n > 0 for n in levels):
+            data = {"codebook_size": math.prod(levels), "codebook_dim": len(levels), "estimator": "ste", **data}
+        return data
+
+    @field_validator("levels")
+    @classmethod
+    def _valid_levels(cls, v):
+        return v if v is None else list(check_levels(v))
 
     @field_validator("estimator")
     @classmethod

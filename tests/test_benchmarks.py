@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from tiny import TINY
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -35,3 +37,21 @@ def test_bench_model_tiny():
 def test_gpu_reproduce_tiny(tmp_path):
     out = run(["bash", "benchmarks/gpu_reproduce.sh"], TINY="1", OUT_DIR=str(tmp_path / "gr"))
     assert "gpu_reproduce:" in out and (tmp_path / "gr" / "compare.md").is_file()
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in (ROOT / "benchmarks").glob("*.py")))
+def test_every_benchmark_imports(script):
+    """Each script's imports resolve against the package as it is now (its main() is not run)."""
+    run([sys.executable, "-c", f"import runpy; runpy.run_path({str(ROOT / 'benchmarks' / script)!r}, "
+         "run_name='not_main')"])
+
+
+def test_bench_train_step_compares_every_kind_of_estimator(tmp_path):
+    recipe = tmp_path / "tiny.yaml"  # the data paths are not read: the benchmark draws its own batches
+    recipe.write_text(TINY.format(train="none-{0..1}.tar", val="none.tar", out=tmp_path / "run"))
+    out = run([sys.executable, "benchmarks/bench_train_step.py", "--recipe", str(recipe),
+               "--steps", "2", "--warmup", "0", "--estimators", "rotation", "ibq", "diveq", "hessian", "exact",
+               "gumbel", "fsq", "rotation:simvq", "ste:affine"])
+    for name in ("ste", "rotation", "ibq", "diveq", "hessian", "exact", "gumbel", "fsq", "rotation:simvq",
+                 "ste:affine"):
+        assert f"{name} / ste = " in out, out

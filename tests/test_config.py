@@ -209,7 +209,8 @@ def test_the_karpathy_gumbel_options_refuse_what_they_cannot_do(tmp_path, overri
     assert path in problems and words in problems[path], problems
 
 
-@pytest.mark.parametrize("key, value", [("kl_warmup_steps", 10), ("temperature_steps", 100), ("diveq_noise_std", 0.01)])
+@pytest.mark.parametrize("key, value", [("kl_warmup_steps", 10), ("temperature_steps", 100), ("diveq_noise_std", 0.01),
+                                        ("ibq_logits", "distance"), ("ibq_entropy_weight", 0.1)])
 def test_gumbel_schedules_are_refused_under_other_estimators(tmp_path, key, value):
     problems = problems_of(write(tmp_path, "{}\n"), [f"model.quantizer.{key}={value}"])
     assert list(problems) == [f"model.quantizer.{key}"] and "'rotation'" in problems[f"model.quantizer.{key}"]

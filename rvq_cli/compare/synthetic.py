@@ -14,6 +14,7 @@ No plotting here: matplotlib is not a dependency of the project.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -54,6 +55,14 @@ def _resolve(estimator: EstimatorLike) -> tuple[str, Callable[[Tensor, Tensor], 
         est = get_estimator(estimator)
         return est.name, est
     return getattr(estimator, "name", getattr(estimator, "__name__", "custom")), estimator
+
+
+@contextlib.contextmanager
+def _seeded(seed: int):
+    """torch's global generator seeded for an estimator that draws noise (diveq), restored after."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
 
 
 def _nearest(e: Tensor, codes: Tensor) -> Tensor:
@@ -205,7 +214,8 @@ def himmelblau(
         idx = _nearest(e.detach(), cb)  # (N,)
         q = cb[idx]  # (N, 2), no gradient to the codebook through this path
         opt.zero_grad(set_to_none=True)
-        himmelblau_f(est(e, q)).sum().backward()
+        with _seeded(seed * 1_000 + t):  # diveq's noise: the same draws for every run of this seed
+            himmelblau_f(est(e, q)).sum().backward()
         e_before = e.detach().clone()
         opt.step()
         cb = _ema_update(e_before, idx, size, total, decay)
@@ -325,9 +335,10 @@ def voronoi(
         region = _nearest(e, c)
     q, gk = c[region], g[region]  # (N, 2) each
     traj, grads = [e.clone()], []
-    for _ in range(steps):
+    for t in range(steps):
         e_ = e.clone().requires_grad_(True)
-        (est(e_, q) * gk).sum().backward()  # linear loss: dL/dq̃ = g_k
+        with _seeded(seed * 1_000 + t):
+            (est(e_, q) * gk).sum().backward()  # linear loss: dL/dq̃ = g_k
         grads.append(e_.grad.detach().clone())
         e = e - lr * e_.grad.detach()
         traj.append(e.clone())
@@ -383,7 +394,8 @@ def gradient_field(
     q = c[idx].clone().requires_grad_(True)
     (grad_q,) = torch.autograd.grad(f(q).sum(), q)
     e_ = e.clone().requires_grad_(True)
-    (grad_e,) = torch.autograd.grad(f(est(e_, q.detach())).sum(), e_)
+    with _seeded(0):
+        (grad_e,) = torch.autograd.grad(f(est(e_, q.detach())).sum(), e_)
     e_x = e.clone().requires_grad_(True)
     (exact,) = torch.autograd.grad(f(e_x).sum(), e_x)
     return FieldResult(name, e.numpy(), c.numpy(), idx.numpy(), grad_q.numpy(), grad_e.numpy(), exact.numpy())

@@ -16,7 +16,7 @@ import torch
 
 from ..errors import RvqError, option
 from ..files import write_json_atomic
-from ..quantize import ESTIMATORS, POINTWISE
+from ..quantize import ESTIMATORS, PAIRWISE
 from . import synthetic as syn
 from .plotting import hide_ticks, new_figure, save_figure
 from .tables import Table, plain_table
@@ -57,12 +57,12 @@ def _json(path: Path, obj: dict) -> None:
 def _check(names: list[str], problem: str) -> None:
     if not names:
         raise SyntheticError(f"name the estimators to compare, e.g. rvq compare ste rotation --synthetic {problem}.")
-    bad = [n for n in names if n not in POINTWISE]
+    bad = [n for n in names if n not in PAIRWISE]
     if bad:
         kinds = ", ".join(f"{n} ({ESTIMATORS[n].kind})" if n in ESTIMATORS else f"{n} (unknown)" for n in bad)
-        raise SyntheticError(f"{option('problem', flag='--synthetic')} {problem} compares pointwise estimators (a "
-                             f"function of e and q alone: {', '.join(POINTWISE)}); not {kinds}, which need a decoder: "
-                             "compare those on a recipe.")
+        raise SyntheticError(f"{option('problem', flag='--synthetic')} {problem} compares estimators that are a "
+                             f"function of e and q ({', '.join(PAIRWISE)}); not {kinds}, which need a decoder or the "
+                             "whole codebook: compare those on a recipe.")
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
         raise SyntheticError(f"estimator(s) named twice: {', '.join(repeated)}; name each once.")

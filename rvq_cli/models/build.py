@@ -22,10 +22,14 @@ def build_tokenizer(model: ModelConfig, image_size: int, frames: int = 16) -> VQ
 
 
 def quantizer_arguments(model: ModelConfig) -> dict:
-    """The quantizer's keyword arguments: the recipe's ``model.quantizer`` section as it is (its
-    field names are the quantizer's parameter names), without ``dim``, which is the tokenizer's
-    ``embed_dim``."""
-    return model.quantizer.model_dump(exclude={"dim"})
+    """The quantizer's keyword arguments, without ``dim`` (the tokenizer's ``embed_dim``). For
+    ``kind: vq`` the recipe's ``model.quantizer`` section as it is (its field names are the
+    :class:`~rvq_cli.quantize.VectorQuantizer`'s parameter names); for ``kind: fsq`` the kind and
+    its levels (:class:`~rvq_cli.quantize.FSQuantizer`; the recipe check refuses the other keys)."""
+    q = model.quantizer
+    if q.kind == "fsq":
+        return {"kind": "fsq", "levels": list(q.levels)}
+    return q.model_dump(exclude={"dim", "kind", "levels"})
 
 
 def _build_family(model: ModelConfig, image_size: int, frames: int) -> VQTokenizer:

@@ -19,14 +19,19 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..quantize import QuantizeOutput, VectorQuantizer
+from ..quantize import FSQuantizer, QuantizeOutput, VectorQuantizer
 from .conv import Decoder, Encoder
 
-__all__ = ["PIXEL_NORMS", "PROJECTIONS", "ChannelLayerNorm", "TokenizerOutput", "VQTokenizer", "build_conv_tokenizer"]
+__all__ = ["PIXEL_NORMS", "PROJECTIONS", "QUANTIZER_KINDS", "ChannelLayerNorm", "TokenizerOutput", "VQTokenizer",
+           "build_conv_tokenizer"]
 
 # Around the quantizer: taming's 1×1 convs; none (encoder channels = code dimension); or a 1×1 conv
 # then LayerNorm over the channels (the official Table 1 cosine model: Linear(256 → 32) + LayerNorm).
 PROJECTIONS = ("conv", "none", "conv_layernorm")
+
+# The quantization layer: vq (nearest code of a codebook, VectorQuantizer) or fsq (finite scalar
+# quantization, FSQuantizer: per-channel rounding to an implicit grid of codes).
+QUANTIZER_KINDS = ("vq", "fsq")
 
 # What the encoder sees and the decoder emits, from the [-1, 1] images everything else in rvq holds:
 # signed (the images as they are: taming, latent-diffusion), unit ([0, 1] pixels: ToTensor without
@@ -226,14 +231,21 @@ class VQTokenizer(nn.Module):
         return TokenizerOutput(reconstruction=self.decode_codes(out.quantized), quantize=out, reconstruction_e=rec_e)
 
 
-def as_quantizer(quantizer: VectorQuantizer | Mapping[str, Any], embed_dim: int) -> VectorQuantizer:
-    """A built quantizer, or one built from its keyword arguments (without ``dim``: it is ``embed_dim``)."""
+def as_quantizer(quantizer: VectorQuantizer | FSQuantizer | Mapping[str, Any],
+                 embed_dim: int) -> VectorQuantizer | FSQuantizer:
+    """A built quantizer, or one built from its keyword arguments (without ``dim``: it is ``embed_dim``);
+    a mapping's ``kind`` (:data:`QUANTIZER_KINDS`, default "vq") picks the class: "vq" a
+    :class:`VectorQuantizer`, "fsq" an :class:`FSQuantizer` (e.g. ``{"kind": "fsq", "levels": [8, 5, 5, 5]}``)."""
     if isinstance(quantizer, Mapping):
         if "dim" in quantizer:
             raise ValueError("the quantizer's dim is set by embed_dim; leave 'dim' out of its arguments")
-        return VectorQuantizer(embed_dim, **quantizer)
-    if not isinstance(quantizer, VectorQuantizer):
-        raise TypeError(f"quantizer must be a VectorQuantizer or a mapping of its arguments, "
+        args = dict(quantizer)
+        kind = args.pop("kind", "vq")
+        if kind not in QUANTIZER_KINDS:
+            raise ValueError(f"unknown quantizer kind {kind!r}; valid: {', '.join(QUANTIZER_KINDS)}")
+        return FSQuantizer(embed_dim, **args) if kind == "fsq" else VectorQuantizer(embed_dim, **args)
+    if not isinstance(quantizer, (VectorQuantizer, FSQuantizer)):
+        raise TypeError(f"quantizer must be an FSQuantizer, a VectorQuantizer or a mapping of its arguments, "
                         f"got {type(quantizer).__name__}")
     return quantizer
 

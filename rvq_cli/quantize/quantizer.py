@@ -13,6 +13,8 @@ from . import codebook as cb
 from .estimators import ESTIMATORS, Found, GammaLike, Quantized, get_estimator
 from .estimators.diveq import DIVEQ_NOISE_STD
 from .estimators.gumbel import GUMBEL_LOGITS, GUMBEL_SAMPLES, GUMBEL_TEMPERATURE, cosine_anneal, logit_projection
+from .estimators.ibq import IBQ_LOGITS
+from .parameterisations import build_parameterisation, initial_codes
 
 UPDATES = ("ema", "learned")
 
@@ -113,8 +115,14 @@ class VectorQuantizer(nn.Module):
         dead_code_threshold: restart codes whose EMA usage count falls below this (0: never).
         chunk: elements per block of the nearest-code search (bounds its peak memory).
         epsilon: the ``exact`` estimator's ε (§3): L = L_q + ε L_e.
+        codebook: how the codes are made (:mod:`.parameterisations`): "plain" (the stored codes),
+            "simvq" (frozen basis C times a learned map W, codes C Wᵀ; needs update="learned") or
+            "affine" (Huh et al.'s running-statistics shift and scale: ``affine_batch_decay``,
+            ``affine_codebook_decay``, ``affine_sync``).
         diveq_noise_std: the ``diveq`` estimator's σ, the standard deviation of the noise on the
             direction of its simulated distortion.
+        ibq_logits, ibq_entropy_weight, ibq_entropy_temperature: the ``ibq`` estimator's logits
+            ("dot": e·c as upstream, or "distance": −‖e − c‖²) and its optional entropy term.
         temperature: the ``gumbel`` estimator's (start, end) temperature; :meth:`anneal` moves
             between them along a cosine ramp as training progresses.
         temperature_steps: ``gumbel``: optimizer steps of that ramp, then constant at the end
@@ -181,6 +189,13 @@ class VectorQuantizer(nn.Module):
         temperature_steps: int | None = None,
         gumbel_sample: str = "soft",
         diveq_noise_std: float = DIVEQ_NOISE_STD,
+        ibq_logits: str = "dot",
+        ibq_entropy_weight: float = 0.0,
+        ibq_entropy_temperature: float = 0.01,
+        codebook: str = "plain",
+        affine_batch_decay: float = 0.99,
+        affine_codebook_decay: float = 0.9,
+        affine_sync: bool = True,
     ) -> None:
         super().__init__()
         if dim < 1 or codebook_size < 2:
@@ -201,21 +216,18 @@ class VectorQuantizer(nn.Module):
         if not (diveq_noise_std >= 0 and math.isfinite(diveq_noise_std)):
             raise ValueError(f"diveq_noise_std must be finite and >= 0, got {diveq_noise_std}")
         self.diveq_noise_std = float(diveq_noise_std)
+        self.ibq_logits = _choice("ibq_logits", ibq_logits, IBQ_LOGITS)
+        if not (ibq_entropy_weight >= 0 and ibq_entropy_temperature > 0):
+            raise ValueError(f"need ibq_entropy_weight >= 0 and ibq_entropy_temperature > 0, got "
+                             f"{ibq_entropy_weight} and {ibq_entropy_temperature}")
+        self.ibq_entropy_weight = float(ibq_entropy_weight)
+        self.ibq_entropy_temperature = float(ibq_entropy_temperature)
         self._init_gumbel(temperature, kl_weight, kl_warmup_steps, temperature_steps, gumbel_logits, gumbel_sample)
         factorised = self.codebook_dim != dim
         self.project_in = nn.Linear(dim, self.codebook_dim) if factorised else nn.Identity()
         self.project_out = nn.Linear(self.codebook_dim, dim) if factorised else nn.Identity()
 
-        codes = cb.init_codebook(codebook_size, self.codebook_dim, init)
-        self.cosine_init = _choice("cosine_init", cosine_init, COSINE_INITS)
-        if lookup == "cosine" and cosine_init == "unit":
-            codes = F.normalize(codes, dim=-1)
-        if update == "ema":
-            self.register_buffer("codebook", codes)
-            self.register_buffer("embed_sum", codes.clone())
-        else:
-            self.codebook = nn.Parameter(codes)
-            self.embed_sum = None
+        self._init_codes(codebook, cosine_init, affine_batch_decay, affine_codebook_decay, affine_sync)
         # EMA of per-code counts: drives the EMA update and dead-code detection in both modes.
         self.ema_counts = _choice("ema_counts", ema_counts, EMA_COUNTS)
         self.cosine_output = _choice("cosine_output", cosine_output, COSINE_OUTPUTS)
@@ -226,6 +238,27 @@ class VectorQuantizer(nn.Module):
         self._grad_cos: Tensor | None = None  # Σ over backward passes of mean cos(grad_e, g) (gradient_cosine)
         self._grad_cos_n = 0
         self._pending_q_hook = None
+
+    def _init_codes(self, codebook, cosine_init, affine_batch_decay, affine_codebook_decay, affine_sync) -> None:
+        """The parameterisation and the stored codebook: the codes (a buffer for EMA updates, a
+        parameter when learned) or, for simvq, the frozen basis C (a buffer)."""
+        codes = initial_codes(codebook, self.codebook_size, self.codebook_dim, self.init)  # simvq: the frozen basis C
+        self.parameterisation = build_parameterisation(  # drawn after the codes (simvq: W after C, as upstream)
+            codebook, self.codebook_dim, update=self.update, lookup=self.lookup, init=self.init,
+            dead_code_threshold=self.dead_code_threshold, batch_decay=affine_batch_decay,
+            codebook_decay=affine_codebook_decay, sync=affine_sync)
+        self.cosine_init = _choice("cosine_init", cosine_init, COSINE_INITS)
+        if self.lookup == "cosine" and cosine_init == "unit" and not self.parameterisation.frozen:
+            codes = F.normalize(codes, dim=-1)
+        if self.update == "ema":
+            self.register_buffer("codebook", codes)
+            self.register_buffer("embed_sum", codes.clone())
+        elif self.parameterisation.frozen:  # simvq: the basis C is a buffer, W learns
+            self.register_buffer("codebook", codes)
+            self.embed_sum = None
+        else:
+            self.codebook = nn.Parameter(codes)
+            self.embed_sum = None
 
     def _init_gumbel(self, temperature, kl_weight, kl_warmup_steps, temperature_steps, gumbel_logits,
                      gumbel_sample) -> None:
@@ -279,7 +312,7 @@ class VectorQuantizer(nn.Module):
 
     def codes(self) -> Tensor:
         """The (K, d) code vectors as used for lookup (l2-normalised for cosine lookup)."""
-        c = self.codebook.float()
+        c = self.parameterisation.codes(self.codebook.float())  # simvq: C Wᵀ; affine: shifted and scaled
         return F.normalize(c, dim=-1) if self.lookup == "cosine" else c
 
     def _flatten(self, z: Tensor) -> tuple[Tensor, tuple[int, ...]]:
@@ -307,10 +340,14 @@ class VectorQuantizer(nn.Module):
                 e = F.normalize(e, dim=-1)
             if self.init == "kmeans" and self.training and not bool(self.initialized):
                 self._kmeans_init(e.detach())
+            if self.training:
+                self.parameterisation.observe(e.detach(), self.codebook.detach())  # affine: running statistics
             codes = self.codes()  # (K, d)
             logits = None if self.logit_proj is None else self.project(self.logit_proj, x)  # (N, K)
             if logits is None:
-                indices = cb.nearest_codes(e.detach(), codes.detach(), self.lookup, self.chunk)  # (N,)
+                indices = self.estimator.indices(self, e.detach(), codes.detach())  # ibq: its own argmax
+                if indices is None:
+                    indices = cb.nearest_codes(e.detach(), codes.detach(), self.lookup, self.chunk)  # (N,)
             else:  # gumbel_logits "linear": the code the logits choose (hard one-hot of the argmax at eval)
                 indices = logits.detach().argmax(-1)  # (N,)
             q = F.embedding(indices, codes)  # (N, d); carries gradient to a learned codebook
@@ -401,7 +438,7 @@ class VectorQuantizer(nn.Module):
         stats[k + 2] = ((e * q).sum(-1) < 0).sum()
         stats[k + 3] = (e * e).sum()
         if ema:
-            stats[k + 4 :].view(k, d).index_add_(0, indices, e)
+            stats[k + 4 :].view(k, d).index_add_(0, indices, self.parameterisation.to_stored(e))
         if self.training:
             cb.all_reduce_sum(stats)
         counts = stats[:k]
@@ -413,7 +450,8 @@ class VectorQuantizer(nn.Module):
             else:
                 self.cluster_size.mul_(self.decay).add_(counts, alpha=1.0 - self.decay)
             if self.dead_code_threshold > 0:
-                restarted = cb.restart_dead_codes(self.codebook.data, self.cluster_size, self.embed_sum, e,
+                restarted = cb.restart_dead_codes(self.codebook.data, self.cluster_size, self.embed_sum,
+                                                  self.parameterisation.to_stored(e),
                                                   self.dead_code_threshold)
         total = counts.sum()
         p = counts / total

@@ -133,8 +133,10 @@ def build_objective(loss: LossConfig, device, disc: nn.Module | None, disc_modul
     return Objective(loss, lpips, disc, disc_module, pixel_scale)
 
 
-def describe(loss: LossConfig, beta: float, learned_codebook: bool, vq_loss: str = "vqvae") -> str:
-    """The resolved loss terms in one line, printed when training starts (USERS.md: no hidden β)."""
+def describe(loss: LossConfig, beta: float, learned_codebook: bool, vq_loss: str = "vqvae",
+             quantizer_loss: bool = True) -> str:
+    """The resolved loss terms in one line, printed when training starts (USERS.md: no hidden β);
+    ``quantizer_loss`` False (FSQ) leaves out the quantizer's terms, which it does not have."""
     parts = [f"{loss.rec_weight} × {loss.reconstruction}"]
     for w, name in ((loss.laplace_weight, "laplace"), (loss.gaussian_weight, "gaussian"),
                     (loss.perceptual_weight, "LPIPS")):
@@ -144,7 +146,8 @@ def describe(loss: LossConfig, beta: float, learned_codebook: bool, vq_loss: str
         vq = "commitment" + (f" + {beta} × codebook" if learned_codebook else "")
     else:
         vq = f"{beta} × commitment" + (" + codebook" if learned_codebook else "")
-    parts.append(f"{loss.codebook_weight} × ({vq})")
+    if quantizer_loss:
+        parts.append(f"{loss.codebook_weight} × ({vq})")
     g = loss.gan
     if g.weight:
         lam = f"λ (adaptive, ≤ {g.max_adaptive:g}) × " if g.adaptive else ""

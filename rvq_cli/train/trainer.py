@@ -85,6 +85,10 @@ def low_usage_warning(usage: float, step: int, total_steps: int, quantizer) -> s
     if step < max(50, total_steps // 10) or usage >= LOW_USAGE:
         return None
     remedies = []
+    if quantizer.kind == "fsq":  # no codebook: a low usage means the encoder's latents crowd a few grid cells
+        return (f"codebook usage is {usage:.1%} of the {quantizer.codebook_size} FSQ codes per batch at step {step}: "
+                "the latents occupy few cells of the grid. Fewer levels (model.quantizer.levels) give fewer, "
+                "larger cells.")
     if quantizer.estimator != "rotation":
         remedies.append("the rotation trick (model.quantizer.estimator=rotation)")
     if (quantizer.codebook_dim or quantizer.dim) > 8:
@@ -403,8 +407,10 @@ def train(recipe: Recipe, run_dir: str | Path | None = None, resume: bool = Fals
     if trainer.acc.is_main_process and not quiet:
         q = recipe.model.quantizer
         print(f"rvq train: {count_parameters(trainer.acc.unwrap_model(trainer.model)) / 1e6:.2f}M parameters, "
-              f"estimator {q.estimator}, {q.codebook_size} codes, loss = "
-              f"{describe(recipe.loss, q.beta, q.update == 'learned', q.vq_loss)}, "
+              + (f"FSQ levels {q.levels} (straight-through rounding), " if q.kind == "fsq" else
+                 f"estimator {q.estimator}, ")
+              + f"{q.codebook_size} codes, loss = "
+              f"{describe(recipe.loss, q.beta, q.update == 'learned', q.vq_loss, q.kind == 'vq')}, "
               f"{trainer.acc.num_processes} process(es) on "
               f"{trainer.acc.device}, precision {trainer.precision}, memory format {trainer.memory_format}, "
               + (f"compiled: {', '.join(trainer.compiled)}, " if trainer.compiled else "")

@@ -250,3 +250,21 @@ def test_projection_conv_layernorm_normalises_over_channels():
     want = F.layer_norm(h.movedim(1, -1), (4,), eps=1e-5).movedim(-1, 1)  # LN weight 1, bias 0 at init
     torch.testing.assert_close(tok.encode_latents(x), want)
     assert torch.equal(tok.decode_indices(tok.encode(x)), tok(x).reconstruction)
+
+
+def test_ibq_in_its_published_setting_reduces_reconstruction_error():
+    """IBQ as upstream trains it: a learned codebook, commitment 1 and codebook β = 0.25. At this
+    size (32 codes of dimension 4) its dot-product argmax settles on few codes: 0.376 -> 0.209 in
+    40 steps, where STE reaches 0.153, so the bound is looser than the pointwise estimators'."""
+    tok = make(seed=5, estimator="ibq", update="learned", vq_loss="taming_legacy", beta=0.25).train()
+    x = smooth_images(4, seed=6)
+    opt = torch.optim.Adam(tok.parameters(), lr=3e-3)
+    mses = []
+    for _ in range(40):
+        out = tok(x)
+        mse = F.mse_loss(out.reconstruction, x)
+        opt.zero_grad()
+        (mse + out.quantize.loss).backward()
+        opt.step()
+        mses.append(mse.item())
+    assert min(mses[-5:]) < 0.7 * mses[0], mses

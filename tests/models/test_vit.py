@@ -194,7 +194,7 @@ def test_the_recipe_key_reaches_the_model():
 # ---------------------------------------------------------------- gradients
 
 
-@pytest.mark.parametrize("estimator", ["ste", "rotation", "diveq"])
+@pytest.mark.parametrize("estimator", ["ste", "rotation", "diveq", "ibq"])
 def test_training_step_gradients(estimator):
     tok = make(estimator, seed=1).train()
     x = smooth_images(2, seed=2)

@@ -3,6 +3,7 @@ both ranks afterwards, different data on each."""
 
 import json
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -41,11 +42,13 @@ def test_ddp_sees_gradients_in_the_parameters_layout(tmp_path, shards, run_two):
         assert "Grad strides do not match" not in res.stdout + res.stderr, layout
 
 
-def test_two_processes_keep_a_learned_diveq_codebook_identical(tmp_path, shards, run_two):
-    """DiVeQ draws its direction noise on each rank from that rank's generator; the learned
-    codebook's gradients are averaged by DDP, so both ranks hold the same codes after every step."""
+@pytest.mark.parametrize("estimator, port", [("diveq", 29536), ("ibq", 29537)])
+def test_two_processes_keep_a_learned_codebook_identical(tmp_path, shards, run_two, estimator, port):
+    """diveq draws its direction noise on each rank from that rank's generator, ibq sends gradient to
+    every code; the learned codebook's gradients are averaged by DDP, so both ranks hold the same
+    codes after every step."""
     path = recipe_file(tmp_path, shards, out="dist")
-    run_two(path, tmp_path, 29536, "model.quantizer.estimator=diveq", "model.quantizer.update=learned",
+    run_two(path, tmp_path, port, f"model.quantizer.estimator={estimator}", "model.quantizer.update=learned",
             "train.steps=2")
     a, b = (load_file(str(tmp_path / f"rank{r}.safetensors")) for r in (0, 1))
     saved = load_file(str(tmp_path / "dist" / "ckpt-00000002" / "model.safetensors"))

@@ -7,6 +7,7 @@ Hooks, in the order a training step meets them:
 
 - ``start_step(layer, step, total_steps)``: before each optimizer step (schedules).
 - ``forward_context()``: the context the model's forward runs in.
+- ``indices(layer, e, codes)``: the code of each row, where it is not the nearest one (ibq).
 - ``quantize(layer, found)``: the decoder's input in training (and, for pointwise estimators,
   at evaluation too) from what the nearest-code search found.
 - ``training_loss(loss, out, layer, decoder_loss)``: the loss to differentiate.
@@ -26,7 +27,7 @@ from .kernels import fallback_kernel, flat32, run_kernel
 
 __all__ = ["KINDS", "Estimator", "Found", "Quantized", "check_pair"]
 
-KINDS = ("pointwise", "loss-level", "stochastic")
+KINDS = ("pointwise", "codebook-wide", "loss-level", "stochastic")
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,10 @@ class Estimator:
     def forward_context(self):
         """The context the model's forward runs in for this estimator."""
         return contextlib.nullcontext()
+
+    def indices(self, layer, e: Tensor, codes: Tensor) -> Tensor | None:
+        """The code index of every row of ``e`` (None: the layer's nearest-code search)."""
+        return None
 
     def quantize(self, layer, found: Found) -> Quantized:
         """The decoder's input: ``self(e, q)``, whose gradient to e is the estimator's alone

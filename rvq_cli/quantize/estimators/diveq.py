@@ -51,7 +51,7 @@ class DiVeQ(Estimator):
 
 ENTRIES = (
     DiVeQ(
-        "diveq", None, "DiVeQ: e plus the distortion ‖q − e‖ along the (noised, stop-gradient) direction to q; "
+        "diveq", diveq, "DiVeQ: e plus the distortion ‖q − e‖ along the (noised, stop-gradient) direction to q; "
         "the gradient flows through the distortion's magnitude to e and to a learned codebook; hard code at eval",
         "g − (q − e)(u·g)/‖q − e‖, u = sg(unit(q − e + v))", kind="stochastic",
         section="Vali et al. 2025 (arXiv 2509.26469)", own_options=("diveq_noise_std",),
