@@ -361,7 +361,7 @@ class VectorQuantizer(nn.Module):
                 codebook=codebook_w * F.mse_loss(q, e.detach()) if vq_terms and self.update == "learned" else zero,
                 prior=zero,
             )
-            found = Found(x, e, e_raw, q, codes, logits, grid, z.dtype)
+            found = Found(x, e, e_raw, q, codes, logits, grid, z.dtype, indices)
             if self.estimator.pointwise or (self.training and torch.is_grad_enabled() and e.requires_grad):
                 res = self.estimator.quantize(self, found)  # pointwise: forward value q, bit for bit
             else:

@@ -101,3 +101,42 @@ def test_the_registry_entry_says_what_it_is():
     assert VectorQuantizer(D, K, estimator="diveq").diveq_noise_std == DIVEQ_NOISE_STD == 1e-3  # the authors' code
     with pytest.raises(ValueError, match="diveq_noise_std"):
         VectorQuantizer(D, K, estimator="diveq", diveq_noise_std=math.nan)
+
+
+def test_sf_diveq_is_the_authors_equations():
+    """AaltoML/DiVeQ's SF-DiVeQ training forward, written out: a point drawn on each segment
+    between consecutive codes, rows assigned to the nearest point, and DiVeQ's distortion toward
+    both ends of the segment weighted by the draw. At evaluation rvq decodes the nearest code."""
+    torch.manual_seed(0)
+    vq = VectorQuantizer(D, K, estimator="sf_diveq", update="learned", beta=0.0).train()
+    C = vq.codebook.detach().clone().requires_grad_(True)
+    x = torch.randn(2, N, D, generator=torch.Generator().manual_seed(1))
+    w = torch.randn(2, N, D, generator=torch.Generator().manual_seed(2))
+    z = x.transpose(1, 2).contiguous().requires_grad_(True)
+    torch.manual_seed(7)
+    out = vq(z)
+    (out.quantized.transpose(1, 2) * w).sum().backward()
+
+    torch.manual_seed(7)
+    e = x.reshape(-1, D).clone().requires_grad_(True)
+    lam = torch.rand(K - 1, 1)
+    points = (1 - lam) * C[:-1].detach() + lam * C[1:].detach()
+    idx = torch.cdist(e.detach(), points).argmin(-1)
+    c1, c2, lam_row = C[idx], C[idx + 1], lam[idx]
+    v1 = torch.randn(e.shape) * 1e-3
+    d1 = c1 - e
+    t1 = d1.norm(dim=-1, keepdim=True) * F.normalize(d1 + v1, dim=-1, eps=1e-12).detach()
+    v2 = torch.randn(e.shape) * 1e-3
+    d2 = c2 - e
+    t2 = d2.norm(dim=-1, keepdim=True) * F.normalize(d2 + v2, dim=-1, eps=1e-12).detach()
+    z_q = e + (1 - lam_row) * t1 + lam_row * t2
+    (z_q * w.reshape(-1, D)).sum().backward()
+
+    assert torch.equal(out.indices.reshape(-1), idx) and int(idx.max()) <= K - 2
+    torch.testing.assert_close(out.quantized.transpose(1, 2).reshape(-1, D), z_q.detach(), rtol=0, atol=1e-6)
+    torch.testing.assert_close(z.grad.transpose(1, 2).reshape(-1, D), e.grad, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(vq.codebook.grad, C.grad, rtol=1e-5, atol=1e-6)
+    vq.eval()
+    hard = vq(z.detach())
+    assert torch.equal(hard.quantized, vq.indices_to_codes(hard.indices))
+    assert torch.equal(hard.indices.reshape(-1), torch.cdist(x.reshape(-1, D), vq.codebook.detach()).argmin(-1))

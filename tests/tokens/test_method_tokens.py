@@ -16,6 +16,7 @@ from tiny import png, recipe_file
 
 METHODS = {
     "diveq": ["model.quantizer.estimator=diveq", "model.quantizer.update=learned"],
+    "sf_diveq": ["model.quantizer.estimator=sf_diveq", "model.quantizer.update=learned"],
     "ibq": ["model.quantizer.estimator=ibq", "model.quantizer.update=learned", "model.quantizer.beta=0.25",
             "model.quantizer.vq_loss=taming_legacy"],
     "rotation+simvq": ["model.quantizer.codebook=simvq", "model.quantizer.update=learned"],

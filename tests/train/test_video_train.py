@@ -31,7 +31,7 @@ def test_frames_flattens_clips_frame_by_frame():
     assert frames(img) is img
 
 
-@pytest.mark.parametrize("estimator", ["rotation", "ste", "hessian", "exact", "gumbel", "diveq", "ibq"])
+@pytest.mark.parametrize("estimator", ["rotation", "ste", "hessian", "exact", "gumbel", "diveq", "sf_diveq", "ibq"])
 def test_tiny_timesformer_vq_trains_three_steps(tmp_path, video_shards, estimator):
     res = train(load_recipe(recipe(tmp_path, video_shards, estimator)), quiet=True)
     rows = [json.loads(line) for line in (res.run_dir / "metrics.jsonl").read_text().splitlines()]

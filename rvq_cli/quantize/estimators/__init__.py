@@ -32,7 +32,7 @@ __all__ = ["ANGLE_EPS", "ESTIMATORS", "GAMMAS", "KINDS", "NORM_EPS", "PAIRWISE",
 _MODULES = (ste, rotation, reflection, ibq, hessian, exact, gumbel, diveq)
 _FOUND = {est.name: est for module in _MODULES for est in module.ENTRIES}
 _ORDER = ("ste", "rotation", "rotation_unscaled", "reflection", "rotation_released", "rotation_unscaled_released",
-          "ste_raw", "ibq", "hessian", "exact", "gumbel", "diveq")  # as `rvq estimators` lists them
+          "ste_raw", "ibq", "hessian", "exact", "gumbel", "diveq", "sf_diveq")  # as `rvq estimators` lists them
 assert set(_ORDER) == set(_FOUND), "every estimator module's ENTRIES are listed in _ORDER"
 ESTIMATORS: dict[str, Estimator] = {name: _FOUND[name] for name in _ORDER}
 

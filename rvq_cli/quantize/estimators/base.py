@@ -42,6 +42,7 @@ class Found:
     logits: Tensor | None  # (N, K) the layer's own logits (gumbel_logits linear), else None
     grid: tuple[int, ...]  # (B, *spatial) of the rows
     dtype: torch.dtype  # of the layer's input
+    indices: Tensor | None = None  # (N,) the code index of each row
 
 
 @dataclass

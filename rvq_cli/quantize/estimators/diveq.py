@@ -26,9 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .. import codebook as cb
 from .base import Estimator, Found, Quantized
 
-__all__ = ["DIVEQ_NOISE_STD", "ENTRIES", "DiVeQ", "diveq"]
+__all__ = ["DIVEQ_NOISE_STD", "ENTRIES", "DiVeQ", "SFDiVeQ", "diveq", "segment_dither", "sf_diveq"]
 
 DIVEQ_NOISE_STD = 1e-3  # σ, the direction noise's standard deviation (the authors' code: noise_var = 0.001)
 
@@ -49,11 +50,59 @@ class DiVeQ(Estimator):
         return Quantized(diveq(layer.watch_gradients(found.e), found.q, layer.diveq_noise_std))
 
 
+
+# ---------------------------------------------------------------- SF-DiVeQ
+
+
+def segment_dither(codes: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """(points, λ): one point drawn uniformly on each segment between consecutive codes,
+    (1 − λ_i) c_i + λ_i c_{i+1}, i = 0..K−2, λ ~ U(0, 1) (K − 1, 1)."""
+    lam = torch.rand(codes.shape[0] - 1, 1, generator=generator, device=codes.device, dtype=codes.dtype)
+    return (1 - lam) * codes[:-1] + lam * codes[1:], lam
+
+
+def sf_diveq(e: Tensor, c1: Tensor, c2: Tensor, lam: Tensor, std: float = DIVEQ_NOISE_STD,
+             generator: torch.Generator | None = None) -> Tensor:
+    """e + (1 − λ)‖c1 − e‖ sg(unit(c1 − e + v1)) + λ‖c2 − e‖ sg(unit(c2 − e + v2)): DiVeQ's
+    simulated distortion toward both ends of the row's segment, weighted by its dither λ (N, 1)."""
+    def towards(c: Tensor) -> Tensor:
+        d = c - e
+        noise = torch.randn(d.shape, generator=generator, device=d.device, dtype=d.dtype) * std
+        return d.norm(dim=-1, keepdim=True) * F.normalize(d + noise, dim=-1, eps=1e-12).detach()
+
+    return e + (1 - lam) * towards(c1) + lam * towards(c2)
+
+
+class SFDiVeQ(Estimator):
+    """The rows are assigned to segments of the curve through the codes in index order: in training,
+    to the nearest of one random point per segment; the token is the segment's first code."""
+
+    def indices(self, layer, e: Tensor, codes: Tensor) -> Tensor | None:
+        if not layer.training:
+            return None  # evaluation: the nearest code, which the tokens decode to
+        points, lam = segment_dither(codes)
+        idx = cb.nearest_codes(e, points, "euclidean", layer.chunk)  # (N,) in 0..K−2
+        layer.segment_dither = lam  # read by quantize in the same forward
+        return idx
+
+    def quantize(self, layer, found: Found) -> Quantized:
+        lam = layer.segment_dither[found.indices]  # (N, 1)
+        c2 = F.embedding(found.indices + 1, found.codes)
+        e = layer.watch_gradients(found.e)
+        return Quantized(sf_diveq(e, found.q, c2, lam, layer.diveq_noise_std))
+
+
 ENTRIES = (
     DiVeQ(
         "diveq", diveq, "DiVeQ: e plus the distortion ‖q − e‖ along the (noised, stop-gradient) direction to q; "
         "the gradient flows through the distortion's magnitude to e and to a learned codebook; hard code at eval",
         "g − (q − e)(u·g)/‖q − e‖, u = sg(unit(q − e + v))", kind="stochastic",
         section="Vali et al. 2025 (arXiv 2509.26469)", own_options=("diveq_noise_std",),
+    ),
+    SFDiVeQ(
+        "sf_diveq", None, "SF-DiVeQ: rows assigned to the curve through consecutive codes (a random point per "
+        "segment in training), DiVeQ's distortion toward both ends of the segment; the nearest code at eval",
+        "through both ends' distortion magnitudes", kind="stochastic",
+        section="Vali et al. 2025 (arXiv 2509.26469)", own_options=(),
     ),
 )
