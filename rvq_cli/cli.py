@@ -78,6 +78,7 @@ def estimators(
     §4.1), the mean ratio ‖grad_e‖/‖g‖, and how many rows took the degenerate-row fallback.
     """
     from .quantize import ESTIMATORS
+    from .quantize.parameterisations import QUANTIZER_VARIANTS
     from .quantize.report import check_estimators
 
     if dim < 1 or rows < 1:
@@ -88,6 +89,12 @@ def estimators(
     for est in ESTIMATORS.values():
         table.add_row(est.name, est.kind, est.formula, est.summary, est.section)
     console.print(table)
+    variants = Table(title="codebook parameterisations and FSQ (model.quantizer.codebook / model.quantizer.kind)")
+    for col in ("setting", "what it is", "paper"):
+        variants.add_column(col, overflow="fold")
+    for row in QUANTIZER_VARIANTS:
+        variants.add_row(*row)
+    console.print(variants)
     live = Table(title=f"live check of the pointwise estimators: {rows} random rows, D={dim}, seed {seed}")
     for col in ("estimator", "forward = q", "angle error °", "‖grad‖/‖g‖", "fallbacks"):
         live.add_column(col)

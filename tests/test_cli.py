@@ -79,9 +79,12 @@ def test_estimators_lists_and_checks_every_estimator():
     listing, live = lines[:split], lines[split:]
     for name, kind in (("ste", "pointwise"), ("rotation", "pointwise"), ("rotation_unscaled", "pointwise"),
                        ("reflection", "pointwise"), ("hessian", "loss-level"), ("exact", "loss-level"),
-                       ("gumbel", "stochastic")):
+                       ("gumbel", "stochastic"), ("ibq", "codebook-wide"), ("diveq", "stochastic"),
+                       ("sf_diveq", "stochastic")):
         row = next(line for line in listing if line.startswith(f"│ {name} "))
         assert row.split("│")[2].strip() == kind
+    for setting in ("codebook: simvq", "codebook: affine", "kind: fsq"):  # the codebook variants and FSQ
+        assert any(line.startswith(f"│ {setting}") for line in listing), setting
     for name in ("ste", "rotation", "rotation_unscaled", "reflection"):
         row = next(line for line in live if line.startswith(f"│ {name} "))
         assert "│ yes " in row  # forward equals q bit for bit

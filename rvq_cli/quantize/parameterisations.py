@@ -45,6 +45,15 @@ __all__ = ["AFFINE_VAR_FLOOR", "CODEBOOKS", "Affine", "Plain", "SimVQ", "build_p
            "simvq_basis"]
 
 CODEBOOKS = ("plain", "simvq", "affine")
+# what `rvq estimators` says of the codebook parameterisations and of FSQ: (recipe setting, what it is, paper)
+QUANTIZER_VARIANTS = (
+    ("codebook: simvq", "a frozen random basis C times one learned linear map W: codes C Wᵀ (update: learned); "
+     "combines with any estimator", "Zhu et al. 2024 (arXiv 2411.02038)"),
+    ("codebook: affine", "the codes shifted and scaled onto the latents' running mean and standard deviation; "
+     "combines with any estimator", "Huh et al., ICML 2023"),
+    ("kind: fsq, levels: [...]", "no codebook: each channel bounded and rounded to its levels, an implicit grid "
+     "of ∏ levels codes; straight-through", "Mentzer et al. 2023 (arXiv 2309.15505)"),
+)
 AFFINE_VAR_FLOOR = 1e-5  # σ = sqrt(max(σ², floor)), as vector-quantize-pytorch
 DEFAULT_INIT = "kaiming_uniform"  # the layer's default init
 
