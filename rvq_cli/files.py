@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_path", "write_bytes_atomic", "write_json_atomic", "write_text_atomic"]
+__all__ = ["atomic_path", "user_cache", "write_bytes_atomic", "write_json_atomic", "write_text_atomic"]
 
 
 @contextmanager
@@ -32,6 +32,12 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def user_cache(app: str) -> Path:
+    """``$XDG_CACHE_HOME/<app>`` (the XDG base directory spec), else ``~/.cache/<app>``."""
+    base = os.environ.get("XDG_CACHE_HOME")
+    return (Path(base).expanduser() if base else Path.home() / ".cache") / app
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:

@@ -30,3 +30,24 @@ def test_json_is_strict(tmp_path):
     write_json_atomic(path, {"a": float("nan"), "b": [1.0, float("inf")], "c": {"d": 2}})
     assert json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(c)) == {"a": None, "b": [1.0, None],
                                                                                      "c": {"d": 2}}
+
+
+def test_caches_follow_xdg_cache_home(tmp_path, monkeypatch):
+    from rvq_cli.data.demo import default_cache
+    from rvq_cli.evaluate.i3d import WEIGHTS_NAME, find_i3d_weights
+    from rvq_cli.files import user_cache
+
+    monkeypatch.delenv("RVQ_CACHE", raising=False)
+    monkeypatch.delenv("RVQ_I3D_WEIGHTS", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert user_cache("rvq") == tmp_path / "xdg" / "rvq" == default_cache()
+    monkeypatch.setenv("RVQ_CACHE", str(tmp_path / "mine"))
+    assert default_cache() == tmp_path / "mine"  # the tool's own variable wins
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert find_i3d_weights() is None
+    weights = tmp_path / "xdg" / "videogpt" / WEIGHTS_NAME
+    weights.parent.mkdir(parents=True)
+    weights.write_bytes(b"x")
+    assert find_i3d_weights() == weights
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert user_cache("rvq") == tmp_path / "home" / ".cache" / "rvq"

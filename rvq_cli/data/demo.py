@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..files import user_cache
 from .format import DataError, shard_pattern, write_shards
 
 VERSION = "demo-v1"
@@ -111,8 +112,8 @@ def _build(tmp: Path) -> dict:
 
 
 def default_cache() -> Path:
-    """Where the demo sets are built: ``$RVQ_CACHE``, else ``~/.cache/rvq``."""
-    return Path(os.environ.get("RVQ_CACHE") or Path.home() / ".cache" / "rvq").expanduser()
+    """Where the demo sets are built: ``$RVQ_CACHE``, else ``$XDG_CACHE_HOME/rvq``, else ``~/.cache/rvq``."""
+    return Path(os.environ.get("RVQ_CACHE") or user_cache("rvq")).expanduser()
 
 
 def demo_result(root: Path, counts: dict) -> DemoShards:

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import RvqError, option
+from ..files import user_cache
 
 __all__ = ["I3D", "I3DError", "MIN_FRAMES", "find_i3d_weights", "i3d_features", "load_i3d", "missing_i3d_message"]
 
@@ -128,7 +129,8 @@ class I3D(nn.Module):
 
 
 def find_i3d_weights(path: str | os.PathLike | None = None) -> Path | None:
-    """The I3D weights file: ``path``, ``$RVQ_I3D_WEIGHTS``, or VideoGPT's cache; None when absent.
+    """The I3D weights file: ``path``, ``$RVQ_I3D_WEIGHTS``, or VideoGPT's cache (under
+    ``$XDG_CACHE_HOME`` when set, or ``~/.cache``); None when absent.
     A ``path`` or variable that names a missing file is an error, not a fallback."""
     for given, where in ((path, option("i3d_weights")), (os.environ.get(ENV), f"${ENV}")):
         if given:
@@ -136,8 +138,11 @@ def find_i3d_weights(path: str | os.PathLike | None = None) -> Path | None:
             if not p.is_file():
                 raise I3DError(f"{where} names {p}, which does not exist. {missing_i3d_message()}")
             return p
-    cached = Path.home() / ".cache" / "videogpt" / WEIGHTS_NAME
-    return cached if cached.is_file() else None
+    for cached in dict.fromkeys((user_cache("videogpt") / WEIGHTS_NAME,
+                                 Path.home() / ".cache" / "videogpt" / WEIGHTS_NAME)):  # XDG first, then VideoGPT's own
+        if cached.is_file():
+            return cached
+    return None
 
 
 def missing_i3d_message() -> str:
