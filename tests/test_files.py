@@ -51,3 +51,16 @@ def test_caches_follow_xdg_cache_home(tmp_path, monkeypatch):
     assert find_i3d_weights() == weights
     monkeypatch.delenv("XDG_CACHE_HOME")
     assert user_cache("rvq") == tmp_path / "home" / ".cache" / "rvq"
+
+
+def test_the_package_exports_its_entry_points_lazily():
+    code = ("import sys, rvq_cli; assert 'torch' not in sys.modules; "
+            "from rvq_cli import load_recipe, load_tokenizer, build_tokenizer, encode_dataset, decode_dataset; "
+            "import rvq_cli.runs, rvq_cli.config; assert load_tokenizer is rvq_cli.runs.load_tokenizer; "
+            "assert load_recipe is rvq_cli.config.load_recipe; "
+            "from rvq_cli.train import train; from rvq_cli.evaluate import evaluate; import rvq_cli.train.trainer")
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
