@@ -170,9 +170,10 @@ def train(
 
     resolved = load_recipe(recipe, overrides or [])
     result = run_training(resolved, run_dir=resume, resume=resume is not None, quiet=quiet)
-    if not result.interrupted:
-        console.print(f"done: {result.step} steps; checkpoints, metrics.jsonl and samples/ in {result.run_dir}",
-                      highlight=False)
+    if result.interrupted:  # saved and resumable, but not finished: 130 (Ctrl-C) or 143 (SIGTERM)
+        raise typer.Exit(result.exit_code)
+    console.print(f"done: {result.step} steps; checkpoints, metrics.jsonl and samples/ in {result.run_dir}",
+                  highlight=False)
 
 
 def _fmt(v) -> str:

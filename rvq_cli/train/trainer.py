@@ -55,6 +55,13 @@ class TrainResult:
     step: int
     interrupted: bool = False
     last_metrics: dict = field(default_factory=dict)
+    signal: int | None = None  # the signal that interrupted the run (SIGINT: Ctrl-C; SIGTERM: preemption)
+
+    @property
+    def exit_code(self) -> int:
+        """0 for a finished run, else 128 + the signal's number (130 Ctrl-C, 143 SIGTERM), as a shell
+        reports a process stopped by it: ``rvq train ... && rvq eval ...`` skips a half run."""
+        return 128 + int(self.signal) if self.interrupted and self.signal else (130 if self.interrupted else 0)
 
 
 def _check_resume_recipe(saved: Recipe, now: Recipe) -> None:
@@ -170,7 +177,7 @@ class Trainer:
             self.train_pattern, self.val_pattern = data_patterns(recipe)
         self.recipe_yaml = recipe_to_yaml(recipe)
         self._checked = False
-        self._stop = False
+        self._stop, self._signal = False, None
 
     # ---------------------------------------------------------------- setup
 
@@ -323,13 +330,15 @@ class Trainer:
 
     # ---------------------------------------------------------------- loop
 
-    def _on_sigint(self, signum, frame) -> None:
-        """First Ctrl-C: finish the current optimizer step, save, exit. Second: stop at once."""
+    def _on_signal(self, signum, frame) -> None:
+        """First Ctrl-C or SIGTERM (a scheduler's preemption): finish the current optimizer step, save,
+        exit. A second one: stop at once."""
         if self._stop:
             raise KeyboardInterrupt
-        self._stop = True
+        self._stop, self._signal = True, signum
         if self.acc.is_main_process:
-            print("\nCtrl-C: finishing this step and saving a checkpoint (press again to stop without saving)")
+            what = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+            print(f"\n{what}: finishing this step and saving a checkpoint (again: stop without saving)")
 
     def run(self) -> TrainResult:
         t = self.recipe.train
@@ -347,7 +356,8 @@ class Trainer:
         window: list[dict] = []
         t0, images, last = time.perf_counter(), 0, {}
         interrupted, warned = False, False
-        previous_handler = signal.signal(signal.SIGINT, self._on_sigint) if _main_thread() else None
+        handled = (signal.SIGINT, signal.SIGTERM)
+        previous = {s: signal.signal(s, self._on_signal) for s in handled} if _main_thread() else {}
         try:
             with progress:
                 while self.state.step < t.steps and not self._stop:
@@ -392,13 +402,13 @@ class Trainer:
                           f"{self.run_dir / checkpoint_name(self.state.step)}; "
                           f"continue with: rvq train RECIPE --resume {self.run_dir}")
         finally:
-            if previous_handler is not None:
-                signal.signal(signal.SIGINT, previous_handler)
+            for s, handler in previous.items():
+                signal.signal(s, handler)
             if log:
                 log.close()
             if self.recipe.output.tensorboard:
                 self.acc.end_training()
-        return TrainResult(self.run_dir, self.state.step, interrupted, last)
+        return TrainResult(self.run_dir, self.state.step, interrupted, last, self._signal if interrupted else None)
 
 
 def train(recipe: Recipe, run_dir: str | Path | None = None, resume: bool = False, quiet: bool = False) -> TrainResult:

@@ -109,7 +109,10 @@ def test_corrupt_samples_are_skipped_and_counted(tmp_path):
     assert result.last_metrics["skipped"] >= 2
 
 
-def test_ctrl_c_saves_a_checkpoint_and_resumes(tmp_path, shards):
+@pytest.mark.parametrize("signame, code", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_ctrl_c_or_sigterm_saves_a_checkpoint_exits_nonzero_and_resumes(tmp_path, shards, signame, code):
+    """Ctrl-C and a scheduler's SIGTERM (preemption) both finish the step, save, and exit 128 + the
+    signal's number, so `rvq train ... && rvq eval ...` does not evaluate a half run."""
     import signal
     import time
 
@@ -121,17 +124,18 @@ def test_ctrl_c_saves_a_checkpoint_and_resumes(tmp_path, shards):
     deadline = time.time() + 120
     while time.time() < deadline and not (metrics.is_file() and metrics.read_text().count("\n") >= 2):
         time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(getattr(signal, signame))
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err
+    assert proc.returncode == code, err
     assert "interrupted at step" in out and "--resume" in out and "Traceback" not in err
+    assert ("Ctrl-C" if signame == "SIGINT" else "SIGTERM") in out and "done:" not in out
     ckpts = sorted((tmp_path / "run").glob("ckpt-*"))
     assert len(ckpts) == 1
     step = int(ckpts[0].name.split("-")[1])
     assert step >= 2
     res = train(load_recipe(path, [f"train.steps={step + 1}", "train.ckpt_every=100000"]),
                 run_dir=tmp_path / "run", resume=True, quiet=True)
-    assert res.step == step + 1
+    assert res.step == step + 1 and res.exit_code == 0
 
 
 def test_accumulation_equals_one_big_batch(tmp_path, shards):
