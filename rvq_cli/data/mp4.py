@@ -1,16 +1,25 @@
-"""mp4 in memory: encoding frames as H.264 (PyAV) and decoding clips of frames (decord).
+"""mp4 in memory: encoding frames as H.264 (PyAV) and decoding clips of frames (decord, or PyAV).
 
 Video shards hold one ``KEY.mp4`` per video (the encoded bytes, ``encode_mp4``). A clip is
 ``frames`` frames taken every ``stride`` frames, so it spans ``(frames - 1) * stride + 1``
 source frames (``clip_span``); ``decode_clip`` decodes one at a given, random or centred start.
+
+Decoding uses decord where it is installed (it has wheels for x86-64 Linux and Windows only) and
+PyAV elsewhere (Apple Silicon, aarch64 Linux such as GH200), chosen once per process
+(:func:`video_decoder`; ``RVQ_VIDEO_DECODER=pyav`` or ``decord`` chooses by hand). Both give the
+same frames of an rvq-written mp4 (tested).
 """
 
 from __future__ import annotations
 
+import functools
 import io
+import os
 import random
 
 import numpy as np
+
+DECODERS = ("decord", "pyav")
 
 CRF = 4  # x264 constant rate factor for encode_mp4: near lossless (0 would need a high profile)
 
@@ -77,8 +86,42 @@ def clip_span(frames: int, stride: int) -> int:
     return (frames - 1) * stride + 1
 
 
+@functools.cache
+def video_decoder() -> str:
+    """The clip decoder of this process: ``$RVQ_VIDEO_DECODER`` when set, else decord when it
+    imports, else PyAV."""
+    chosen = os.environ.get("RVQ_VIDEO_DECODER")
+    if chosen:
+        if chosen not in DECODERS:
+            raise ValueError(f"RVQ_VIDEO_DECODER={chosen!r}: choose one of {', '.join(DECODERS)}")
+        return chosen
+    try:
+        import decord  # noqa: F401
+    except ImportError:
+        return "pyav"
+    return "decord"
+
+
+def _pyav_frames(data: bytes, last: int | None = None) -> list[np.ndarray]:
+    """Every frame of an mp4 in memory (up to index ``last``), RGB uint8, decoded by PyAV."""
+    import av
+
+    out = []
+    try:
+        with av.open(io.BytesIO(data)) as container:
+            for i, frame in enumerate(container.decode(video=0)):
+                out.append(frame.to_ndarray(format="rgb24"))
+                if last is not None and i >= last:
+                    break
+    except av.FFmpegError as err:  # the same kind of error as decord's for bytes it cannot decode
+        raise RuntimeError(f"PyAV cannot decode the mp4: {err}") from None
+    return out
+
+
 def video_length(data: bytes) -> int:
-    """Number of frames of an mp4 in memory (decord's count)."""
+    """Number of frames of an mp4 in memory."""
+    if video_decoder() == "pyav":
+        return len(_pyav_frames(data))
     import decord
 
     return len(decord.VideoReader(io.BytesIO(data), num_threads=1))
@@ -90,18 +133,15 @@ def decode_clip(data: bytes, *, frames: int, stride: int = 1, start: int | None 
 
     ``start`` given: that start. Else ``rng`` given: a uniform random start (training). Else the
     centred start ``(n - span) // 2`` (validation). Raises ValueError when the video is too short
-    for the clip, and whatever decord raises for undecodable bytes."""
+    for the clip, and whatever the decoder raises for undecodable bytes."""
+    if video_decoder() == "pyav":
+        every = _pyav_frames(data)
+        indices = _clip_indices(len(every), frames, stride, start, rng)
+        return np.stack([every[i] for i in indices])
     import decord
 
     vr = decord.VideoReader(io.BytesIO(data), num_threads=1)
-    n, span = len(vr), clip_span(frames, stride)
-    if n < span:
-        raise ValueError(f"video has {n} frames, a clip of {frames} frames at stride {stride} needs {span}")
-    if start is None:
-        start = rng.randint(0, n - span) if rng is not None else (n - span) // 2
-    if not 0 <= start <= n - span:
-        raise ValueError(f"start {start} is outside 0..{n - span} for a {n}-frame video and a {span}-frame clip")
-    indices = list(range(start, start + span, stride))
+    indices = _clip_indices(len(vr), frames, stride, start, rng)
     try:
         clip = vr.get_batch(indices).asnumpy()  # (T, H, W, 3)
     except decord.DECORDError as err:
@@ -112,16 +152,20 @@ def decode_clip(data: bytes, *, frames: int, stride: int = 1, start: int | None 
     return clip
 
 
+def _clip_indices(n: int, frames: int, stride: int, start: int | None, rng: random.Random | None) -> list[int]:
+    """The frame indices of a clip of an ``n``-frame video (see :func:`decode_clip`)."""
+    span = clip_span(frames, stride)
+    if n < span:
+        raise ValueError(f"video has {n} frames, a clip of {frames} frames at stride {stride} needs {span}")
+    if start is None:
+        start = rng.randint(0, n - span) if rng is not None else (n - span) // 2
+    if not 0 <= start <= n - span:
+        raise ValueError(f"start {start} is outside 0..{n - span} for a {n}-frame video and a {span}-frame clip")
+    return list(range(start, start + span, stride))
+
+
 def _decode_with_pyav(data: bytes, indices: list[int]) -> np.ndarray:
     """Frames ``indices`` (ascending) of an mp4 in memory, decoded by PyAV: the fallback for frame
     sizes whose buffers decord 0.6.0 mis-sizes ("The size must exactly match")."""
-    import av
-
-    wanted, out = set(indices), {}
-    with av.open(io.BytesIO(data)) as container:
-        for i, frame in enumerate(container.decode(video=0)):
-            if i in wanted:
-                out[i] = frame.to_ndarray(format="rgb24")
-            if i >= indices[-1]:
-                break
-    return np.stack([out[i] for i in indices])
+    every = _pyav_frames(data, last=indices[-1])
+    return np.stack([every[i] for i in indices])

@@ -43,6 +43,7 @@ from .. import __version__
 from ..data import RESIZE_METHOD, count_samples, expand_pattern, resolve_data
 from ..data.images import to_uint8
 from ..data.loader import batch_tensor, build_loader
+from ..data.mp4 import video_decoder
 from ..errors import RvqError, option
 from ..files import write_json_atomic
 from ..grids import frames, grid_frames
@@ -313,8 +314,8 @@ def _settings(recipe, acc, run_as, models: _Models, batch_size: int, workers: in
             "is_splits": min(10, n_keys) if inception else None,
             "inception_weights": str(models.inception_file) if models.inception_file else None,
             **({"lpips_weights": str(models.lpips_file), "nll": nll} if models.lpips is not None else {}),
-            **({"i3d_weights": str(models.i3d_file) if models.i3d_file else None, "fvd_feature": fvd}
-               if video else {})}
+            **({"i3d_weights": str(models.i3d_file) if models.i3d_file else None, "fvd_feature": fvd,
+                "video_decoder": video_decoder()} if video else {})}
 
 
 def _data_record(recipe, pattern: str, split: str, files: list, s: dict, duplicates: int, size: int) -> dict:

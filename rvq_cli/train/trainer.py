@@ -24,6 +24,7 @@ from accelerate.utils import set_seed
 
 from ..config import Recipe, recipe_to_yaml
 from ..data.loader import batch_tensor, build_loader, data_patterns
+from ..data.mp4 import video_decoder
 from ..errors import RvqError, option
 from ..hardware import compile_modules, keep_grad_layouts, resolve_memory_format, resolve_precision, torch_memory_format
 from ..models import build_tokenizer
@@ -424,5 +425,6 @@ def train(recipe: Recipe, run_dir: str | Path | None = None, resume: bool = Fals
               f"{trainer.acc.num_processes} process(es) on "
               f"{trainer.acc.device}, precision {trainer.precision}, memory format {trainer.memory_format}, "
               + (f"compiled: {', '.join(trainer.compiled)}, " if trainer.compiled else "")
+              + (f"video decoder {video_decoder()}, " if recipe.model.video else "")
               + f"run dir {trainer.run_dir}")
     return trainer.run()

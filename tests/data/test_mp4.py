@@ -40,13 +40,15 @@ def test_default_start_is_centred_and_rng_start_is_random_in_range():
     assert starts <= set(range(T - span + 1)) and len(starts) > 1
 
 
-def test_too_short_or_corrupt_video_raises():
+@pytest.mark.parametrize("name", ["decord", "pyav"])
+def test_too_short_or_corrupt_video_raises(decoder, name):
+    decoder(name)
     data = encode_mp4(frames(6), fps=8)
     with pytest.raises(ValueError, match="6 frames"):
         decode_clip(data, frames=4, stride=2)  # needs 7
     with pytest.raises(ValueError, match="outside"):
         decode_clip(data, frames=4, stride=1, start=3)
-    with pytest.raises(RuntimeError):  # decord cannot open it
+    with pytest.raises(RuntimeError):  # the decoder cannot open it
         decode_clip(data[: len(data) // 3] + b"\0" * 100, frames=2, stride=1)
     with pytest.raises(ValueError, match="even"):
         encode_mp4(frames(2, h=23), fps=8)
@@ -63,3 +65,41 @@ def test_sizes_decord_mis_sizes_fall_back_to_pyav():
     clip = decode_clip(data, frames=4, stride=2, start=1)
     assert clip.shape == (4, 24, 24, 3)
     assert mae(clip, src[1:8:2]) < 8  # the right frames, in order (lossy H.264)
+
+
+@pytest.fixture
+def decoder(monkeypatch):
+    """Choose the decoder by hand for one test (video_decoder caches its choice per process)."""
+    from rvq_cli.data import mp4
+
+    def choose(name):
+        monkeypatch.setenv("RVQ_VIDEO_DECODER", name)
+        mp4.video_decoder.cache_clear()
+        return mp4.video_decoder()
+
+    yield choose
+    monkeypatch.delenv("RVQ_VIDEO_DECODER", raising=False)
+    mp4.video_decoder.cache_clear()
+
+
+def test_pyav_decodes_the_same_frames_as_decord(decoder):
+    from rvq_cli.data.mp4 import video_length
+
+    data = encode_mp4(frames(), fps=8)
+    assert decoder("decord") == "decord"
+    want = [decode_clip(data, frames=4, stride=2, start=s) for s in (0, 3)]
+    n = video_length(data)
+    rng_state = random.Random(7)
+    want_random = decode_clip(data, frames=3, stride=1, rng=rng_state)
+    assert decoder("pyav") == "pyav"
+    for s, w in zip((0, 3), want):
+        np.testing.assert_array_equal(decode_clip(data, frames=4, stride=2, start=s), w)
+    assert video_length(data) == n == T
+    np.testing.assert_array_equal(decode_clip(data, frames=3, stride=1, rng=random.Random(7)), want_random)
+    with pytest.raises(ValueError, match="needs"):
+        decode_clip(data, frames=T + 1)
+
+
+def test_a_bad_decoder_choice_is_refused(decoder):
+    with pytest.raises(ValueError, match="RVQ_VIDEO_DECODER='ffmpeg': choose one of decord, pyav"):
+        decoder("ffmpeg")
