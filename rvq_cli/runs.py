@@ -10,7 +10,7 @@ A checkpoint folder holds
   model.safetensors      every parameter and buffer of the tokenizer (codebook and EMA state included)
   discriminator.safetensors  the GAN's discriminator, when the recipe has one
   optimizer.pt           optimizer and scheduler state (tensors and numbers; loaded with weights_only=True)
-  rng-<rank>.safetensors each process's torch RNG state
+  rng-<rank>.safetensors each process's torch RNG state (CPU, and every CUDA device's on GPUs)
   state.json             step, data position, world size, precision, library versions
   recipe.yaml            the resolved recipe: rebuilds the model from the checkpoint alone
 
@@ -181,7 +181,12 @@ def save_checkpoint(run_dir: Path, model: nn.Module, optimizer, scheduler, state
 
 
 def save_rng(ckpt: Path, rank: int) -> None:
-    save_file({"torch": torch.get_rng_state()}, str(ckpt / f"rng-{rank}.safetensors"))
+    """This process's generators: torch's CPU generator and, on a GPU machine, every CUDA device's
+    (the data streams seed Python's and numpy's per sample from the recipe's seed and position)."""
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.stack(torch.cuda.get_rng_state_all())
+    save_file(state, str(ckpt / f"rng-{rank}.safetensors"))
 
 
 def load_checkpoint(ckpt: Path, model: nn.Module, optimizer=None, scheduler=None, rank: int = 0,
@@ -199,7 +204,10 @@ def load_checkpoint(ckpt: Path, model: nn.Module, optimizer=None, scheduler=None
             disc_optimizer.load_state_dict(opt["disc_optimizer"])
     rng = ckpt / f"rng-{rank}.safetensors"
     if rng.is_file():
-        torch.set_rng_state(load_file(str(rng))["torch"])
+        state = load_file(str(rng))
+        torch.set_rng_state(state["torch"])
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(list(state["cuda"]))
     raw = json.loads((ckpt / STATE).read_text())
     return CheckpointState(**{k: raw[k] for k in CheckpointState.__dataclass_fields__ if k in raw})
 
