@@ -5,7 +5,9 @@ CheckpointError, ...)."""
 
 from __future__ import annotations
 
-__all__ = ["RvqError", "name_options_as_flags", "option"]
+import re
+
+__all__ = ["RvqError", "describe", "name_options_as_flags", "option"]
 
 
 class RvqError(Exception):
@@ -31,3 +33,13 @@ def name_options_as_flags(on: bool = True) -> None:
     length of a command and off again when it ends)."""
     global _AS_FLAGS
     _AS_FLAGS = on
+
+
+_OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>")
+
+
+def describe(exn: BaseException) -> str:
+    """``exn`` for a user message: its type and text on one line, with Python object reprs
+    (``<_io.BytesIO object at 0x…>``, which PIL puts in its messages) said in words."""
+    text = _OBJECT_REPR.sub("the data", str(exn)).replace("\n", " ").strip()
+    return f"{type(exn).__name__}: {text}" if text else type(exn).__name__

@@ -40,3 +40,21 @@ def test_the_same_error_names_the_flag_in_a_cli_run_and_python_naming_returns_af
     assert isinstance(res.exception, TokenError), res.output
     assert str(res.exception).startswith("--batch-size must be at least 1, got 0."), res.exception
     assert not errors._AS_FLAGS and option("batch_size") == "batch_size"  # the command turned it off at its end
+
+
+def test_messages_say_object_reprs_in_words():
+    """PIL names the BytesIO it could not read (``<_io.BytesIO object at 0x…>``); a user message
+    never shows that."""
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    from rvq_cli.errors import describe
+
+    try:
+        Image.open(io.BytesIO(b"not an image"))
+    except UnidentifiedImageError as exn:
+        assert "object at 0x" in str(exn)  # what PIL says
+        text = describe(exn)
+    assert text == "UnidentifiedImageError: cannot identify image file the data", text
+    assert describe(ValueError("a\nb")) == "ValueError: a b" and describe(KeyError()) == "KeyError"

@@ -22,6 +22,7 @@ from typing import Optional
 
 from PIL import Image
 
+from ..errors import describe
 from .images import decode_rgb
 
 IMAGE_SUFFIXES = frozenset(".jpg .jpeg .png .webp .bmp .gif .tif .tiff .ppm .pgm .pbm".split())
@@ -65,7 +66,7 @@ def load_image_file(path: str) -> tuple[str, bytes] | str:
             im.save(buf, format="PNG")
             return "png", buf.getvalue()
     except Exception as exn:  # anything PIL or the OS raises for this file
-        return f"{type(exn).__name__}: {exn}".replace("\n", " ")
+        return describe(exn)
 
 
 def path_keys(paths: list[str]) -> list[str]:

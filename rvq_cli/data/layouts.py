@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from ..errors import option
+from ..errors import describe, option
 from .folders import IMAGE_SUFFIXES, class_layout, list_images, path_keys
 from .format import DataError
 
@@ -128,7 +128,7 @@ def _synset_ids(path: Path) -> dict[int, str]:
             return {int(i): str(w) for i, w in zip(s["ILSVRC2012_ID"], s["WNID"])}
         except Exception as exn:  # not a devkit meta.mat
             raise DataError(f"{option('synsets')} {path}: not the devkit's meta.mat "
-                            f"({type(exn).__name__}: {exn}).") from None
+                            f"({describe(exn)}).") from None
     wnids = [s.split()[0] for s in _lines(path, "synsets")]
     if len(wnids) == 1000 and wnids == sorted(wnids):
         raise DataError(f"{option('synsets')} {path} lists the synsets in sorted order (like Kaggle's "

@@ -29,6 +29,7 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
+from ..errors import describe
 from .format import DataError, expand_pattern
 from .images import center_crop, center_crop_native, random_crop, sample_image, to_batch
 from .sources import resolve_data
@@ -49,7 +50,7 @@ class _Errors:
         self.samples = 0  # samples read from tars so far
 
     def on_tar_error(self, exn: Exception) -> bool:
-        warnings.warn(f"rvq: skipping unreadable shard data: {exn}", stacklevel=2)
+        warnings.warn(f"rvq: skipping unreadable shard data: {describe(exn)}", stacklevel=2)
         self.tar_errors += 1
         return True  # continue with the next member / shard
 
@@ -152,7 +153,7 @@ class ShardStream(IterableDataset):
                 failed, in_a_row = failed + 1, in_a_row + 1
                 if in_a_row >= MAX_FAILED_IN_A_ROW:
                     raise DataError(f"{in_a_row} samples in a row could not be decoded as {self.what} (last: "
-                                    f"{sample.get('__key__')!r} in {sample.get('__url__')}: {exn}). "
+                                    f"{sample.get('__key__')!r} in {sample.get('__url__')}: {describe(exn)}). "
                                     f"{self.hint}") from None
                 continue
             in_a_row = 0

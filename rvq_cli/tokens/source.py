@@ -26,6 +26,7 @@ from ..data.folders import class_layout, list_images, path_keys
 from ..data.format import DataError, expand_pattern
 from ..data.images import center_crop, center_crop_native, decode_rgb, sample_image, to_batch
 from ..data.sources import resolve_data
+from ..errors import describe
 
 
 @dataclass
@@ -78,7 +79,7 @@ class _UnitErrors:
         self.errors: list[tuple[str, str]] = []
 
     def __call__(self, exn: Exception) -> bool:
-        self.errors.append(("(shard data)", f"{type(exn).__name__}: {exn}".replace("\n", " ")))
+        self.errors.append(("(shard data)", describe(exn)))
         return True
 
 
@@ -129,14 +130,14 @@ def _decoded(unit: Unit, size: int, errors: _UnitErrors, clip: tuple[int, int] |
             try:
                 yield from list(_clips(key, s, size, clip))  # all of a video's clips, or none of them
             except Exception as exn:
-                errors.errors.append((key, f"{type(exn).__name__}: {exn}".replace("\n", " ")))
+                errors.errors.append((key, describe(exn)))
         return
     if unit.files:
         for path, key, label in unit.files:
             try:
                 im = view(decode_rgb(Path(path).read_bytes()), size)
             except Exception as exn:
-                errors.errors.append((key, f"{path}: {type(exn).__name__}: {exn}".replace("\n", " ")))
+                errors.errors.append((key, f"{path}: {describe(exn)}"))
                 continue
             yield key, im, {"path": path}, label
         return
@@ -146,7 +147,7 @@ def _decoded(unit: Unit, size: int, errors: _UnitErrors, clip: tuple[int, int] |
             meta = json.loads(s["json"]) if "json" in s else {}
             label = int(s["cls"]) if "cls" in s else None
         except Exception as exn:
-            errors.errors.append((key, f"{type(exn).__name__}: {exn}".replace("\n", " ")))
+            errors.errors.append((key, describe(exn)))
             continue
         yield key, im, meta, label
 
