@@ -107,12 +107,6 @@ def estimators(
                   "use which.", highlight=False)
 
 
-def _recipes_dir() -> Path:
-    """recipes/ of the current folder, else the one beside the installed source tree."""
-    here = Path("recipes")
-    return here if here.is_dir() else Path(__file__).resolve().parent.parent / "recipes"
-
-
 def _recipe_summary(path: Path) -> str:
     """The first comment line of a recipe: what it reproduces."""
     for line in path.read_text().splitlines():
@@ -125,22 +119,25 @@ def _recipe_summary(path: Path) -> str:
 
 @app.command()
 def recipes() -> None:
-    """List the shipped recipes, one line each."""
-    folder = _recipes_dir()
-    paths = sorted(folder.rglob("*.yaml")) if folder.is_dir() else []
-    if not paths:
-        raise UserError(f"no recipes found in {folder}; run rvq from the rvq source folder or pass a recipe path.")
-    table = Table(title=f"recipes in {folder}")
+    """List the shipped recipes, one line each: every command that takes a recipe takes their names."""
+    from .config import shipped_recipes
+
+    shipped = shipped_recipes()
+    if not shipped:
+        raise UserError("this rvq installation has no recipes (the package data of rvq_cli.recipes is missing); "
+                        "reinstall rvq, or pass a recipe file.")
+    folder = next(iter(shipped.values())).parent
+    table = Table(title=f"shipped recipes (rvq train NAME), in {folder}")
     table.add_column("recipe")
     table.add_column("what it is")
-    for p in paths:
-        table.add_row(str(p.relative_to(folder.parent)) if folder.parent != Path(".") else str(p), _recipe_summary(p))
+    for name, p in shipped.items():
+        table.add_row(name, _recipe_summary(p))
     console.print(table)
 
 
 @app.command()
 def validate(
-    recipe: Path = typer.Argument(..., help="Recipe YAML file."),
+    recipe: Path = typer.Argument(..., help="Recipe YAML file, or a shipped recipe's name (rvq recipes lists them)."),
     overrides: list[str] = typer.Argument(None, help="key=value overrides, e.g. train.steps=200"),
     show: bool = typer.Option(False, "--show", help="Print the fully resolved recipe."),
 ) -> None:
@@ -159,7 +156,7 @@ def validate(
 
 @app.command()
 def train(
-    recipe: Path = typer.Argument(..., help="Recipe YAML file (rvq recipes lists the shipped ones)."),
+    recipe: Path = typer.Argument(..., help="Recipe YAML file, or a shipped recipe's name (rvq recipes lists them)."),
     overrides: list[str] = typer.Argument(None, help="key=value overrides, e.g. model.quantizer.estimator=ste"),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this run directory."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar: one log line per log interval."),
@@ -294,7 +291,8 @@ SYNTHETIC = ("himmelblau", "voronoi", "field")
 def compare(
     items: list[str] = typer.Argument(None, help="Estimators to compare (rvq estimators lists them), then any "
                                       "key=value recipe overrides."),
-    recipe: Optional[Path] = typer.Option(None, "--recipe", help="Recipe to train (default: recipes/quickstart.yaml)."),
+    recipe: Optional[Path] = typer.Option(None, "--recipe", help="Recipe to train: a YAML file or a shipped "
+                                          "recipe's name (default: the shipped quickstart)."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Training steps per estimator (default: the recipe's)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of every run (default: the recipe's)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: runs/compare-RECIPE, or "
@@ -334,11 +332,13 @@ def compare(
         _compare_synthetic(names, synthetic, out, 10 if seeds is None else seeds)
         return
     from .compare.runner import compare as run_compare
+    from .config import shipped_recipes
 
     if recipe is None:
-        recipe = _recipes_dir() / "quickstart.yaml"
-        if not recipe.is_file():
-            raise UserError(f"the default recipe {recipe} is missing; pass --recipe RECIPE.yaml.")
+        recipe = shipped_recipes().get("quickstart")
+        if recipe is None:
+            raise UserError("the default recipe, the shipped quickstart, is missing from this installation; "
+                            "pass --recipe RECIPE.yaml.")
     for flag, v in (("--steps", steps), ("--seeds", seeds), ("--seed", seed)):
         if v is not None and v < (0 if flag == "--seed" else 1):
             raise UserError(f"{flag} must be {'non-negative' if flag == '--seed' else 'positive'}, got {v}.")

@@ -37,7 +37,7 @@ from .schema import (
 __all__ = ["DEMO", "DataConfig", "EncoderConfig", "GANConfig", "LossConfig", "ModelConfig", "OptimConfig",
            "OutputConfig", "Problem", "QuantizerConfig", "Recipe", "RecipeError", "StyleGAN2Config",
            "TimeSformerConfig", "TrainConfig", "ViTConfig", "check_recipe", "load_recipe", "parse_overrides",
-           "recipe_to_yaml"]
+           "recipe_to_yaml", "resolve_recipe", "shipped_recipes"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -124,7 +124,9 @@ def read_yaml(path: str | os.PathLike) -> dict:
     """The YAML mapping in ``path``; a RecipeError says where it fails to parse."""
     p = Path(path)
     if not p.is_file():
-        raise RecipeError(str(path), [Problem("", "no such file; `rvq recipes` lists the shipped recipes")])
+        what = "a folder, not a recipe file" if p.is_dir() else "no such file"
+        raise RecipeError(str(path), [Problem("", f"{what}; `rvq recipes` lists the shipped recipes, which rvq also "
+                                                  "takes by name (rvq train quickstart)")])
     try:
         data = yaml.safe_load(p.read_text())
     except yaml.YAMLError as err:
@@ -365,9 +367,40 @@ def check_data_paths(data: Any) -> list[Problem]:
     return problems
 
 
+SHIPPED = "rvq_cli.recipes"  # the package whose data are the shipped recipes (pyproject.toml maps recipes/ to it)
+
+
+def shipped_recipes() -> dict[str, Path]:
+    """The recipes installed with rvq by name (``quickstart`` -> its YAML file), read from the
+    package data of ``rvq_cli.recipes``; the same files as the source tree's recipes/ folder."""
+    from importlib.resources import files
+
+    try:
+        folder = files(SHIPPED)
+    except ModuleNotFoundError:  # an installation without its package data
+        return {}
+    return {p.stem: p for p in sorted(Path(str(t)) for t in folder.iterdir() if t.name.endswith(".yaml"))}
+
+
+def resolve_recipe(recipe: str | os.PathLike) -> Path:
+    """The file ``recipe`` names: a path that exists (which always wins), else a shipped recipe's
+    name, with or without .yaml (``rvq train quickstart``); a RecipeError lists the shipped names."""
+    path = Path(recipe)
+    if path.exists() or len(path.parts) != 1:
+        return path  # read_yaml says what is wrong with a path that is not a recipe file
+    shipped = shipped_recipes()
+    name = path.stem if path.suffix == ".yaml" else path.name
+    if name not in shipped:
+        names = ", ".join(shipped) or "missing from this installation"
+        raise RecipeError(str(recipe), [Problem("", "no such file, nor the name of a shipped recipe; the shipped ones "
+                                                    f"are {names} (`rvq recipes` says what each is)")])
+    return shipped[name]
+
+
 def load_recipe(path: str | os.PathLike, overrides: list[str] = (), check_paths: bool = True) -> Recipe:
-    """Read, override and validate a recipe; raise RecipeError listing every problem found."""
-    data = read_yaml(path)
+    """Read, override and validate a recipe: a YAML file, or a shipped recipe's name (see
+    :func:`resolve_recipe`); raise RecipeError listing every problem found."""
+    data = read_yaml(resolve_recipe(path))
     extra, problems = parse_overrides(list(overrides))
     merged = _merge(data, extra)
     try:

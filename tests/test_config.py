@@ -9,7 +9,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rvq_cli.config import DEMO, Recipe, RecipeError, load_recipe, parse_overrides, recipe_to_yaml
+from rvq_cli.config import (
+    DEMO,
+    Recipe,
+    RecipeError,
+    load_recipe,
+    parse_overrides,
+    recipe_to_yaml,
+    resolve_recipe,
+    shipped_recipes,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = sorted((ROOT / "recipes").rglob("*.yaml"))
@@ -120,6 +129,38 @@ def test_non_mapping_and_missing_file(tmp_path):
     assert "no such file" in problems_of(tmp_path / "absent.yaml")[""]
 
 
+def test_the_shipped_recipes_are_the_recipes_folder():
+    shipped = shipped_recipes()
+    assert list(shipped) == [p.stem for p in RECIPES]  # sorted by name, read from the package data
+    for p in RECIPES:
+        assert shipped[p.stem].read_text() == p.read_text()
+
+
+@pytest.mark.parametrize("name", ["quickstart", "quickstart.yaml"])
+def test_a_shipped_recipe_loads_by_name(tmp_path, monkeypatch, name):
+    monkeypatch.chdir(tmp_path)  # no recipes/ folder here
+    assert resolve_recipe(name) == shipped_recipes()["quickstart"]
+    assert load_recipe(name, ["train.steps=7"]) == load_recipe(ROOT / "recipes" / "quickstart.yaml", ["train.steps=7"])
+
+
+def test_a_path_that_exists_wins_over_a_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path, "train: {steps: 3}\n", "quickstart.yaml")
+    assert resolve_recipe("quickstart.yaml") == Path("quickstart.yaml")
+    assert load_recipe("quickstart.yaml").train.steps == 3
+    assert load_recipe("quickstart").train.steps == load_recipe(ROOT / "recipes" / "quickstart.yaml").train.steps
+    (tmp_path / "vqgan_f4").mkdir()  # a folder is a path too: refused, not replaced by the recipe of that name
+    assert "a folder, not a recipe file" in problems_of("vqgan_f4")[""]
+
+
+@pytest.mark.parametrize("name", ["nope", "nope.yaml"])
+def test_an_unknown_name_lists_the_shipped_recipes(tmp_path, monkeypatch, name):
+    monkeypatch.chdir(tmp_path)
+    message = problems_of(name)[""]
+    assert "nor the name of a shipped recipe" in message and all(p.stem in message for p in RECIPES)
+    assert "no such file" in problems_of(tmp_path / "sub" / "quickstart.yaml")[""]  # a path is never a name
+
+
 def test_overrides_are_typed_and_validated(tmp_path):
     path = write(tmp_path, "")
     r = load_recipe(path, ["model.quantizer.estimator=ste", "train.steps=200", "optim.lr=3e-4",
@@ -137,9 +178,9 @@ def test_parse_overrides():
     assert tree == {"a": {"b": 1, "c": "x"}, "d": [1, 2]} and not problems
 
 
-def rvq(*args):
+def rvq(*args, cwd=ROOT):
     env = dict(os.environ, COLUMNS="200", RVQ_COMPILE="never")
-    return subprocess.run([RVQ, *args], capture_output=True, text=True, env=env, timeout=60, cwd=ROOT)
+    return subprocess.run([RVQ, *args], capture_output=True, text=True, env=env, timeout=60, cwd=cwd)
 
 
 def test_cli_validate_ok_and_show():
@@ -163,6 +204,19 @@ def test_cli_recipes_lists_every_recipe():
     for p in RECIPES:
         assert p.stem in res.stdout
     assert "Quickstart" in res.stdout
+
+
+def test_cli_takes_a_shipped_recipe_by_name(tmp_path):
+    ok = rvq("validate", "quickstart", "train.steps=5", cwd=tmp_path)
+    assert ok.returncode == 0, ok.stderr
+    assert "quickstart: valid" in ok.stdout and "5 steps" in ok.stdout
+    paper = rvq("validate", "vqgan_f4.yaml", cwd=tmp_path)  # found by name; its ImageNet shards are not here
+    assert paper.returncode == 2 and "data/imagenet/train-" in paper.stderr, paper.stderr
+    bad = rvq("train", "nope", cwd=tmp_path)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr + bad.stdout
+    err = " ".join(bad.stderr.split())
+    assert "nor the name of a shipped recipe" in err and "quickstart, " in err and "vqgan_f4" in err
+    assert not (tmp_path / "runs").exists()
 
 
 @pytest.mark.parametrize("overrides, path", [

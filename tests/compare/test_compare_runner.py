@@ -537,6 +537,10 @@ def test_cli_synthetic_field(tmp_path):
     (("ste", "--steps", "0"), ["--steps must be positive, got 0"]),
     (("ste", "--seeds", "0"), ["--seeds must be positive, got 0"]),
     (("ste", "--synthetic", "voronoi", "--seeds", "3"), ["runs one fixed setting", "drop --seeds"]),
+    # a shipped recipe by name (its ImageNet shards are not here); a name that is none; the default, the quickstart
+    (("ste", "--recipe", "vqgan_f4"), ["vqgan_f4 has 2 problems", "data/imagenet/train-"]),
+    (("ste", "--recipe", "nope.yaml"), ["nor the name of a shipped recipe", "quickstart, ", "vqgan_f4"]),
+    (("ste", "data.val=null"), ["quickstart.yaml has no validation set"]),
 ])
 def test_cli_bad_compare_arguments_exit_2(tmp_path, shards, args, fragments):
     recipe = str(recipe_file(tmp_path, shards))
