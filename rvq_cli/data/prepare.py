@@ -1,19 +1,8 @@
 """Datasets as users download them -> train/validation shards (what ``rvq data prepare`` runs).
 
-Layouts (docs/datasets.md says what to download for each):
-
-- ``imagenet``: ``SRC/train/<synset>/*.JPEG`` and ``SRC/val/``, either in synset folders
-  (valprep.sh) or flat ``ILSVRC2012_val_NNNNNNNN.JPEG`` with ``val_labels``: Kaggle's
-  LOC_val_solution.csv, or the devkit's ILSVRC2012_validation_ground_truth.txt plus ``synsets``
-  (the devkit's meta.mat, or a text file of synsets in ILSVRC2012_ID order). Labels are 0..C-1 in
-  sorted synset order of train/ (torchvision's ImageFolder), for both splits.
-- ``ffhq``: images named by index (``00000/00000.png`` ... or flat); index ≥ ``val_from``
-  (60000) is validation, or taming-style ``train_list`` / ``val_list``. Unlabelled.
-- ``celebahq``: images named by index (``00000.jpg``, ``0.jpg``, ``imgHQ00000.png``); the last
-  ``val_fraction`` (0.1) by index is validation, or ``train_list`` / ``val_list``. Unlabelled.
-- ``folder``: any folder, class sub-folders give labels (as ``rvq data shards``); a file is
-  validation when a hash of its relative path falls below ``val_fraction`` (default 0).
-- ``bair``, ``ucf101``: videos, one mp4 sample per trajectory / video.
+Layouts (docs/datasets.md says what to download for each): ``imagenet``, ``ffhq``,
+``celebahq`` and ``folder`` (images; each is described in ``layouts.py``), ``bair`` and
+``ucf101`` (videos, one mp4 sample per trajectory / video; ``video_layouts.py``).
 
 The layouts are planned by ``layouts.py`` (images) and ``video_layouts.py`` (videos) into lists
 of items; training items are put in a fixed pseudo-random order of the sorted list

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from . import codebook as cb
 from .estimators import ESTIMATORS
 from .quantizer import QuantizeLosses, QuantizeMetrics, QuantizeOutput
+from .rows import from_rows, project_fp32, to_rows
 
 __all__ = ["BOUND_EPS", "MAX_CODES", "PAPER_LEVELS", "FSQuantizer"]
 
@@ -137,21 +138,13 @@ class FSQuantizer(nn.Module):
 
     def project(self, layer: nn.Module, x: Tensor) -> Tensor:
         """A projection applied in fp32, whatever dtype the module was cast to."""
-        if isinstance(layer, nn.Identity):
-            return x
-        return F.linear(x, layer.weight.float(), layer.bias.float() if layer.bias is not None else None)
+        return project_fp32(layer, x)
 
     def _flatten(self, z: Tensor) -> tuple[Tensor, tuple[int, ...]]:
-        if z.dim() < 3 or z.shape[1] != self.dim:
-            raise ValueError(f"expected input (B, {self.dim}, *spatial) with at least one spatial axis, "
-                             f"got shape {tuple(z.shape)}")
-        x = z.float().movedim(1, -1)  # (B, *spatial, D)
-        grid = tuple(x.shape[:-1])
-        return x.reshape(-1, self.dim), grid  # (N, D)
+        return to_rows(z, self.dim)
 
     def _unflatten(self, x: Tensor, grid: tuple[int, ...]) -> Tensor:
-        # (N, D) -> (B, *spatial, D) -> (B, D, *spatial)
-        return x.reshape(*grid, self.dim).movedim(-1, 1).contiguous()
+        return from_rows(x, grid, self.dim)
 
     # ------------------------------------------------------------ forward
 

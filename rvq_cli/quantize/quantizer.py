@@ -15,6 +15,7 @@ from .estimators.diveq import DIVEQ_NOISE_STD
 from .estimators.gumbel import GUMBEL_LOGITS, GUMBEL_SAMPLES, GUMBEL_TEMPERATURE, cosine_anneal, logit_projection
 from .estimators.ibq import IBQ_LOGITS
 from .parameterisations import build_parameterisation, initial_codes
+from .rows import from_rows, project_fp32, to_rows
 
 UPDATES = ("ema", "learned")
 
@@ -306,9 +307,7 @@ class VectorQuantizer(nn.Module):
 
     def project(self, layer: nn.Module, x: Tensor) -> Tensor:
         """A factorising projection applied in fp32, whatever dtype the module was cast to."""
-        if isinstance(layer, nn.Identity):
-            return x
-        return F.linear(x, layer.weight.float(), layer.bias.float() if layer.bias is not None else None)
+        return project_fp32(layer, x)
 
     def codes(self) -> Tensor:
         """The (K, d) code vectors as used for lookup (l2-normalised for cosine lookup)."""
@@ -316,16 +315,10 @@ class VectorQuantizer(nn.Module):
         return F.normalize(c, dim=-1) if self.lookup == "cosine" else c
 
     def _flatten(self, z: Tensor) -> tuple[Tensor, tuple[int, ...]]:
-        if z.dim() < 3 or z.shape[1] != self.dim:
-            raise ValueError(f"expected input (B, {self.dim}, *spatial) with at least one spatial axis, "
-                             f"got shape {tuple(z.shape)}")
-        x = z.float().movedim(1, -1)  # (B, *spatial, D)
-        grid = tuple(x.shape[:-1])
-        return x.reshape(-1, self.dim), grid  # (N, D)
+        return to_rows(z, self.dim)
 
     def _unflatten(self, x: Tensor, grid: tuple[int, ...]) -> Tensor:
-        # (N, D) -> (B, *spatial, D) -> (B, D, *spatial)
-        return x.reshape(*grid, self.dim).movedim(-1, 1).contiguous()
+        return from_rows(x, grid, self.dim)
 
     def to_output(self, v: Tensor, grid: tuple[int, ...], dtype: torch.dtype) -> Tensor:
         """Rows ``v`` (N, d) in code space -> the layer's output layout (B, D, *spatial) in ``dtype``."""

@@ -141,9 +141,8 @@ def test_gradients_reach_the_encoder_through_the_estimator():
     assert not torch.allclose(ste.encoder.conv_in.weight.grad, rot.encoder.conv_in.weight.grad, rtol=1e-3, atol=0)
 
 
-@pytest.mark.parametrize("estimator", ["ste", "rotation", "diveq"])
-def test_training_reduces_reconstruction_error(estimator):
-    tok = make(seed=5, estimator=estimator, beta=0.25).train()
+def _train_40_steps(tok) -> list[float]:
+    """Reconstruction MSE of 40 Adam steps (lr 3e-3) on four smooth images."""
     x = smooth_images(4, seed=6)
     opt = torch.optim.Adam(tok.parameters(), lr=3e-3)
     mses = []
@@ -154,6 +153,13 @@ def test_training_reduces_reconstruction_error(estimator):
         (mse + out.quantize.loss).backward()
         opt.step()
         mses.append(mse.item())
+    return mses
+
+
+@pytest.mark.parametrize("estimator", ["ste", "rotation", "diveq"])
+def test_training_reduces_reconstruction_error(estimator):
+    tok = make(seed=5, estimator=estimator, beta=0.25).train()
+    mses = _train_40_steps(tok)
     start, end = mses[0], min(mses[-5:])
     assert end < 0.4 * start, (estimator, mses)  # ~0.375 -> ~0.09 in 40 steps
 
@@ -257,14 +263,5 @@ def test_ibq_in_its_published_setting_reduces_reconstruction_error():
     size (32 codes of dimension 4) its dot-product argmax settles on few codes: 0.376 -> 0.209 in
     40 steps, where STE reaches 0.153, so the bound is looser than the pointwise estimators'."""
     tok = make(seed=5, estimator="ibq", update="learned", vq_loss="taming_legacy", beta=0.25).train()
-    x = smooth_images(4, seed=6)
-    opt = torch.optim.Adam(tok.parameters(), lr=3e-3)
-    mses = []
-    for _ in range(40):
-        out = tok(x)
-        mse = F.mse_loss(out.reconstruction, x)
-        opt.zero_grad()
-        (mse + out.quantize.loss).backward()
-        opt.step()
-        mses.append(mse.item())
+    mses = _train_40_steps(tok)
     assert min(mses[-5:]) < 0.7 * mses[0], mses
