@@ -19,6 +19,8 @@ import random
 
 import numpy as np
 
+from .format import DataError
+
 DECODERS = ("decord", "pyav")
 
 CRF = 4  # x264 constant rate factor for encode_mp4: near lossless (0 would need a high profile)
@@ -93,7 +95,8 @@ def video_decoder() -> str:
     chosen = os.environ.get("RVQ_VIDEO_DECODER")
     if chosen:
         if chosen not in DECODERS:
-            raise ValueError(f"RVQ_VIDEO_DECODER={chosen!r}: choose one of {', '.join(DECODERS)}")
+            raise DataError(f"RVQ_VIDEO_DECODER={chosen!r}: choose one of {', '.join(DECODERS)}, or unset it "
+                            "(decord where it is installed, else PyAV).")
         return chosen
     try:
         import decord  # noqa: F401

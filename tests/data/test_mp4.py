@@ -101,5 +101,7 @@ def test_pyav_decodes_the_same_frames_as_decord(decoder):
 
 
 def test_a_bad_decoder_choice_is_refused(decoder):
-    with pytest.raises(ValueError, match="RVQ_VIDEO_DECODER='ffmpeg': choose one of decord, pyav"):
+    from rvq_cli.data import DataError
+
+    with pytest.raises(DataError, match="RVQ_VIDEO_DECODER='ffmpeg': choose one of decord, pyav"):
         decoder("ffmpeg")
