@@ -4,8 +4,9 @@ step by step on the same batches so that machine noise hits all alike.
 
 Run:  python benchmarks/bench_train_step.py [--recipe recipes/quickstart.yaml] [--steps 60]
            [--estimators ste rotation ibq diveq hessian exact gumbel fsq rotation:simvq ste:affine]
-A method is an estimator name, ``EST:CODEBOOK`` (an estimator on the simvq or affine codebook
-parameterisation) or ``fsq`` (FSQ with the paper's levels for about the recipe's codebook size).
+A method is named as in ``rvq compare``: an estimator, ``EST:CODEBOOK`` (an estimator on the simvq
+or affine codebook parameterisation) or ``fsq`` (FSQ with the paper's levels for about the
+recipe's codebook size; ``fsq:8-5-5-5`` names the levels).
 Prints the median step time of each and its ratio to STE (goal for rotation: at most 1.02; the
 loss-level estimators cost a double backward (hessian) or a second decoder pass (exact)).
 """
@@ -18,32 +19,21 @@ import time
 
 import torch
 
+from rvq_cli.compare.methods import parse_method
 from rvq_cli.config import load_recipe
 from rvq_cli.models import build_tokenizer
-from rvq_cli.quantize.fsq import PAPER_LEVELS
 from rvq_cli.train.build import build_optimizer
 from rvq_cli.train.trainer import reconstruction_loss
 
 
-def with_method(recipe, method: str):
-    """The recipe with ``method``'s quantizer settings (see the module docstring)."""
-    recipe = recipe.model_copy(deep=True)
-    q = recipe.model.quantizer
-    if method == "fsq":
-        size = min(PAPER_LEVELS, key=lambda k: abs(k - q.codebook_size))
-        q.kind, q.levels, q.estimator = "fsq", list(PAPER_LEVELS[size]), "ste"
-        q.codebook_size, q.codebook_dim = size, len(q.levels)
-        return recipe
-    q.estimator, _, codebook = method.partition(":")
-    if codebook:
-        q.codebook = codebook
-        if codebook == "simvq":
-            q.update = "learned"
-    return recipe
+def with_method(recipe_path: str, method: str):
+    """The recipe with ``method``'s quantizer settings, as ``rvq compare`` builds them."""
+    base = load_recipe(recipe_path, check_paths=False)
+    return load_recipe(recipe_path, parse_method(method).overrides(base), check_paths=False)
 
 
-def make_step(recipe, estimator: str):
-    recipe = with_method(recipe, estimator)
+def make_step(recipe_path: str, method: str):
+    recipe = with_method(recipe_path, method)
     torch.manual_seed(recipe.train.seed)
     model = build_tokenizer(recipe.model, recipe.data.image_size).train()
     opt = build_optimizer(model.parameters(), recipe.optim)
@@ -77,7 +67,7 @@ def main() -> None:
     size, batch = recipe.data.image_size, recipe.train.batch_size
     gen = torch.Generator().manual_seed(0)
     xs = [torch.rand(batch, 3, size, size, generator=gen) * 2 - 1 for _ in range(8)]
-    steps = {name: make_step(recipe, name) for name in names}
+    steps = {name: make_step(args.recipe, name) for name in names}
     times: dict[str, list[float]] = {name: [] for name in steps}
     for i in range(args.warmup + args.steps):
         order = names[i % len(names):] + names[: i % len(names)]  # rotate who goes first

@@ -289,8 +289,9 @@ SYNTHETIC = ("himmelblau", "voronoi", "field")
 
 @app.command()
 def compare(
-    items: list[str] = typer.Argument(None, help="Estimators to compare (rvq estimators lists them), then any "
-                                      "key=value recipe overrides."),
+    items: list[str] = typer.Argument(None, help="Methods to compare: estimators (rvq estimators lists them), "
+                                      "EST:CODEBOOK for an estimator on the simvq or affine codebook (rotation:simvq), "
+                                      "fsq or fsq:8-5-5-5 for FSQ; then any key=value recipe overrides."),
     recipe: Optional[Path] = typer.Option(None, "--recipe", help="Recipe to train: a YAML file or a shipped "
                                           "recipe's name (default: the shipped quickstart)."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Training steps per estimator (default: the recipe's)."),
@@ -309,11 +310,11 @@ def compare(
     no_fid: bool = typer.Option(False, "--no-fid", help="Skip r-FID and r-IS."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars: one log line per log interval."),
 ) -> None:
-    """Train the same recipe once per estimator and seed (within a seed: the same data order and
-    initial weights), evaluate each on the same validation set, and print a table like the paper's
-    Table 1 (mean ± std over seeds, and seed-paired differences to the first estimator with 95%
-    intervals); writes compare.json, compare.md and figures/ (curves with the seed spread,
-    diagnostics, usage histograms, reconstructions).
+    """Train the same recipe once per method and seed (within a seed: the same data order and
+    initial encoder and decoder weights), evaluate each on the same validation set, and print a
+    table like the paper's Table 1 (mean ± std over seeds, and seed-paired differences to the
+    first method with 95% intervals); writes compare.json, compare.md and figures/ (curves with
+    the seed spread, diagnostics, usage histograms, reconstructions).
     With --synthetic, run the paper's 2-D problems (seconds on a CPU) instead."""
     items = items or []
     names = [i for i in items if "=" not in i]

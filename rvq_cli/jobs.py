@@ -10,14 +10,17 @@ from collections.abc import Callable
 from pathlib import Path
 
 
-def job_differences(record: Path, job: dict) -> list[str] | None:
-    """None when ``record`` does not exist; else how ``job`` differs from it ([] for the same job)."""
+def job_differences(record: Path, job: dict, defaults: dict | None = None) -> list[str] | None:
+    """None when ``record`` does not exist; else how ``job`` differs from it ([] for the same job).
+    A key the record lacks counts as its value in ``defaults`` where given: a setting added to rvq
+    after the record was written, whose default is what ran before."""
     if not record.is_file():
         return None
     try:
         old = json.loads(record.read_text())
     except ValueError:
         old = {}
+    old = {**(defaults or {}), **old}
     return [f"{k}: {old.get(k)!r} before, {v!r} now" for k, v in job.items() if old.get(k) != v]
 
 

@@ -66,7 +66,7 @@ def summary_table(result: CompareResult) -> Table:
         rows.append(cells)
     n = len(result.seeds)
     title = f"mean ± std over {n} seeds" if n > 1 else f"seed {result.seeds[0]}"
-    return Table(title, ["estimator"] + [c.label for c in cols], rows, marks="best")
+    return Table(title, ["method"] + [c.label for c in cols], rows, marks="best")
 
 
 def difference_table(result: CompareResult) -> Table | None:
@@ -96,7 +96,7 @@ def seed_table(result: CompareResult) -> Table:
     cols = [c for c in COLUMNS if any(r.value(c.key) is not None for r in result.runs)]
     rows = [[Cell(r.name), Cell(str(r.seed))] + [Cell(format_value(r.value(c.key), c.fmt)) for c in cols]
             for r in sorted(result.runs, key=lambda r: (result.estimators.index(r.name), r.seed))]
-    return Table("every seed", ["estimator", "seed"] + [c.label for c in cols], rows)
+    return Table("every seed", ["method", "seed"] + [c.label for c in cols], rows)
 
 
 def console_tables(result: CompareResult, recipe_path) -> list[Table]:
@@ -233,7 +233,7 @@ def write_figures(folder: Path, runs: list[EstimatorRun], images: torch.Tensor,
 def write_markdown(result: CompareResult, recipe_path, overrides) -> Path:
     r = result.recipe
     seeds = ", ".join(map(str, result.seeds))
-    fingerprints = sorted({run.init_fingerprint for run in result.runs})
+    fingerprints = sorted({run.shared_fingerprint for run in result.runs})
     lines = [
         f"# rvq compare: {', '.join(result.estimators)}",
         "",
@@ -241,12 +241,12 @@ def write_markdown(result: CompareResult, recipe_path, overrides) -> Path:
         f": {r.train.steps} steps, seed{'s' * (len(result.seeds) > 1)} {seeds}, batch {r.train.batch_size} × "
         f"accumulation {r.train.grad_accum}, {r.model.quantizer.codebook_size} codes of dimension "
         f"{r.model.quantizer.codebook_dim or r.model.quantizer.dim} ({r.model.quantizer.lookup}, "
-        f"{r.model.quantizer.update}). Within a seed every run starts from the same weights "
+        f"{r.model.quantizer.update}). Within a seed every run starts from the same encoder and decoder weights "
         f"(fingerprint{'s' * (len(fingerprints) > 1)} {', '.join(fingerprints)}) and reads the same data in the "
-        "same order; the estimator is the only difference.",
+        "same order; the method is the only difference.",
         "",
         f"Training columns: mean over the logs of the last {TRAIN_WINDOW:.0%} of the steps. Validation columns: "
-        f"`rvq eval` on `{r.data.val}`. In **bold**: the estimator whose seed-paired difference to every other "
+        f"`rvq eval` on `{r.data.val}`. In **bold**: the method whose seed-paired difference to every other "
         "has a 95% interval on the better side of zero (none with one seed).",
         "",
     ]
@@ -257,7 +257,7 @@ def write_markdown(result: CompareResult, recipe_path, overrides) -> Path:
         lines += [f"**{table.title[0].upper() + table.title[1:]}**", ""] + table.markdown() + [""]
     lines += ["![training curves](figures/curves.png)", "", "![gradient diagnostics](figures/diagnostics.png)",
               "", "![codebook usage](figures/usage.png)", "",
-              "![reconstructions: originals on top, then one row per estimator](figures/reconstructions.png)", ""]
+              "![reconstructions: originals on top, then one row per method](figures/reconstructions.png)", ""]
     if result.notes:
         lines += ["Notes:", ""] + [f"- {n}" for n in result.notes] + [""]
     lines += ["Runs: " + ", ".join(f"`{run.run_dir}` ({run.status})" for run in result.runs), ""]

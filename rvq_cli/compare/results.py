@@ -61,7 +61,8 @@ class EstimatorRun:
     status: str  # "trained", "resumed" or "reused"
     train: dict  # training metrics over the last tenth of the run, plus steps_per_s
     eval: dict  # eval.json's metrics
-    init_fingerprint: str
+    init_fingerprint: str  # of the whole tokenizer at step 0
+    shared_fingerprint: str  # of the part every method shares (rvq_cli.train.start)
     history: list[dict] = field(repr=False, default_factory=list)  # metrics.jsonl
     code_counts: list[int] = field(repr=False, default_factory=list)  # per code, over the validation set
 
@@ -173,7 +174,8 @@ def to_json(result: CompareResult, recipe_path, overrides) -> dict:
         "train_window": f"mean over the logs of the last {TRAIN_WINDOW:.0%} of the steps",
         "columns": [{"key": c.key, "label": c.label, "better": c.better} for c in COLUMNS],
         "runs": [{"estimator": r.name, "seed": r.seed, "run_dir": str(r.run_dir), "status": r.status,
-                  "init_fingerprint": r.init_fingerprint, "train": r.train, "eval": r.eval} for r in result.runs],
+                  "init_fingerprint": r.init_fingerprint,
+                  "shared_fingerprint": r.shared_fingerprint, "train": r.train, "eval": r.eval} for r in result.runs],
         "summary": {n: {k: _summary_json(v) for k, v in cols.items()} for n, cols in result.summary.items()},
         "differences": {
             "baseline": result.baseline, "level": LEVEL,

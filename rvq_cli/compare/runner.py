@@ -1,20 +1,22 @@
-"""``rvq compare``: one recipe trained once per estimator and seed, the estimator the only
-difference within a seed, then every run evaluated on the same validation set and put side by
-side (the paper's Table 1), with the spread over seeds and seed-paired differences.
+"""``rvq compare``: one recipe trained once per method and seed, the method the only difference
+within a seed, then every run evaluated on the same validation set and put side by side (the
+paper's Table 1), with the spread over seeds and seed-paired differences. A method is an
+estimator, an estimator on a codebook parameterisation, or FSQ (:mod:`.methods`).
 
 Layout of the output folder::
 
     OUT/compare-job.json          the recipe the comparison is of (pins what may continue here)
-    OUT/<estimator>/seed-<S>/     an ordinary run directory (checkpoints, metrics.jsonl), plus
+    OUT/<method>/seed-<S>/        an ordinary run directory (checkpoints, metrics.jsonl), plus
                                   compare-eval.json: rvq eval on the recipe's validation set
     OUT/compare.json, compare.md  the results; OUT/figures/*.png the visual report
 
-Within a seed every run starts from the same weights (checked: the fingerprint of the initial
-parameters is recorded per run) and reads the same data in the same order (the shard streams
+Within a seed every run starts from the same encoder, decoder and discriminator weights, those
+the recipe's seed builds (:mod:`rvq_cli.train.start`; checked: each run records the fingerprint
+of the weights it started from), and reads the same data in the same order (the shard streams
 have their own seeded generators). A run that reached the recipe's step count and has its
 ``compare-eval.json`` is reused (never a plain ``eval.json``, which ``rvq eval`` may have
 written on other data), a run with an earlier checkpoint resumes, so an interrupted comparison
-continues where it stopped. Separate processes may each train one estimator into the same
+continues where it stopped. Separate processes may each train one method into the same
 OUT (each run directory is locked while trained); a last ``rvq compare`` naming them all then
 only evaluates what is missing and writes the report.
 
@@ -24,7 +26,6 @@ columns and statistics) is defined in :mod:`.results`, and :mod:`.report` render
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -40,6 +41,7 @@ from ..jobs import job_differences
 from ..quantize import ESTIMATORS
 from ..runs import (
     METRICS,
+    RESUMABLE_CHANGES,
     CheckpointError,
     flat_recipe,
     latest_checkpoint,
@@ -48,9 +50,11 @@ from ..runs import (
     saved_recipe,
     saved_step,
 )
+from ..train.start import adopt_shared, fingerprint, reference_weights, shared_weights
+from .methods import Method, method_folder, parse_method
 from .results import TRAIN_WINDOW, CompareResult, EstimatorRun, best_values, missing_values, seed_statistics, to_json
 
-__all__ = ["CompareError", "compare", "init_fingerprint", "run_dir_of"]
+__all__ = ["CompareError", "compare", "init_fingerprints", "run_dir_of"]
 
 GRID_IMAGES = 8
 EVAL_FILE = "compare-eval.json"  # the comparison's own evaluation of each run (beside compare-eval.png)
@@ -61,20 +65,20 @@ class CompareError(RvqError):
     """A comparison that cannot start or continue; the message says why and what to do."""
 
 
-def init_fingerprint(recipe: Recipe) -> str:
-    """SHA-256 (16 hex digits) of the initial parameters and buffers a run of ``recipe`` starts
-    from: the trainer seeds, then builds the model, exactly as here."""
-    from accelerate.utils import set_seed
-
+def init_fingerprints(recipe: Recipe, shared: dict | None = None) -> tuple[str, str]:
+    """The fingerprints (whole tokenizer, shared part) of the weights a new run of ``recipe``
+    starts from, built as the trainer builds them (seeded, then ``shared`` adopted when given);
+    for runs saved before the trainer recorded them."""
     from ..models import build_tokenizer
+    from ..train.objective import build_discriminator
 
-    set_seed(recipe.train.seed)
-    model = build_tokenizer(recipe.model, recipe.data.image_size, recipe.data.frames)
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()[:16]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(recipe.train.seed)
+        model = build_tokenizer(recipe.model, recipe.data.image_size, recipe.data.frames)
+        disc = build_discriminator(recipe.loss, recipe.model.in_channels, recipe.data.image_size)
+    if shared is not None:
+        adopt_shared(model, disc, shared)
+    return fingerprint(model.state_dict()), fingerprint(shared_weights(model, disc))
 
 
 def _job(recipe: Recipe) -> dict:
@@ -88,8 +92,8 @@ def _job(recipe: Recipe) -> dict:
 
 
 def run_dir_of(out: Path, name: str, seed: int) -> Path:
-    """The run directory of one estimator and seed in a comparison's output folder."""
-    return out / name / f"seed-{seed}"
+    """The run directory of one method and seed in a comparison's output folder."""
+    return out / method_folder(name) / f"seed-{seed}"
 
 
 def _check_seeds(seeds: list[int]) -> None:
@@ -104,17 +108,22 @@ def _check_seeds(seeds: list[int]) -> None:
         raise CompareError(f"seed(s) given twice: {', '.join(map(str, repeated))}; give each once.")
 
 
-def _check_estimators(names: list[str]) -> None:
+def _methods(names: list[str]) -> list[Method]:
     if not names:
-        raise CompareError("name at least one estimator to compare, e.g. rvq compare ste rotation "
-                           f"(valid: {', '.join(ESTIMATORS)}).")
-    unknown = [n for n in names if n not in ESTIMATORS]
-    if unknown:
-        raise CompareError(f"unknown estimator(s) {', '.join(unknown)}; valid: {', '.join(ESTIMATORS)} "
-                           "(rvq estimators describes each).")
+        raise CompareError("name at least one method to compare, e.g. rvq compare ste rotation (rvq estimators "
+                           "lists the estimators; rotation:simvq or fsq name a codebook variant or FSQ).")
+    problems = []
+    for name in names:
+        try:
+            parse_method(name)
+        except ValueError as err:
+            problems.append(str(err))
+    if problems:
+        raise CompareError("; ".join(problems) + ".")
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
-        raise CompareError(f"estimator(s) named twice: {', '.join(repeated)}; name each once.")
+        raise CompareError(f"method(s) named twice: {', '.join(repeated)}; name each once.")
+    return [parse_method(n) for n in names]
 
 
 class _Lock:
@@ -194,7 +203,8 @@ def _run_status(run_dir: Path, recipe: Recipe) -> tuple[str, Path | None]:
     if ckpt is None:
         return "new", None
     try:
-        changed = recipe_changes(saved_recipe(ckpt), recipe)
+        # output.dir is where the run was: a comparison folder copied or moved elsewhere keeps its runs
+        changed = recipe_changes(saved_recipe(ckpt), recipe, RESUMABLE_CHANGES | {"output.dir"})
     except CheckpointError as err:
         raise CompareError(f"{run_dir} holds a damaged run: {err} Use {option('restart')} to train it again, "
                            f"or another {option('out')}.") from None
@@ -223,11 +233,20 @@ def _unseeded_runs(out: Path) -> list[str]:
                   and ((p / METRICS).is_file() or latest_checkpoint(p) is not None))
 
 
+def _method_folders(out: Path) -> list[str]:
+    """The folders of ``out`` that hold a comparison's runs (``<method>/seed-<S>/``)."""
+    if not out.is_dir():
+        return []
+    return sorted(p.name for p in out.iterdir() if p.is_dir() and any(
+        c.is_dir() and c.name.startswith("seed-") and c.name[5:].isdigit() for c in p.iterdir()))
+
+
 def _restart(out: Path, names: list[str], seeds: list[int] | None) -> None:
-    """Remove the comparison's own outputs: the named runs of the given seeds (every seed of every
-    estimator when ``seeds`` is None: the recipe changed) and the report; nothing else in OUT."""
+    """Remove the comparison's own outputs: the named methods' runs of the given seeds (every
+    seed of every method when ``seeds`` is None: the recipe changed) and the report; nothing
+    else in OUT."""
     for name in names:
-        dirs = [out / name] if seeds is None else [run_dir_of(out, name, s) for s in seeds]
+        dirs = [out / method_folder(name)] if seeds is None else [run_dir_of(out, name, s) for s in seeds]
         for d in dirs:
             if d.is_dir():
                 shutil.rmtree(d)
@@ -243,13 +262,14 @@ def compare(estimators: list[str], recipe_path: str | os.PathLike, overrides: li
             seeds: int | list[int] | None = None, out: str | os.PathLike | None = None, restart: bool = False,
             inception_weights: str | os.PathLike | None = None, fid: bool = True, quiet: bool = False,
             say: Callable[[str], None] = print) -> CompareResult:
-    """Train ``recipe_path`` (with ``overrides``) once per estimator and seed into ``out``,
-    evaluate each run on the recipe's validation set, and write compare.json, compare.md and the
-    figures. ``seeds``: a list, or a count N for the recipe's seed S and S+1..S+N−1 (default: S)."""
+    """Train ``recipe_path`` (with ``overrides``) once per method and seed into ``out``, evaluate
+    each run on the recipe's validation set, and write compare.json, compare.md and the figures.
+    ``estimators``: method names (:mod:`.methods`: ``rotation``, ``rotation:simvq``, ``fsq``).
+    ``seeds``: a list, or a count N for the recipe's seed S and S+1..S+N−1 (default: S)."""
     from . import report
 
     estimators = list(estimators)
-    _check_estimators(estimators)
+    methods = _methods(estimators)
     try:
         base = load_recipe(recipe_path, list(overrides))
     except RecipeError as err:
@@ -265,7 +285,7 @@ def compare(estimators: list[str], recipe_path: str | os.PathLike, overrides: li
         raise CompareError(f"{recipe_path} has no validation set (data.val is null); rvq compare evaluates every run "
                            "on it. Set data.val=SHARDS (or demo).")
     out = Path(out) if out is not None else Path("runs") / f"compare-{Path(recipe_path).stem}"
-    job = _job(base)
+    job, defaults = _job(base), flat_recipe(Recipe())  # a comparison from before a key existed ran its default
     record = out / "compare-job.json"
     old_runs = _unseeded_runs(out)
     if old_runs and not restart:
@@ -276,9 +296,9 @@ def compare(estimators: list[str], recipe_path: str | os.PathLike, overrides: li
     for name in old_runs:  # --restart
         shutil.rmtree(out / name)
     if restart and out.is_dir():
-        same = job_differences(record, job) in (None, [])
-        _restart(out, estimators if same else list(ESTIMATORS), seeds if same else None)
-    diffs = job_differences(record, job)
+        same = job_differences(record, job, defaults) in (None, [])
+        _restart(out, estimators if same else _method_folders(out), seeds if same else None)
+    diffs = job_differences(record, job, defaults)
     if diffs:
         shown = "; ".join(diffs[:8]) + (f"; and {len(diffs) - 8} more" if len(diffs) > 8 else "")
         raise CompareError(f"{out} holds a comparison of another recipe ({shown}). Use {option('restart')} to "
@@ -287,23 +307,19 @@ def compare(estimators: list[str], recipe_path: str | os.PathLike, overrides: li
     write_json_atomic(record, job)
 
     runs: list[EstimatorRun] = []
-    notes: list[str] = []
-    total = len(seeds) * len(estimators)
+    notes: list[str] = [n for m in methods for n in m.notes(base)]
+    total = len(seeds) * len(methods)
     for seed in seeds:
-        for name in estimators:
-            label = f"[{len(runs) + 1}/{total}] {name}" + (f", seed {seed}" if len(seeds) > 1 else "")
-            run, eval_notes = _train_and_evaluate(name, seed, recipe_path, overrides, out, label,
-                                                  inception_weights, fid, quiet, say, base)
+        reference = _Reference(base, seed)
+        for method in methods:
+            label = f"[{len(runs) + 1}/{total}] {method.name}" + (f", seed {seed}" if len(seeds) > 1 else "")
+            run, eval_notes = _train_and_evaluate(method, reference, recipe_path, overrides, out, label,
+                                                  inception_weights, fid, quiet, say)
             for note in eval_notes:
                 if note not in notes:
                     notes.append(note)
             runs.append(run)
-
-    for seed in seeds:  # cannot happen unless model building depends on the estimator
-        mine = [r for r in runs if r.seed == seed]
-        if len({r.init_fingerprint for r in mine}) > 1:
-            notes.append(f"seed {seed}: the runs did not start from identical weights: " +
-                         ", ".join(f"{r.name} {r.init_fingerprint}" for r in mine))
+    notes += _start_notes(runs, seeds)
     summary, differences = seed_statistics(runs, estimators, seeds)
     notes += missing_values(runs, estimators, seeds)
     best = best_values(runs, estimators, seeds)
@@ -319,8 +335,44 @@ def compare(estimators: list[str], recipe_path: str | os.PathLike, overrides: li
     return result
 
 
-def _train_and_evaluate(name: str, seed: int, recipe_path, overrides, out: Path, label: str, inception_weights,
-                        fid: bool, quiet: bool, say: Callable[[str], None], base: Recipe
+class _Reference:
+    """The shared weights (rvq_cli.train.start) that every run of one seed starts from: those the
+    comparison's recipe builds with that seed. Built when a run first needs them."""
+
+    def __init__(self, base: Recipe, seed: int):
+        self.recipe = base.model_copy(deep=True)
+        self.recipe.train.seed = self.seed = seed
+        self._weights = None
+
+    @property
+    def weights(self) -> dict:
+        if self._weights is None:
+            self._weights = reference_weights(self.recipe)
+        return self._weights
+
+
+def _start_notes(runs: list[EstimatorRun], seeds: list[int]) -> list[str]:
+    """What the runs' recorded starting weights say: the shared part must agree within a seed;
+    quantizers that draw differently (a SimVQ map, FSQ) start from their own weights."""
+    notes = []
+    for seed in seeds:
+        mine = [r for r in runs if r.seed == seed]
+        if len({r.shared_fingerprint for r in mine}) > 1:  # cannot happen unless a run was trained elsewhere
+            notes.append(f"seed {seed}: the runs did not start from the same encoder and decoder weights: " +
+                         ", ".join(f"{r.name} {r.shared_fingerprint}" for r in mine))
+        groups = {}
+        for r in mine:
+            groups.setdefault(r.init_fingerprint, []).append(r.name)
+        if len(groups) > 1:
+            notes.append(f"seed {seed}: the quantizers start from different states in " +
+                         " | ".join(", ".join(g) for g in groups.values()) +
+                         " (their parameterisations hold different weights and buffers); the encoder and "
+                         "decoder start alike.")
+    return notes
+
+
+def _train_and_evaluate(method: Method, reference: _Reference, recipe_path, overrides, out: Path, label: str,
+                        inception_weights, fid: bool, quiet: bool, say: Callable[[str], None]
                         ) -> tuple[EstimatorRun, list[str]]:
     """One run of the comparison, trained (or resumed, or reused) and evaluated under its lock;
     with the evaluation's notes."""
@@ -329,20 +381,21 @@ def _train_and_evaluate(name: str, seed: int, recipe_path, overrides, out: Path,
     from ..evaluate.fidelity import FidelityError
     from ..train import TrainingError, train
 
+    name, seed, base = method.name, reference.seed, reference.recipe
     run_dir = run_dir_of(out, name, seed)
     try:
-        recipe = load_recipe(recipe_path, list(overrides) + [f"model.quantizer.estimator={name}",
-                                                              f"train.seed={seed}", f"output.dir={run_dir}"])
+        recipe = load_recipe(recipe_path, list(overrides) + method.overrides(base) +
+                             [f"train.seed={seed}", f"output.dir={run_dir}"])
     except RecipeError as err:
         raise CompareError(f"{name}: {err}") from None
-    fingerprint = init_fingerprint(recipe)
     with _Lock(run_dir):
         status, ckpt = _run_status(run_dir, recipe)
         try:
             if status != "done":
                 done_label = "resumed" if ckpt is not None else "trained"
                 say(f"{label}: {'resuming' if ckpt else 'training'} {recipe.train.steps} steps into {run_dir}")
-                train(recipe, run_dir, resume=ckpt is not None, quiet=quiet)
+                train(recipe, run_dir, resume=ckpt is not None, quiet=quiet,
+                      start_from=None if ckpt is not None else reference.weights)
                 done, ckpt = _run_status(run_dir, recipe)
                 if done != "done":  # interrupted (Ctrl-C): the checkpoint is saved
                     raise CompareError(f"{name} (seed {seed}) stopped at {ckpt}; run the same rvq compare again "
@@ -360,10 +413,14 @@ def _train_and_evaluate(name: str, seed: int, recipe_path, overrides, out: Path,
         except (TrainingError, DataError, CheckpointError, EvalError, FidelityError) as err:
             raise CompareError(f"{name} (seed {seed}): {err}") from None
     history = _history(run_dir)
+    state = read_state(ckpt)
+    fingerprints = (state.get("init_fingerprint"), state.get("shared_fingerprint"))
+    if None in fingerprints:  # saved before runs recorded them
+        fingerprints = init_fingerprints(recipe, reference.weights)
     return EstimatorRun(
         name=name, seed=seed, run_dir=run_dir, status=status,
         train=_train_summary(history, recipe.train.steps, _images_per_step(ckpt, recipe)),
-        eval=report_["metrics"], init_fingerprint=fingerprint,
+        eval=report_["metrics"], init_fingerprint=fingerprints[0], shared_fingerprint=fingerprints[1],
         history=history, code_counts=report_.get("code_counts", []),
     ), report_.get("notes", [])
 

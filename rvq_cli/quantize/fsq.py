@@ -27,7 +27,7 @@ from .estimators import ESTIMATORS
 from .quantizer import QuantizeLosses, QuantizeMetrics, QuantizeOutput
 from .rows import from_rows, project_fp32, to_rows
 
-__all__ = ["BOUND_EPS", "MAX_CODES", "PAPER_LEVELS", "FSQuantizer"]
+__all__ = ["BOUND_EPS", "MAX_CODES", "PAPER_LEVELS", "FSQuantizer", "check_levels", "paper_levels"]
 
 BOUND_EPS = 1e-3  # half_l = (L − 1)(1 + ε)/2: the bound slightly exceeds the outer levels (the paper's A.1)
 MAX_CODES = 2**31 - 1  # ∏ levels: token shards store indices as uint16 or int32
@@ -41,6 +41,13 @@ PAPER_LEVELS: dict[int, tuple[int, ...]] = {
     14: (8, 8, 8, 6, 5),  # 15360
     16: (8, 8, 8, 5, 5, 5),  # 64000
 }
+
+
+def paper_levels(codebook_size: int) -> tuple[int, ...]:
+    """The paper's level set for the codebook size nearest ``codebook_size`` on a log scale
+    (1024 codes: (8, 5, 5, 5), 1000 codes)."""
+    bits = math.log2(max(codebook_size, 2))
+    return PAPER_LEVELS[min(PAPER_LEVELS, key=lambda b: (abs(b - bits), b))]
 
 
 def check_levels(levels: Sequence[int]) -> tuple[int, ...]:

@@ -13,6 +13,7 @@ import json
 import signal
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,6 +45,7 @@ from ..runs import (
 from .build import build_optimizer, build_scheduler, count_parameters
 from .objective import build_disc_optimizer, build_discriminator, build_objective, describe
 from .progress import TrainProgress
+from .start import adopt_shared, fingerprint, shared_weights
 
 
 class TrainingError(RvqError):
@@ -121,7 +123,8 @@ def reconstruction_loss(x: torch.Tensor, rec: torch.Tensor, kind: str) -> torch.
 class Trainer:
     """Holds the run's objects; :meth:`run` trains to ``recipe.train.steps``."""
 
-    def __init__(self, recipe: Recipe, run_dir: Path, resume: bool = False, quiet: bool = False):
+    def __init__(self, recipe: Recipe, run_dir: Path, resume: bool = False, quiet: bool = False,
+                 start_from: Mapping[str, torch.Tensor] | None = None):
         self.recipe, self.run_dir, self.quiet = recipe, Path(run_dir), quiet
         t = recipe.train
         if recipe.output.tensorboard and importlib.util.find_spec("tensorboard") is None:
@@ -157,6 +160,8 @@ class Trainer:
         self.state = CheckpointState(step=0, micro_batches=0, world_size=self.acc.num_processes,
                                      num_workers=recipe.data.num_workers, precision=self.precision.value,
                                      memory_format=self.memory_format.value)
+        if not resume:
+            self._start(start_from)
         if resume:
             self._resume()
         self.compiled = compile_modules(self.model, self.disc, recipe.loss.gan.r1_gamma > 0) if t.compile else []
@@ -181,6 +186,17 @@ class Trainer:
         self._stop, self._signal = False, None
 
     # ---------------------------------------------------------------- setup
+
+    def _start(self, shared: Mapping[str, torch.Tensor] | None) -> None:
+        """A new run: adopt the ``shared`` weights (rvq compare's reference of this seed) and
+        record the fingerprints of the weights it starts from."""
+        if shared is not None:
+            try:
+                adopt_shared(self.model, self.disc, shared)
+            except ValueError as err:
+                raise TrainingError(f"cannot start from the comparison's shared weights: {err}.") from None
+        self.state.init_fingerprint = fingerprint(self.model.state_dict())
+        self.state.shared_fingerprint = fingerprint(shared_weights(self.model, self.disc))
 
     def _prepare_run_dir(self, resume: bool) -> None:
         has_ckpt = latest_checkpoint(self.run_dir) is not None
@@ -412,9 +428,12 @@ class Trainer:
         return TrainResult(self.run_dir, self.state.step, interrupted, last, self._signal if interrupted else None)
 
 
-def train(recipe: Recipe, run_dir: str | Path | None = None, resume: bool = False, quiet: bool = False) -> TrainResult:
-    """Train the tokenizer a recipe describes; returns where the run is and its last metrics."""
-    trainer = Trainer(recipe, Path(run_dir or recipe.output.dir), resume=resume, quiet=quiet)
+def train(recipe: Recipe, run_dir: str | Path | None = None, resume: bool = False, quiet: bool = False,
+          start_from: Mapping[str, torch.Tensor] | None = None) -> TrainResult:
+    """Train the tokenizer a recipe describes; returns where the run is and its last metrics.
+    ``start_from``: shared weights (:func:`rvq_cli.train.start.shared_weights`) a new run
+    adopts in place of the ones its seed built."""
+    trainer = Trainer(recipe, Path(run_dir or recipe.output.dir), resume=resume, quiet=quiet, start_from=start_from)
     if trainer.acc.is_main_process and not quiet:
         q = recipe.model.quantizer
         print(f"rvq train: {count_parameters(trainer.acc.unwrap_model(trainer.model)) / 1e6:.2f}M parameters, "

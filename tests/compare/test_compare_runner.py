@@ -28,7 +28,7 @@ from rvq_cli.compare.results import COLUMNS, TRAIN_WINDOW
 from rvq_cli.compare.runner import (
     CompareError,
     compare,
-    init_fingerprint,
+    init_fingerprints,
     run_dir_of,
 )
 from rvq_cli.config import load_recipe
@@ -116,15 +116,17 @@ def test_compare_writes_the_report_and_figures(base):
 def test_runs_of_a_seed_start_from_the_same_weights(base):
     runs = base.result.runs
     for seed in SEEDS:
-        fps = {r.init_fingerprint for r in runs if r.seed == seed}
+        fps = {(r.init_fingerprint, r.shared_fingerprint) for r in runs if r.seed == seed}
         assert len(fps) == 1
         recipe = load_recipe(base.recipe, OVERRIDES + [f"train.seed={seed}"], check_paths=False)
-        assert fps == {init_fingerprint(recipe)}
-    assert all(re.fullmatch("[0-9a-f]{16}", r.init_fingerprint) for r in runs)
+        assert fps == {init_fingerprints(recipe)}  # what the trainer recorded: what the seed builds
+    assert all(re.fullmatch("[0-9a-f]{16}", f) for r in runs for f in (r.init_fingerprint, r.shared_fingerprint))
+    assert all(r.init_fingerprint != r.shared_fingerprint for r in runs)
     assert runs[0].init_fingerprint != runs[2].init_fingerprint  # seeds 0 and 1 differ
     data = json.loads((base.out / "compare.json").read_text())
     assert [r["init_fingerprint"] for r in data["runs"]] == [r.init_fingerprint for r in runs]
-    assert not any("identical weights" in n for n in base.result.notes)
+    assert [r["shared_fingerprint"] for r in data["runs"]] == [r.shared_fingerprint for r in runs]
+    assert not any("start from" in n for n in base.result.notes)
 
 
 def test_train_metrics_are_the_mean_over_the_last_tenth_of_the_steps(base):
@@ -288,7 +290,7 @@ def test_best_is_marked_only_where_the_interval_excludes_zero(base):
     assert json.loads((base.out / "compare.json").read_text())["best"] == best
     # compare.md bolds exactly the best cells of the summary table
     md = (base.out / "compare.md").read_text().splitlines()
-    header = next(line for line in md if line.startswith("| estimator |"))
+    header = next(line for line in md if line.startswith("| method |"))
     labels = [c.strip() for c in header.split("|")]
     for name in NAMES:
         cells = [c.strip() for c in next(line for line in md if line.startswith(f"| {name} |")).split("|")]
@@ -337,6 +339,9 @@ def test_init_fingerprint_depends_on_the_seed_not_the_estimator(base):
     def recipe(*extra):
         return load_recipe(base.recipe, OVERRIDES + list(extra), check_paths=False)
 
+    def init_fingerprint(r):
+        return init_fingerprints(r)[0]
+
     ste, rot = recipe("model.quantizer.estimator=ste"), recipe("model.quantizer.estimator=rotation")
     assert init_fingerprint(ste) == init_fingerprint(rot) == base.result.runs[0].init_fingerprint
     assert init_fingerprint(ste) == init_fingerprint(ste)  # rebuilt from the seed: the same weights again
@@ -378,6 +383,24 @@ def test_second_compare_reuses_every_run(base, copy):
         assert new.eval == old.eval and new.train == old.train and new.init_fingerprint == old.init_fingerprint
     assert res.summary == base.result.summary and res.differences == base.result.differences
     assert [r["status"] for r in json.loads((copy / "compare.json").read_text())["runs"]] == ["reused"] * 4
+
+
+def test_a_moved_comparison_and_an_older_record_are_reused(base, tmp_path):
+    """The folder moved elsewhere (every run's output.dir is the old place), and its record
+    written before a recipe key existed (the key missing): the same comparison, every run reused.
+    A recorded key with another value than the default is still another recipe."""
+    moved = tmp_path / "elsewhere" / "cmp"
+    shutil.copytree(base.out, moved)
+    record = moved / "compare-job.json"
+    job = json.loads(record.read_text())
+    assert job.pop("model.quantizer.affine_sync") is True  # the default
+    record.write_text(json.dumps(job))
+    res, _ = _compare(NAMES, base.recipe, out=moved, seeds=SEEDS)
+    assert [r.status for r in res.runs] == ["reused"] * 4
+    assert [r.run_dir for r in res.runs] == [moved / n / f"seed-{s}" for s in SEEDS for n in NAMES]
+    record.write_text(json.dumps(dict(job, **{"model.quantizer.affine_sync": False})))
+    with pytest.raises(CompareError, match="model.quantizer.affine_sync: False before, True now"):
+        _compare(NAMES, base.recipe, out=moved, seeds=SEEDS)
 
 
 def test_one_seed_of_a_comparison_reuses_its_runs(base, copy):
@@ -496,9 +519,9 @@ def test_stale_lock_is_taken_over(base, copy):
 
 
 @pytest.mark.parametrize("names, fragment", [
-    (["nope"], "unknown estimator(s) nope"),
+    (["nope"], "'nope': unknown estimator 'nope'"),
     (["ste", "rotation", "ste"], "named twice: ste"),
-    ([], "at least one estimator"),
+    ([], "at least one method"),
 ])
 def test_bad_estimator_lists_are_errors(tmp_path, shards, names, fragment):
     out = tmp_path / "out"
@@ -533,7 +556,10 @@ def test_cli_synthetic_field(tmp_path):
 @pytest.mark.parametrize("args, fragments", [
     (("ste", "--synthetic", "nope"), ["--synthetic nope: unknown problem", "himmelblau, voronoi, field"]),
     (("ste", "--synthetic", "field", "--steps", "3"), ["take no recipe", "--steps"]),
-    (("bogus", "--recipe", "RECIPE"), ["unknown estimator(s) bogus", *ESTIMATORS]),
+    (("bogus", "--recipe", "RECIPE"), ["unknown estimator 'bogus'", *ESTIMATORS]),
+    (("rotation:nope", "--recipe", "RECIPE"), ["unknown codebook 'nope'", "plain, simvq, affine"]),
+    (("fsq:8-x", "--recipe", "RECIPE"), ["FSQ levels are integers joined by '-'"]),
+    (("fsq:8-2", "--recipe", "RECIPE"), ["'fsq:8-2'", "every level must be >= 3"]),
     (("ste", "--steps", "0"), ["--steps must be positive, got 0"]),
     (("ste", "--seeds", "0"), ["--seeds must be positive, got 0"]),
     (("ste", "--synthetic", "voronoi", "--seeds", "3"), ["runs one fixed setting", "drop --seeds"]),

@@ -9,7 +9,7 @@ def test_best_rule_on_separated_runs():
     from rvq_cli.compare.results import EstimatorRun, best_values
 
     def run(name, seed, qerr):
-        return EstimatorRun(name, seed, Path(name), "trained", {"quant_error": qerr}, {}, "0" * 16)
+        return EstimatorRun(name, seed, Path(name), "trained", {"quant_error": qerr}, {}, "0" * 16, "1" * 16)
 
     sep = [run("ste", s, 1.0 + 0.01 * s) for s in range(3)] + [run("rotation", s, 0.5 + 0.02 * s) for s in range(3)]
     assert best_values(sep, ["ste", "rotation"], [0, 1, 2])["train.quant_error"] == ["rotation"]
@@ -24,7 +24,7 @@ def test_partly_missing_and_non_finite_values_are_noted_and_never_best():
 
     def run(name, seed, qerr):
         return EstimatorRun(name, seed, Path(name), "trained", {} if qerr is None else {"quant_error": qerr}, {},
-                            "0" * 16)
+                            "0" * 16, "1" * 16)
 
     runs = ([run("ste", s, v) for s, v in enumerate([1.0, None, 1.1])] +
             [run("rotation", s, v) for s, v in enumerate([0.5, 0.6, float("nan")])])
