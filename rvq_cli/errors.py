@@ -7,11 +7,15 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["RvqError", "describe", "name_options_as_flags", "option"]
+__all__ = ["RvqError", "UserError", "describe", "name_options_as_flags", "option"]
 
 
 class RvqError(Exception):
     """A problem with the user's input, files or environment that the message explains."""
+
+
+class UserError(RvqError):
+    """Bad input from the user: printed as one paragraph, exit status 2, no traceback."""
 
 
 _AS_FLAGS = False  # set while the rvq command runs: messages name options as its flags

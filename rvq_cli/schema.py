@@ -337,6 +337,10 @@ class TrainConfig(_Section):
     ckpt_every: int = Field(1000, ge=1)
     keep_last: int = Field(3, ge=1, description="checkpoints kept")
     seed: int = 0
+    init_from: Optional[str] = Field(
+        None, description="a run directory or checkpoint folder (of rvq train, or of rvq import taming) whose weights "
+        "a new run starts from: the tokenizer's (the same architecture and quantizer; the estimator may differ) and "
+        "the discriminator's where both have one; a resumed run continues from its own checkpoint instead")
 
     @field_validator("precision", mode="before")
     @classmethod

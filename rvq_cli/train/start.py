@@ -1,6 +1,7 @@
 """The weights a run starts from, and their fingerprints.
 
-A run seeds, then builds its tokenizer and (GAN recipes) its discriminator. The quantizer is
+A run seeds, then builds its tokenizer and (GAN recipes) its discriminator, and loads
+``train.init_from`` into them when the recipe names a checkpoint (:func:`build_start`). The quantizer is
 built first and draws its codes from the seeded generator, so two quantizers that draw
 differently (a SimVQ basis and map, FSQ's nothing at all) would leave the encoder, decoder and
 discriminator with different initial weights. ``rvq compare`` therefore hands every run of a seed
@@ -17,7 +18,10 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-__all__ = ["QUANTIZER", "adopt_shared", "fingerprint", "reference_weights", "shared_weights"]
+from ..errors import RvqError
+
+__all__ = ["QUANTIZER", "StartError", "adopt_shared", "build_start", "fingerprint", "reference_weights",
+           "shared_weights"]
 
 QUANTIZER = "quantize."  # the tokenizer's quantizer: its state-dict prefix
 MODEL, DISCRIMINATOR = "model.", "discriminator."
@@ -41,17 +45,67 @@ def fingerprint(state: Mapping[str, torch.Tensor]) -> str:
     return h.hexdigest()[:16]
 
 
-def reference_weights(recipe) -> dict[str, torch.Tensor]:
-    """The shared weights a run of ``recipe`` builds: seeded and built exactly as the trainer
-    does (the build draws from torch's CPU generator only). The caller's random state is left
-    as it was."""
+class StartError(RvqError):
+    """The weights a run is to start from cannot be used; the message says why and what to do."""
+
+
+def build_start(recipe) -> tuple[nn.Module, nn.Module | None]:
+    """The tokenizer and discriminator (None without a GAN) of a new run of ``recipe``, built
+    from torch's generator as it stands (the trainer seeds it first), then ``train.init_from``
+    loaded into them."""
     from ..models import build_tokenizer
     from .objective import build_discriminator
 
+    model = build_tokenizer(recipe.model, recipe.data.image_size, recipe.data.frames)
+    disc = build_discriminator(recipe.loss, recipe.model.in_channels, recipe.data.image_size)
+    if recipe.train.init_from is not None:
+        load_init(recipe.train.init_from, model, disc)
+    return model, disc
+
+
+def load_init(path: str, model: nn.Module, disc: nn.Module | None) -> None:
+    """Load the weights of the checkpoint ``path`` (a run directory or checkpoint folder) into
+    ``model`` and, where the checkpoint has one, ``disc``; a StartError says what does not fit."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from ..runs import DISC_WEIGHTS, WEIGHTS, CheckpointError, resolve_checkpoint
+
+    at = "train.init_from"
+    try:
+        ckpt = resolve_checkpoint(path)
+    except CheckpointError as err:
+        raise StartError(f"{at}: {err}") from None
+    pairs = [(ckpt / WEIGHTS, model)] + ([(ckpt / DISC_WEIGHTS, disc)] if disc is not None and
+                                         (ckpt / DISC_WEIGHTS).is_file() else [])
+    for file, module in pairs:
+        try:
+            weights = load_file(str(file))
+        except (SafetensorError, OSError, ValueError) as err:
+            raise StartError(f"{at}: {file} is not a readable safetensors file ({err}).") from None
+        problems = _mismatch(module.state_dict(), weights)
+        if problems:
+            what = "model" if module is model else "discriminator"
+            raise StartError(f"{at}: {file} does not fit this recipe's {what} ({problems}). init_from starts a "
+                             "run from a model of the same architecture and codebook (the estimator may differ); "
+                             "for another one start from scratch.")
+        module.load_state_dict(weights)
+
+
+def _mismatch(mine: Mapping[str, torch.Tensor], theirs: Mapping[str, torch.Tensor]) -> str:
+    missing, extra = sorted(set(mine) - set(theirs)), sorted(set(theirs) - set(mine))
+    shapes = sorted(k for k in set(mine) & set(theirs) if mine[k].shape != theirs[k].shape)
+    return "; ".join(f"{what}: {', '.join(keys[:4])}{' …' if len(keys) > 4 else ''}"
+                     for what, keys in (("missing", missing), ("unexpected", extra), ("other shape", shapes)) if keys)
+
+
+def reference_weights(recipe) -> dict[str, torch.Tensor]:
+    """The shared weights a run of ``recipe`` starts from: seeded and built exactly as the
+    trainer does (the build draws from torch's CPU generator only). The caller's random state is
+    left as it was."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(recipe.train.seed)
-        model = build_tokenizer(recipe.model, recipe.data.image_size, recipe.data.frames)
-        disc = build_discriminator(recipe.loss, recipe.model.in_channels, recipe.data.image_size)
+        model, disc = build_start(recipe)
     return shared_weights(model, disc)
 
 
@@ -59,14 +113,9 @@ def adopt_shared(model: nn.Module, disc: nn.Module | None, weights: Mapping[str,
     """Copy ``weights`` (from :func:`shared_weights`) into ``model`` and ``disc`` in place. Every
     shared weight of the two must be there with the same shape: a ValueError names any that is
     not (the reference was built from a recipe whose encoder, decoder or discriminator differ)."""
-    mine = shared_weights(model, disc)
-    missing = sorted(set(mine) - set(weights))
-    extra = sorted(set(weights) - set(mine))
-    shapes = sorted(k for k in set(mine) & set(weights) if mine[k].shape != weights[k].shape)
-    if missing or extra or shapes:
-        parts = [f"{what}: {', '.join(keys[:4])}{' …' if len(keys) > 4 else ''}"
-                 for what, keys in (("missing", missing), ("unexpected", extra), ("other shape", shapes)) if keys]
-        raise ValueError("the reference weights do not fit this model (" + "; ".join(parts) + ")")
+    problems = _mismatch(shared_weights(model, disc), weights)
+    if problems:
+        raise ValueError(f"the reference weights do not fit this model ({problems})")
     with torch.no_grad():
         for prefix, module in ((MODEL, model), (DISCRIMINATOR, disc)):
             if module is None:

@@ -28,7 +28,6 @@ from ..data.loader import batch_tensor, build_loader, data_patterns
 from ..data.mp4 import video_decoder
 from ..errors import RvqError, option
 from ..hardware import compile_modules, keep_grad_layouts, resolve_memory_format, resolve_precision, torch_memory_format
-from ..models import build_tokenizer
 from ..runs import (
     METRICS,
     RECIPE,
@@ -43,9 +42,9 @@ from ..runs import (
     saved_recipe,
 )
 from .build import build_optimizer, build_scheduler, count_parameters
-from .objective import build_disc_optimizer, build_discriminator, build_objective, describe
+from .objective import build_disc_optimizer, build_objective, describe
 from .progress import TrainProgress
-from .start import adopt_shared, fingerprint, shared_weights
+from .start import StartError, adopt_shared, build_start, fingerprint, shared_weights
 
 
 class TrainingError(RvqError):
@@ -149,11 +148,13 @@ class Trainer:
                 raise TrainingError(str(err)) from None
         self._prepare_run_dir(resume)
         set_seed(t.seed)
-        self.model = build_tokenizer(recipe.model, recipe.data.image_size, recipe.data.frames)
+        try:  # the tokenizer, the discriminator (GAN recipes), train.init_from loaded into them
+            self.model, self.disc = build_start(recipe)
+        except StartError as err:
+            raise TrainingError(str(err)) from None
         self.model.to(memory_format=self._layout)
         self.optimizer = build_optimizer(self.model.parameters(), recipe.optim)
         self.scheduler = build_scheduler(self.optimizer, recipe.optim, t.steps)
-        self.disc = build_discriminator(recipe.loss, recipe.model.in_channels, recipe.data.image_size)
         if self.disc is not None:
             self.disc.to(memory_format=self._layout)
         self.opt_d = build_disc_optimizer(self.disc, recipe.loss, recipe.optim.lr) if self.disc is not None else None
