@@ -193,6 +193,7 @@ def eval_(
     inception_weights: Optional[Path] = typer.Option(None, "--inception-weights", help="torch-fidelity's Inception "
                                                      "weights (.pth or .safetensors) for r-FID/r-IS."),
     no_fid: bool = typer.Option(False, "--no-fid", help="Skip r-FID and r-IS."),
+    no_lpips: bool = typer.Option(False, "--no-lpips", help="Skip the LPIPS metrics (AlexNet and VGG16 trunks)."),
     i3d_weights: Optional[Path] = typer.Option(None, "--i3d-weights",
                                                help="Video: I3D weights (VideoGPT's i3d_pretrained_400.pt) for r-FVD."),
     no_fvd: bool = typer.Option(False, "--no-fvd", help="Video: skip r-FVD."),
@@ -207,7 +208,7 @@ def eval_(
     from .evaluate import evaluate
 
     result = evaluate(checkpoint, data=data, split=split, batch_size=batch_size, num_workers=num_workers,
-                      image_size=image_size, inception_weights=inception_weights, fid=not no_fid,
+                      image_size=image_size, inception_weights=inception_weights, fid=not no_fid, lpips=not no_lpips,
                       i3d_weights=i3d_weights, fvd=not no_fvd, out=out, quiet=quiet, precision=precision)
     if result.json_path is None:  # not the main process
         return
@@ -305,6 +306,7 @@ def compare(
     inception_weights: Optional[Path] = typer.Option(None, "--inception-weights", help="torch-fidelity's Inception "
                                                      "weights for r-FID/r-IS (see rvq eval)."),
     no_fid: bool = typer.Option(False, "--no-fid", help="Skip r-FID and r-IS."),
+    no_lpips: bool = typer.Option(False, "--no-lpips", help="Skip the LPIPS metrics (AlexNet and VGG16 trunks)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars: one log line per log interval."),
 ) -> None:
     """Train the same recipe once per method and seed (within a seed: the same data order and
@@ -343,7 +345,7 @@ def compare(
     overrides += [f"train.steps={steps}"] if steps is not None else []
     overrides += [f"train.seed={seed}"] if seed is not None else []
     result = run_compare(names, recipe, overrides, seeds=seeds, out=out, restart=restart,
-                         inception_weights=inception_weights, fid=not no_fid, quiet=quiet,
+                         inception_weights=inception_weights, fid=not no_fid, lpips=not no_lpips, quiet=quiet,
                          say=lambda m: console.print(m, highlight=False, markup=False, soft_wrap=True))
     _print_report(result.tables, [f"note: {note}" for note in result.notes],
                   f"report: {result.md_path} and {result.json_path}; figures in {result.out_dir / 'figures'}")
@@ -356,7 +358,7 @@ def _rich_table(table) -> Table:
 
     out = Table(title=escape(table.title + (f" (* {table.marks})" if table.marks else "")))
     for i, col in enumerate(table.header):
-        out.add_column(escape(col), justify="left" if i == 0 else "right")
+        out.add_column(escape(col), justify="left" if i == 0 else "right", no_wrap=i == 0)  # labels whole
     for row in table.rows:
         out.add_row(*(f"[bold green]{escape(c.text)}*[/]" if c.mark else escape(c.text) for c in row))
     return out

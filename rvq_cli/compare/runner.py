@@ -257,7 +257,7 @@ def _restart(out: Path, names: list[str], seeds: list[int] | None) -> None:
 def compare(estimators: list[str], recipe_path: str | os.PathLike, overrides: list[str] = (), *,
             seeds: int | list[int] | None = None, out: str | os.PathLike | None = None, restart: bool = False,
             inception_weights: str | os.PathLike | None = None, fid: bool = True, quiet: bool = False,
-            say: Callable[[str], None] = print) -> CompareResult:
+            say: Callable[[str], None] = print, lpips: bool = True) -> CompareResult:
     """Train ``recipe_path`` (with ``overrides``) once per method and seed into ``out``, evaluate
     each run on the recipe's validation set, and write compare.json, compare.md and the figures.
     ``estimators``: method names (:mod:`.methods`: ``rotation``, ``rotation:simvq``, ``fsq``).
@@ -310,7 +310,7 @@ def compare(estimators: list[str], recipe_path: str | os.PathLike, overrides: li
         for method in methods:
             label = f"[{len(runs) + 1}/{total}] {method.name}" + (f", seed {seed}" if len(seeds) > 1 else "")
             run, eval_notes = _train_and_evaluate(method, reference, recipe_path, overrides, out, label,
-                                                  inception_weights, fid, quiet, say)
+                                                  (inception_weights, fid, lpips), quiet, say)
             for note in eval_notes:
                 if note not in notes:
                     notes.append(note)
@@ -368,10 +368,9 @@ def _start_notes(runs: list[EstimatorRun], seeds: list[int]) -> list[str]:
 
 
 def _train_and_evaluate(method: Method, reference: _Reference, recipe_path, overrides, out: Path, label: str,
-                        inception_weights, fid: bool, quiet: bool, say: Callable[[str], None]
-                        ) -> tuple[EstimatorRun, list[str]]:
+                        metrics: tuple, quiet: bool, say: Callable[[str], None]) -> tuple[EstimatorRun, list[str]]:
     """One run of the comparison, trained (or resumed, or reused) and evaluated under its lock;
-    with the evaluation's notes."""
+    with the evaluation's notes. ``metrics``: (inception_weights, fid, lpips) as rvq eval takes them."""
     from ..data import DataError
     from ..evaluate import EvalError, evaluate
     from ..evaluate.fidelity import FidelityError
@@ -401,11 +400,10 @@ def _train_and_evaluate(method: Method, reference: _Reference, recipe_path, over
                 status = "reused"
             eval_path = run_dir / EVAL_FILE
             report_ = json.loads(eval_path.read_text()) if eval_path.is_file() else None
-            if report_ is None or report_.get("step") != recipe.train.steps or \
-                    (fid and report_["metrics"].get("rfid") is None and _has_inception(inception_weights)):
+            if _stale(report_, recipe.train.steps, *metrics):
                 say(f"{label}: evaluating on {base.data.val}")
-                report_ = evaluate(run_dir, inception_weights=inception_weights, fid=fid, out=eval_path,
-                                   quiet=quiet).report
+                report_ = evaluate(run_dir, inception_weights=metrics[0], fid=metrics[1], lpips=metrics[2],
+                                   out=eval_path, quiet=quiet).report
         except (TrainingError, DataError, CheckpointError, EvalError, FidelityError) as err:
             raise CompareError(f"{name} (seed {seed}): {err}") from None
     history = _history(run_dir)
@@ -419,6 +417,24 @@ def _train_and_evaluate(method: Method, reference: _Reference, recipe_path, over
         eval=report_["metrics"], init_fingerprint=fingerprints[0], shared_fingerprint=fingerprints[1],
         history=history, code_counts=report_.get("code_counts", []),
     ), report_.get("notes", [])
+
+
+def _stale(report: dict | None, steps: int, inception_weights, fid: bool, lpips: bool) -> bool:
+    """Whether a run's compare-eval.json must be made again: missing, of another step, from an rvq
+    without SSIM, or without a metric asked for whose weights are now found."""
+    if report is None or report.get("step") != steps or "ssim" not in report["metrics"]:
+        return True
+    m = report["metrics"]
+    if fid and m.get("rfid") is None and _has_inception(inception_weights):
+        return True
+    if lpips:
+        from ..losses.perceptual import find_trunk_weights
+
+        try:
+            return any(m.get(f"lpips_{net}") is None and find_trunk_weights(net) is not None for net in ("alex", "vgg"))
+        except RvqError:  # a weights path that is set but missing: rvq eval says so
+            return True
+    return False
 
 
 def _has_inception(path) -> bool:

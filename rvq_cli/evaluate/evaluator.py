@@ -14,6 +14,9 @@ Definitions (all on the recipe's centre crop, reconstructions from the eval-mode
                  LPIPS with the recipe's weights: taming's and enhancing-transformers' val/rec_loss)
   mse, l1        mean over all pixels and channels, [-1, 1] scale
   psnr           per image on the saved 8-bit reconstruction vs the 8-bit original, then averaged
+  ssim, lpips_alex, lpips_vgg   per image on the same 8-bit pair, then averaged (``.similarity``:
+                 torchmetrics' SSIM; LPIPS v0.1 with the AlexNet and VGG16 trunks, when their
+                 weights are found)
   usage          fraction of the K codes used at least once in the whole set
   usage_per_batch  fraction used per batch of ``batch_size`` images (the paper's definition), averaged
   perplexity     exp(entropy) of the code histogram of the whole set (per batch: averaged)
@@ -50,7 +53,7 @@ from ..grids import frames, grid_frames
 from ..inference import check_precision, inference_accelerator, inference_settings
 from ..progress import JobProgress
 from ..runs import LoadedTokenizer, load_tokenizer
-from . import fidelity
+from . import fidelity, similarity
 from .i3d import MIN_FRAMES as I3D_MIN_FRAMES
 from .i3d import I3DError, find_i3d_weights, i3d_features, load_i3d, missing_i3d_message
 
@@ -76,7 +79,7 @@ class EvalResult:
 
 # Per-rank sums, all-reduced in one collective (order matters: see _SUMS.index).
 _SUMS = ("images", "frames", "elements", "rec", "se", "ae", "psnr", "batches", "usage_batch", "perplexity_batch",
-         "qerr", "latents", "power", "skipped", "lpips")
+         "qerr", "latents", "power", "skipped", "lpips", "ssim", "ssim_frames", "lpips_alex", "lpips_vgg")
 
 
 def _data_pattern(tok: LoadedTokenizer, data: str | None, split: str) -> str:
@@ -86,6 +89,15 @@ def _data_pattern(tok: LoadedTokenizer, data: str | None, split: str) -> str:
             raise EvalError(f"the recipe of {tok.checkpoint} has no validation set (data.val is null); pass the "
                             f"shards to evaluate on with {option('data')}.")
     return resolve_data(data, video=tok.recipe.model.video, split=split)  # "demo": the demo set's split
+
+
+def _version(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
 
 
 def _psnr(x: torch.Tensor, rec: torch.Tensor) -> torch.Tensor:
@@ -109,7 +121,7 @@ class _Accumulator:
         self.i3d: dict[str, list[torch.Tensor]] = {"real_i3d": [], "fake_i3d": []}
 
     def add(self, x: torch.Tensor, rec: torch.Tensor, out, keys: list[str], inception, i3d=None,
-            lpips=None) -> None:
+            lpips=None, lpips_set=None) -> None:
         """One batch: images (B, C, H, W), or clips (B, C, T, H, W) measured frame by frame."""
         s, diff = self.sums, rec.double() - x.double()
         s["images"] += len(x)
@@ -127,6 +139,12 @@ class _Accumulator:
             s["lpips"] += float(lpips(x, rec).double().sum())
         x8, r8 = to_uint8(x), to_uint8(rec)
         s["psnr"] += float(_psnr(x8, r8).sum())
+        if min(x8.shape[-2:]) >= similarity.SSIM_SETTINGS["kernel_size"]:
+            s["ssim"] += float(similarity.ssim(x8, r8).double().sum())
+            s["ssim_frames"] += len(x8)
+        if lpips_set is not None:
+            for name, v in lpips_set(x8, r8).items():
+                s[name] += float(v.double().sum())
         m, idx = out.metrics, out.indices.reshape(-1).cpu()
         s["batches"] += 1
         s["usage_batch"] += float(m.usage)
@@ -231,6 +249,7 @@ class _Models:
     lpips_file: Path | None = None
     i3d: object = None
     i3d_file: Path | None = None
+    lpips_set: similarity.LpipsSet | None = None  # the LPIPS metrics (AlexNet, VGG16) whose trunks were found
 
 
 def _check_arguments(split: str, batch_size: int | None, num_workers: int | None, image_size: int | None,
@@ -243,10 +262,14 @@ def _check_arguments(split: str, batch_size: int | None, num_workers: int | None
     check_precision(precision)
 
 
-def _feature_models(recipe, device, fid: bool, inception_weights, fvd: bool, i3d_weights, notes: list[str]) -> _Models:
-    """Inception (r-FID, r-IS), LPIPS (when the recipe's loss has it) and I3D (video r-FVD), each
-    found where the user keeps its weights; what is missing is skipped with a note."""
+def _feature_models(recipe, device, fid: bool, inception_weights, fvd: bool, i3d_weights, notes: list[str],
+                    lpips_metrics: bool = True, image_size: int | None = None) -> _Models:
+    """Inception (r-FID, r-IS), the LPIPS metrics, the recipe's LPIPS term (when its loss has it)
+    and I3D (video r-FVD), each found where the user keeps its weights; what is missing is
+    skipped with a note."""
     m = _Models()
+    if lpips_metrics:
+        m.lpips_set = similarity.LpipsSet(device, recipe.loss.perceptual_weights, notes, image_size)
     if fid:
         m.inception_file = fidelity.find_inception_weights(inception_weights)
         if m.inception_file is None:
@@ -291,7 +314,7 @@ def _run_batches(tok: LoadedTokenizer, loader, acc, run_as, models: _Models, tot
             with run_as.autocast(acc.device):
                 fwd = tok.model(run_as.layout(x))
             rec = fwd.reconstruction.float()
-            accum.add(x, rec, fwd.quantize, batch["key"], models.inception, models.i3d, models.lpips)
+            accum.add(x, rec, fwd.quantize, batch["key"], models.inception, models.i3d, models.lpips, models.lpips_set)
             accum.sums["skipped"] += batch["skipped"]
             if len(grid[0]) < GRID_IMAGES:
                 take = GRID_IMAGES - len(grid[0])
@@ -314,6 +337,9 @@ def _settings(recipe, acc, run_as, models: _Models, batch_size: int, workers: in
             "is_splits": min(10, n_keys) if inception else None,
             "inception_weights": str(models.inception_file) if models.inception_file else None,
             **({"lpips_weights": str(models.lpips_file), "nll": nll} if models.lpips is not None else {}),
+            "ssim": similarity.SSIM_SETTINGS,
+            "lpips": similarity.lpips_settings(models.lpips_set) if models.lpips_set and models.lpips_set.nets
+            else None,
             **({"i3d_weights": str(models.i3d_file) if models.i3d_file else None, "fvd_feature": fvd,
                 "video_decoder": video_decoder()} if video else {})}
 
@@ -333,10 +359,12 @@ def evaluate(checkpoint: str | os.PathLike, *, data: str | None = None, split: s
              batch_size: int | None = None, num_workers: int | None = None, image_size: int | None = None,
              inception_weights: str | os.PathLike | None = None, fid: bool = True,
              i3d_weights: str | os.PathLike | None = None, fvd: bool = True,
-             out: str | os.PathLike | None = None, quiet: bool = False, precision: str | None = None) -> EvalResult:
+             out: str | os.PathLike | None = None, quiet: bool = False, precision: str | None = None,
+             lpips: bool = True) -> EvalResult:
     """Evaluate the tokenizer at ``checkpoint`` (run directory or checkpoint folder) on ``data``
     (shards; default: the recipe's ``split`` set) and write ``eval.json`` and ``eval.png``
-    (default: in the run directory). See the module docstring for the definitions."""
+    (default: in the run directory). ``lpips``: measure lpips_alex / lpips_vgg where their trunk
+    weights are found. See the module docstring for the definitions."""
     _check_arguments(split, batch_size, num_workers, image_size, precision)
     acc = inference_accelerator()
     tok = load_tokenizer(checkpoint, device=acc.device)
@@ -354,7 +382,7 @@ def evaluate(checkpoint: str | os.PathLike, *, data: str | None = None, split: s
     workers = recipe.data.num_workers if num_workers is None else num_workers
     if len(files) < acc.num_processes:
         notes.append(f"{len(files)} shard(s) for {acc.num_processes} processes: some processes had no data.")
-    models = _feature_models(recipe, acc.device, fid, inception_weights, fvd, i3d_weights, notes)
+    models = _feature_models(recipe, acc.device, fid, inception_weights, fvd, i3d_weights, notes, lpips, size)
     loader = build_loader(pattern, recipe, train=False, rank=acc.process_index, world_size=acc.num_processes,
                           batch_size=bs, image_size=size, num_workers=workers)
     t0 = time.perf_counter()
@@ -384,6 +412,13 @@ def evaluate(checkpoint: str | os.PathLike, *, data: str | None = None, split: s
     if duplicates:
         notes.append(f"{duplicates} sample key(s) occur more than once in {pattern}: the data has repeated samples.")
     metrics = _metrics(s, counts, recipe.loss if models.lpips is not None else None)
+    metrics["ssim"] = s["ssim"] / s["ssim_frames"] if s["ssim_frames"] else None
+    if not s["ssim_frames"]:
+        notes.append(f"ssim skipped: its {similarity.SSIM_SETTINGS['kernel_size']}-pixel window is larger than the "
+                     f"{size}-pixel images.")
+    for net in similarity.LPIPS_NETS:
+        found = models.lpips_set is not None and net in models.lpips_set.nets
+        metrics[f"lpips_{net}"] = s[f"lpips_{net}"] / s["frames"] if found else None
     metrics.update(rfid=extra.get("rfid"), ris=extra.get("ris"), ris_std=extra.get("ris_std"),
                    is_originals=extra.get("is_originals"))
     if video:
@@ -395,7 +430,7 @@ def evaluate(checkpoint: str | os.PathLike, *, data: str | None = None, split: s
         "code_counts": [int(c) for c in counts.tolist()],  # how often each code was chosen over the set
         "data": _data_record(recipe, pattern, split, files, s, duplicates, size),
         "settings": _settings(recipe, acc, run_as, models, bs, workers, len(keys)),
-        "versions": {"rvq": __version__, **fidelity.library_versions()},
+        "versions": {"rvq": __version__, **fidelity.library_versions(), "torchmetrics": _version("torchmetrics")},
         "seconds": round(time.perf_counter() - t0, 2),
         "notes": notes,
     }

@@ -23,7 +23,8 @@ from rvq_cli.train import train
 
 RVQ = shutil.which("rvq") or os.path.join(os.path.dirname(sys.executable), "rvq")
 FIELDS = {"rec_loss", "mse", "l1", "psnr", "usage", "usage_per_batch", "perplexity", "perplexity_per_batch",
-          "quant_error", "quant_error_relative", "codes_used", "rfid", "ris", "ris_std", "is_originals"}
+          "quant_error", "quant_error_relative", "codes_used", "rfid", "ris", "ris_std", "is_originals", "ssim",
+          "lpips_alex", "lpips_vgg"}
 
 
 @pytest.fixture(autouse=True)
@@ -31,6 +32,8 @@ def no_cached_inception(tmp_path, monkeypatch):
     """No Inception weights unless a test passes them: an empty torch hub cache, no env var."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
     monkeypatch.delenv("RVQ_INCEPTION_WEIGHTS", raising=False)
+    monkeypatch.delenv("RVQ_ALEXNET_WEIGHTS", raising=False)
+    monkeypatch.delenv("RVQ_VGG16_WEIGHTS", raising=False)
 
 
 def cli(*args, env=None):
