@@ -194,6 +194,8 @@ def eval_(
                                                      "weights (.pth or .safetensors) for r-FID/r-IS."),
     no_fid: bool = typer.Option(False, "--no-fid", help="Skip r-FID and r-IS."),
     no_lpips: bool = typer.Option(False, "--no-lpips", help="Skip the LPIPS metrics (AlexNet and VGG16 trunks)."),
+    reference_stats: Optional[Path] = typer.Option(None, "--reference-stats", help="FID reference statistics "
+                                                   "(rvq data stats) in place of the originals' features."),
     i3d_weights: Optional[Path] = typer.Option(None, "--i3d-weights",
                                                help="Video: I3D weights (VideoGPT's i3d_pretrained_400.pt) for r-FVD."),
     no_fvd: bool = typer.Option(False, "--no-fvd", help="Video: skip r-FVD."),
@@ -202,14 +204,15 @@ def eval_(
                                        "RUN_DIR/eval.json; the grid goes beside it as .png)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
-    """Measure a tokenizer: reconstruction loss, MSE/L1, PSNR, codebook usage, perplexity,
-    quantization error, r-FID and r-IS (video: per frame, plus r-FVD); writes eval.json and a grid
-    of originals beside reconstructions."""
+    """Measure a tokenizer: reconstruction loss, MSE/L1, PSNR, SSIM, LPIPS, codebook usage,
+    perplexity, quantization error, r-FID and r-IS (video: per frame, plus r-FVD); writes
+    eval.json and a grid of originals beside reconstructions."""
     from .evaluate import evaluate
 
     result = evaluate(checkpoint, data=data, split=split, batch_size=batch_size, num_workers=num_workers,
                       image_size=image_size, inception_weights=inception_weights, fid=not no_fid, lpips=not no_lpips,
-                      i3d_weights=i3d_weights, fvd=not no_fvd, out=out, quiet=quiet, precision=precision)
+                      i3d_weights=i3d_weights, fvd=not no_fvd, out=out, quiet=quiet, precision=precision,
+                      reference_stats=reference_stats)
     if result.json_path is None:  # not the main process
         return
     r = result.report

@@ -129,3 +129,27 @@ def data_prepare(
     console.print("in a recipe:", highlight=False)
     for name, s in report.splits.items():
         console.print(f"  data.{name}={s.pattern}", highlight=False, markup=False, soft_wrap=True)
+
+
+@data_app.command("stats")
+def data_stats(
+    data: str = typer.Argument(..., help="Shards of original images (a brace pattern), or demo."),
+    out: Path = typer.Argument(..., help="The statistics file to write (.npz)."),
+    image_size: int = typer.Option(..., "--image-size", help="The size the tokenizer is evaluated at."),
+    crop: str = typer.Option("random", "--crop", help="The recipe's data.crop: random (eval resizes the short side, "
+                             "then takes the centre) or center (the stored image's centre, no resize)."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Images per Inception batch."),
+    num_workers: int = typer.Option(2, "--num-workers", help="Data loader worker processes."),
+    inception_weights: Optional[Path] = typer.Option(None, "--inception-weights", help="torch-fidelity's Inception "
+                                                     "weights (.pth or .safetensors)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Compute the FID reference statistics (Inception mean and covariance) of a set of original
+    images once, as rvq eval sees them, for rvq eval --reference-stats."""
+    from .evaluate.reference import compute_stats
+
+    stats = compute_stats(data, out, image_size=image_size, crop=crop, batch_size=batch_size,
+                          num_workers=num_workers, inception_weights=inception_weights, quiet=quiet)
+    console.print(f"{stats.n} images of {stats.settings['data']} at {image_size}² ({stats.settings['resize']}): "
+                  f"{out}; use it with rvq eval RUN --reference-stats {out}", highlight=False, markup=False,
+                  soft_wrap=True)

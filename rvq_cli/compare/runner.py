@@ -59,6 +59,7 @@ __all__ = ["CompareError", "compare", "init_fingerprints", "run_dir_of"]
 GRID_IMAGES = 8
 EVAL_FILE = "compare-eval.json"  # the comparison's own evaluation of each run (beside compare-eval.png)
 REPORT_FILES = ("compare.json", "compare.md", "figures")
+REFERENCE_STATS = "reference-stats.npz"  # the validation originals' FID statistics, shared by every run
 
 
 class CompareError(RvqError):
@@ -302,6 +303,7 @@ def compare(estimators: list[str], recipe_path: str | os.PathLike, overrides: li
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(record, job)
 
+    stats = _reference_stats(out, base, inception_weights, fid, quiet, say)
     runs: list[EstimatorRun] = []
     notes: list[str] = [n for m in methods for n in m.notes(base)]
     total = len(seeds) * len(methods)
@@ -310,7 +312,7 @@ def compare(estimators: list[str], recipe_path: str | os.PathLike, overrides: li
         for method in methods:
             label = f"[{len(runs) + 1}/{total}] {method.name}" + (f", seed {seed}" if len(seeds) > 1 else "")
             run, eval_notes = _train_and_evaluate(method, reference, recipe_path, overrides, out, label,
-                                                  (inception_weights, fid, lpips), quiet, say)
+                                                  (inception_weights, fid, lpips, stats), quiet, say)
             for note in eval_notes:
                 if note not in notes:
                     notes.append(note)
@@ -370,7 +372,8 @@ def _start_notes(runs: list[EstimatorRun], seeds: list[int]) -> list[str]:
 def _train_and_evaluate(method: Method, reference: _Reference, recipe_path, overrides, out: Path, label: str,
                         metrics: tuple, quiet: bool, say: Callable[[str], None]) -> tuple[EstimatorRun, list[str]]:
     """One run of the comparison, trained (or resumed, or reused) and evaluated under its lock;
-    with the evaluation's notes. ``metrics``: (inception_weights, fid, lpips) as rvq eval takes them."""
+    with the evaluation's notes. ``metrics``: (inception_weights, fid, lpips, reference_stats) as rvq
+    eval takes them."""
     from ..data import DataError
     from ..evaluate import EvalError, evaluate
     from ..evaluate.fidelity import FidelityError
@@ -400,10 +403,10 @@ def _train_and_evaluate(method: Method, reference: _Reference, recipe_path, over
                 status = "reused"
             eval_path = run_dir / EVAL_FILE
             report_ = json.loads(eval_path.read_text()) if eval_path.is_file() else None
-            if _stale(report_, recipe.train.steps, *metrics):
+            if _stale(report_, recipe.train.steps, *metrics[:3]):
                 say(f"{label}: evaluating on {base.data.val}")
                 report_ = evaluate(run_dir, inception_weights=metrics[0], fid=metrics[1], lpips=metrics[2],
-                                   out=eval_path, quiet=quiet).report
+                                   reference_stats=metrics[3], out=eval_path, quiet=quiet).report
         except (TrainingError, DataError, CheckpointError, EvalError, FidelityError) as err:
             raise CompareError(f"{name} (seed {seed}): {err}") from None
     history = _history(run_dir)
@@ -417,6 +420,36 @@ def _train_and_evaluate(method: Method, reference: _Reference, recipe_path, over
         eval=report_["metrics"], init_fingerprint=fingerprints[0], shared_fingerprint=fingerprints[1],
         history=history, code_counts=report_.get("code_counts", []),
     ), report_.get("notes", [])
+
+
+def _reference_stats(out: Path, base: Recipe, inception_weights, fid: bool, quiet: bool,
+                     say: Callable[[str], None]) -> Path | None:
+    """OUT/reference-stats.npz: the FID statistics of the validation originals, made once for
+    every run's evaluation (image tokenizers with the Inception weights found; else None)."""
+    from ..data import count_samples, expand_pattern, resolve_data
+    from ..evaluate import fidelity, reference
+
+    weights = fidelity.find_inception_weights(inception_weights) if fid and not base.model.video else None
+    if weights is None:
+        return None
+    path, pattern = out / REFERENCE_STATS, resolve_data(base.data.val, split="val")
+    wanted = dict(reference.view_settings(base.data.image_size, base.data.crop, weights), data=str(pattern))
+    if path.is_file():
+        try:
+            stats = reference.read_stats(path)
+            reference.check_stats(stats, wanted)
+            if stats.settings.get("data") == wanted["data"] and stats.n == count_samples(expand_pattern(pattern)):
+                return path
+        except reference.StatsError:
+            pass  # made otherwise: made again below
+    say(f"FID reference statistics of {base.data.val} (once, for every run) into {path}")
+    try:
+        reference.compute_stats(str(pattern), path, image_size=base.data.image_size, crop=base.data.crop,
+                                batch_size=base.train.batch_size, num_workers=base.data.num_workers,
+                                inception_weights=weights, quiet=quiet)
+    except reference.StatsError as err:
+        raise CompareError(str(err)) from None
+    return path
 
 
 def _stale(report: dict | None, steps: int, inception_weights, fid: bool, lpips: bool) -> bool:

@@ -22,7 +22,8 @@ Definitions (all on the recipe's centre crop, reconstructions from the eval-mode
   perplexity     exp(entropy) of the code histogram of the whole set (per batch: averaged)
   quant_error    mean over latent elements of (e − q)², in code space
   rfid, ris      torch-fidelity's FID (pool3, 2048) between reconstructions and originals, and IS
-                 of the reconstructions (``is_originals`` for reference), uint8 inputs
+                 of the reconstructions (``is_originals`` for reference), uint8 inputs; with
+                 ``reference_stats`` (``.reference``) the FID is to those statistics instead
   rfvd           video: the Fréchet distance between I3D features of the original and the
                  reconstructed clips (``rvq_cli.evaluate.i3d``)
 
@@ -53,7 +54,7 @@ from ..grids import frames, grid_frames
 from ..inference import check_precision, inference_accelerator, inference_settings
 from ..progress import JobProgress
 from ..runs import LoadedTokenizer, load_tokenizer
-from . import fidelity, similarity
+from . import fidelity, reference, similarity
 from .i3d import MIN_FRAMES as I3D_MIN_FRAMES
 from .i3d import I3DError, find_i3d_weights, i3d_features, load_i3d, missing_i3d_message
 
@@ -110,11 +111,11 @@ class _Accumulator:
     """One rank's running sums, code histogram, features and keys."""
 
     def __init__(self, codebook_size: int, codebook_dim: int, loss_kind: str, fid: bool,
-                 pixel_scale: torch.Tensor | None = None):
+                 pixel_scale: torch.Tensor | None = None, real: bool = True):
         self.sums = dict.fromkeys(_SUMS, 0.0)
         self.pixel_scale = None if pixel_scale is None else pixel_scale.detach().double().cpu()
         self.counts = torch.zeros(codebook_size, dtype=torch.float64)
-        self.dim, self.kind, self.fid = codebook_dim, loss_kind, fid
+        self.dim, self.kind, self.fid, self.real = codebook_dim, loss_kind, fid, real  # real: featurise originals
         self.keys: list[str] = []
         self.feats: dict[str, list[torch.Tensor]] = {k: [] for k in ("real_pool", "real_logits", "fake_pool",
                                                                      "fake_logits")}
@@ -155,7 +156,7 @@ class _Accumulator:
         self.counts += torch.bincount(idx, minlength=len(self.counts)).double()
         self.keys += list(keys)
         if inception is not None:
-            for name, images in (("real", x8), ("fake", r8)):
+            for name, images in (("real", x8), ("fake", r8)) if self.real else (("fake", r8),):
                 pool, logits = fidelity.inception_features(inception, images)
                 self.feats[f"{name}_pool"].append(pool)
                 self.feats[f"{name}_logits"].append(logits)
@@ -193,11 +194,13 @@ def _fvd(acc: Accelerator, feats: dict[str, list[torch.Tensor]], order: list[int
     return {"rfvd": fidelity.fid_from_features(g["real_i3d"][order], g["fake_i3d"][order])}
 
 
-def _fidelity(acc: Accelerator, feats: dict[str, list[torch.Tensor]], order: list[int], notes: list[str]) -> dict:
+def _fidelity(acc: Accelerator, feats: dict[str, list[torch.Tensor]], order: list[int], notes: list[str],
+              stats: reference.ReferenceStats | None = None) -> dict:
     """r-FID, r-IS (and IS of the originals) from every rank's features, in key order (for clips:
-    ``order`` lists frames, clip by clip)."""
+    ``order`` lists frames, clip by clip); with ``stats``, the FID to those statistics."""
     widths = {"pool": 2048, "logits": 1008}
-    g = {k: _gather_rows(acc, v, widths[k.split("_")[1]]) for k, v in feats.items()}
+    g = {k: _gather_rows(acc, v, widths[k.split("_")[1]]) for k, v in feats.items()
+         if stats is None or k.startswith("fake")}  # the same collectives on every rank
     if not acc.is_main_process:
         return {}
     g = {k: v[order] for k, v in g.items()}
@@ -205,6 +208,9 @@ def _fidelity(acc: Accelerator, feats: dict[str, list[torch.Tensor]], order: lis
         notes.append("r-FID needs at least 2 images; skipped.")
         return {}
     ris, ris_std = fidelity.inception_score(g["fake_logits"])
+    if stats is not None:
+        return {"rfid": reference.fid_to_stats(stats, g["fake_pool"]), "ris": ris, "ris_std": ris_std,
+                "is_originals": stats.is_originals}
     real_is, _ = fidelity.inception_score(g["real_logits"])
     return {"rfid": fidelity.fid_from_features(g["real_pool"], g["fake_pool"]), "ris": ris, "ris_std": ris_std,
             "is_originals": real_is}
@@ -250,6 +256,7 @@ class _Models:
     i3d: object = None
     i3d_file: Path | None = None
     lpips_set: similarity.LpipsSet | None = None  # the LPIPS metrics (AlexNet, VGG16) whose trunks were found
+    stats: reference.ReferenceStats | None = None  # FID reference statistics used in place of the originals'
 
 
 def _check_arguments(split: str, batch_size: int | None, num_workers: int | None, image_size: int | None,
@@ -301,12 +308,30 @@ def _feature_models(recipe, device, fid: bool, inception_weights, fvd: bool, i3d
     return m
 
 
+def _reference(path, fid: bool, models: _Models, recipe, size: int) -> reference.ReferenceStats | None:
+    """The reference statistics asked for, checked against this evaluation's view and network."""
+    if path is None:
+        return None
+    if not fid or recipe.model.video:
+        why = "r-FID is off" if not fid else "they are statistics of images, and this is a video tokenizer"
+        raise EvalError(f"{option('reference_stats')} cannot be used here: {why}.")
+    if models.inception_file is None:
+        raise EvalError(f"{option('reference_stats')} needs the Inception weights the statistics were made with: "
+                        f"{fidelity.missing_weights_message()}")
+    try:
+        stats = reference.read_stats(path)
+        reference.check_stats(stats, reference.view_settings(size, recipe.data.crop, models.inception_file))
+    except reference.StatsError as err:
+        raise EvalError(str(err)) from None
+    return stats
+
+
 def _run_batches(tok: LoadedTokenizer, loader, acc, run_as, models: _Models, total: int | None, quiet: bool):
     """Every batch through the tokenizer and the feature networks: the accumulated sums and
     features, and the first GRID_IMAGES images (clips: 4 frames of each) with their reconstructions."""
     recipe, q, video = tok.recipe, tok.model.quantize, tok.recipe.model.video
     accum = _Accumulator(q.codebook_size, q.codebook_dim, recipe.loss.reconstruction, models.inception is not None,
-                         tok.model.pixel_scale)
+                         tok.model.pixel_scale, real=models.stats is None)
     grid = (torch.zeros(0), torch.zeros(0))
     with JobProgress("eval", total, silent=quiet or not acc.is_main_process) as progress, torch.no_grad():
         for batch in loader:
@@ -336,6 +361,8 @@ def _settings(recipe, acc, run_as, models: _Models, batch_size: int, workers: in
             "fid_feature": fidelity.FID_FEATURE if inception else None,
             "is_splits": min(10, n_keys) if inception else None,
             "inception_weights": str(models.inception_file) if models.inception_file else None,
+            "reference_stats": None if models.stats is None else {
+                "path": str(models.stats.path), "images": models.stats.n, "data": models.stats.settings.get("data")},
             **({"lpips_weights": str(models.lpips_file), "nll": nll} if models.lpips is not None else {}),
             "ssim": similarity.SSIM_SETTINGS,
             "lpips": similarity.lpips_settings(models.lpips_set) if models.lpips_set and models.lpips_set.nets
@@ -360,11 +387,12 @@ def evaluate(checkpoint: str | os.PathLike, *, data: str | None = None, split: s
              inception_weights: str | os.PathLike | None = None, fid: bool = True,
              i3d_weights: str | os.PathLike | None = None, fvd: bool = True,
              out: str | os.PathLike | None = None, quiet: bool = False, precision: str | None = None,
-             lpips: bool = True) -> EvalResult:
+             lpips: bool = True, reference_stats: str | os.PathLike | None = None) -> EvalResult:
     """Evaluate the tokenizer at ``checkpoint`` (run directory or checkpoint folder) on ``data``
     (shards; default: the recipe's ``split`` set) and write ``eval.json`` and ``eval.png``
     (default: in the run directory). ``lpips``: measure lpips_alex / lpips_vgg where their trunk
-    weights are found. See the module docstring for the definitions."""
+    weights are found. ``reference_stats``: an ``.npz`` of ``rvq data stats``, the FID reference in
+    place of the originals' features. See the module docstring for the definitions."""
     _check_arguments(split, batch_size, num_workers, image_size, precision)
     acc = inference_accelerator()
     tok = load_tokenizer(checkpoint, device=acc.device)
@@ -383,6 +411,7 @@ def evaluate(checkpoint: str | os.PathLike, *, data: str | None = None, split: s
     if len(files) < acc.num_processes:
         notes.append(f"{len(files)} shard(s) for {acc.num_processes} processes: some processes had no data.")
     models = _feature_models(recipe, acc.device, fid, inception_weights, fvd, i3d_weights, notes, lpips, size)
+    models.stats = _reference(reference_stats, fid, models, recipe, size)
     loader = build_loader(pattern, recipe, train=False, rank=acc.process_index, world_size=acc.num_processes,
                           batch_size=bs, image_size=size, num_workers=workers)
     t0 = time.perf_counter()
@@ -401,7 +430,7 @@ def evaluate(checkpoint: str | os.PathLike, *, data: str | None = None, split: s
     order = sorted(range(len(keys)), key=keys.__getitem__)
     per = recipe.data.frames if video else 1
     frame_order = [i * per + t for i in order for t in range(per)]
-    extra = _fidelity(acc, accum.feats, frame_order, notes) if models.inception is not None else {}
+    extra = _fidelity(acc, accum.feats, frame_order, notes, models.stats) if models.inception is not None else {}
     if models.i3d is not None:
         extra.update(_fvd(acc, accum.i3d, order, notes))
     if not acc.is_main_process:
