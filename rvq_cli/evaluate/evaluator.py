@@ -371,6 +371,24 @@ def _settings(recipe, acc, run_as, models: _Models, batch_size: int, workers: in
                 "video_decoder": video_decoder()} if video else {})}
 
 
+def _all_metrics(s: dict, counts: torch.Tensor, recipe, models: _Models, extra: dict, notes: list[str],
+                 size: int) -> dict:
+    """eval.json's metrics: the sums' (:func:`_metrics`), SSIM, LPIPS, and the feature networks'."""
+    metrics = _metrics(s, counts, recipe.loss if models.lpips is not None else None)
+    metrics["ssim"] = s["ssim"] / s["ssim_frames"] if s["ssim_frames"] else None
+    if not s["ssim_frames"]:
+        notes.append(f"ssim skipped: its {similarity.SSIM_SETTINGS['kernel_size']}-pixel window is larger than the "
+                     f"{size}-pixel images.")
+    for net in similarity.LPIPS_NETS:
+        found = models.lpips_set is not None and net in models.lpips_set.nets
+        metrics[f"lpips_{net}"] = s[f"lpips_{net}"] / s["frames"] if found else None
+    metrics.update(rfid=extra.get("rfid"), ris=extra.get("ris"), ris_std=extra.get("ris_std"),
+                   is_originals=extra.get("is_originals"))
+    if recipe.model.video:
+        metrics["rfvd"] = extra.get("rfvd")
+    return metrics
+
+
 def _data_record(recipe, pattern: str, split: str, files: list, s: dict, duplicates: int, size: int) -> dict:
     """What was evaluated, for eval.json."""
     video = recipe.model.video
@@ -440,18 +458,7 @@ def evaluate(checkpoint: str | os.PathLike, *, data: str | None = None, split: s
     duplicates = len(keys) - len(set(keys))
     if duplicates:
         notes.append(f"{duplicates} sample key(s) occur more than once in {pattern}: the data has repeated samples.")
-    metrics = _metrics(s, counts, recipe.loss if models.lpips is not None else None)
-    metrics["ssim"] = s["ssim"] / s["ssim_frames"] if s["ssim_frames"] else None
-    if not s["ssim_frames"]:
-        notes.append(f"ssim skipped: its {similarity.SSIM_SETTINGS['kernel_size']}-pixel window is larger than the "
-                     f"{size}-pixel images.")
-    for net in similarity.LPIPS_NETS:
-        found = models.lpips_set is not None and net in models.lpips_set.nets
-        metrics[f"lpips_{net}"] = s[f"lpips_{net}"] / s["frames"] if found else None
-    metrics.update(rfid=extra.get("rfid"), ris=extra.get("ris"), ris_std=extra.get("ris_std"),
-                   is_originals=extra.get("is_originals"))
-    if video:
-        metrics["rfvd"] = extra.get("rfvd")
+    metrics = _all_metrics(s, counts, recipe, models, extra, notes, size)
     report = {
         "checkpoint": str(tok.checkpoint.resolve()), "step": tok.step, "tokenizer_id": tok.tokenizer_id,
         "estimator": recipe.model.quantizer.estimator, "codebook_size": tok.model.quantize.codebook_size,
