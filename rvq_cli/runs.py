@@ -41,6 +41,7 @@ from .models import VQTokenizer, build_tokenizer
 
 PREFIX = "ckpt-"
 WEIGHTS, DISC_WEIGHTS, OPTIMIZER = "model.safetensors", "discriminator.safetensors", "optimizer.pt"
+EMA_WEIGHTS = "ema.safetensors"  # the model-weight EMA (train.ema_decay), the tokenizer's keys
 RECIPE, STATE, METRICS, SAMPLES = "recipe.yaml", "state.json", "metrics.jsonl", "samples"
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle")
 
@@ -65,6 +66,7 @@ class CheckpointState:
     # method of a comparison shares (the tokenizer outside its quantizer, and the discriminator)
     init_fingerprint: str | None = None
     shared_fingerprint: str | None = None
+    ema_updates: int = 0  # optimizer steps averaged into ema.safetensors (train.ema_decay)
 
 
 # ---------------------------------------------------------------- layout
@@ -156,15 +158,18 @@ def _state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def save_checkpoint(run_dir: Path, model: nn.Module, optimizer, scheduler, state: CheckpointState,
                     recipe_yaml: str, keep_last: int, discriminator: nn.Module | None = None,
-                    disc_optimizer=None) -> Path:
+                    disc_optimizer=None, ema: nn.Module | None = None) -> Path:
     """Write a checkpoint atomically (call on the main process only, which is rank 0) and prune
     old ones. Other ranks add their RNG state with :func:`save_rng` afterwards. A GAN run also
-    stores the discriminator's weights and its optimizer's state."""
+    stores the discriminator's weights and its optimizer's state; a run with a weight EMA the
+    averaged tokenizer (``ema``)."""
     final = run_dir / checkpoint_name(state.step)
     tmp = run_dir / f".{final.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_file(_state_dict(model), str(tmp / WEIGHTS))
+    if ema is not None:
+        save_file(_state_dict(ema), str(tmp / EMA_WEIGHTS))
     opt = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
     if discriminator is not None:
         save_file(_state_dict(discriminator), str(tmp / DISC_WEIGHTS))
@@ -225,7 +230,8 @@ class LoadedTokenizer:
     recipe: Recipe  # the resolved recipe the checkpoint was trained with
     checkpoint: Path  # the ckpt-NNNNNNNN folder
     step: int  # optimizer steps the weights were trained for
-    tokenizer_id: str  # 16 hex digits of the SHA-256 of model.safetensors
+    tokenizer_id: str  # 16 hex digits of the SHA-256 of the weights file used
+    weights: str = "trained"  # "ema": the model-weight EMA (ema.safetensors), "trained": model.safetensors
 
     @property
     def run_dir(self) -> Path:
@@ -265,38 +271,46 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     return ckpt
 
 
-def tokenizer_id(ckpt: Path) -> str:
-    """16 hex digits of the SHA-256 of the checkpoint's weights file."""
+def tokenizer_id(ckpt: Path, weights: str = WEIGHTS) -> str:
+    """16 hex digits of the SHA-256 of the checkpoint's weights file (``weights``: its name)."""
     h = hashlib.sha256()
-    with open(ckpt / WEIGHTS, "rb") as f:
+    with open(ckpt / weights, "rb") as f:
         while chunk := f.read(1 << 22):
             h.update(chunk)
     return h.hexdigest()[:16]
 
 
-def _check_weights(ckpt: Path, expected: dict, weights: dict) -> None:
+def _check_weights(ckpt: Path, expected: dict, weights: dict, name: str = WEIGHTS) -> None:
     missing = sorted(expected.keys() - weights.keys())
     unexpected = sorted(weights.keys() - expected.keys())
     wrong = sorted(k for k in expected.keys() & weights.keys() if expected[k].shape != weights[k].shape)
     if missing or unexpected or wrong:
         parts = [f"{label}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
                  for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if keys]
-        raise CheckpointError(f"{ckpt / WEIGHTS} does not match the model its {RECIPE} describes ({'; '.join(parts)}). "
+        raise CheckpointError(f"{ckpt / name} does not match the model its {RECIPE} describes ({'; '.join(parts)}). "
                               "The weights and the recipe come from different runs; use a checkpoint folder as "
                               "`rvq train` wrote it.")
 
 
-def load_tokenizer(path: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedTokenizer:
-    """The tokenizer saved at ``path`` (run directory or checkpoint folder), in eval mode."""
+def load_tokenizer(path: str | os.PathLike, device: str | torch.device = "cpu",
+                   ema: bool | None = None) -> LoadedTokenizer:
+    """The tokenizer saved at ``path`` (run directory or checkpoint folder), in eval mode: its
+    model-weight EMA where the checkpoint has one (``ema=None``, or True, which insists), else
+    the trained weights (``ema=False`` always)."""
     ckpt = resolve_checkpoint(path)
     recipe = saved_recipe(ckpt)
+    if ema and not (ckpt / EMA_WEIGHTS).is_file():
+        raise CheckpointError(f"{ckpt} has no {EMA_WEIGHTS}: the run was trained without a weight EMA "
+                              "(train.ema_decay). Use its trained weights.")
+    name = EMA_WEIGHTS if ema is not False and (ckpt / EMA_WEIGHTS).is_file() else WEIGHTS
     model = build_tokenizer(recipe.model, recipe.data.image_size, recipe.data.frames)
     try:
-        weights = load_file(str(ckpt / WEIGHTS))
+        weights = load_file(str(ckpt / name))
     except (SafetensorError, OSError, ValueError) as err:
-        raise CheckpointError(f"{ckpt / WEIGHTS} is not a readable safetensors file ({err}); the checkpoint is "
+        raise CheckpointError(f"{ckpt / name} is not a readable safetensors file ({err}); the checkpoint is "
                               "corrupt or truncated. Use another ckpt-NNNNNNNN folder of the run.") from None
-    _check_weights(ckpt, model.state_dict(), weights)
+    _check_weights(ckpt, model.state_dict(), weights, name)
     model.load_state_dict(weights)
     model.to(device).eval()
-    return LoadedTokenizer(model, recipe, ckpt, saved_step(ckpt), tokenizer_id(ckpt))
+    return LoadedTokenizer(model, recipe, ckpt, saved_step(ckpt), tokenizer_id(ckpt, name),
+                           "ema" if name == EMA_WEIGHTS else "trained")

@@ -337,6 +337,10 @@ class TrainConfig(_Section):
     ckpt_every: int = Field(1000, ge=1)
     keep_last: int = Field(3, ge=1, description="checkpoints kept")
     seed: int = 0
+    ema_decay: Optional[float] = Field(
+        None, gt=0.0, lt=1.0, description="model-weight EMA: an exponential moving average of the tokenizer's "
+        "parameters (torch's AveragedModel; e.g. 0.999), saved beside the weights and used by eval / encode / decode "
+        "(null: none)")
     init_from: Optional[str] = Field(
         None, description="a run directory or checkpoint folder (of rvq train, or of rvq import taming) whose weights "
         "a new run starts from: the tokenizer's (the same architecture and quantizer; the estimator may differ) and "

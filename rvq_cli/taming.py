@@ -158,8 +158,6 @@ def taming_recipe(config: str | Path, out: str | Path):
     notes.append(f"optim.lr = {lr:.3g}: base_learning_rate × the config's batch size{given}; taming also "
                  "multiplies by the number of GPUs and the gradient accumulation, which a config does not hold. "
                  "Set it for the fine-tuning you run.")
-    if params.get("use_ema"):
-        notes.append("use_ema: the EMA copy of the weights (model_ema.*) is not imported; the trained weights are.")
     recipe = Recipe.model_validate({
         "data": {"image_size": int(dd["resolution"]), "random_flip": False, "val": None},
         "model": {"name": "conv", "projection": "conv",
@@ -224,7 +222,7 @@ def _convert(state: dict[str, torch.Tensor], recipe) -> tuple[dict, dict | None,
         elif k.startswith("loss.perceptual_loss."):
             skipped["perceptual"] += 1
         elif k.startswith("model_ema."):
-            skipped["ema"] += 1
+            skipped["ema"] += 1  # latent-diffusion's LitEma: read by _ema below
         else:
             ours[k] = v  # reported as unexpected below
     n = recipe.model.quantizer.codebook_size
@@ -241,6 +239,31 @@ def _convert(state: dict[str, torch.Tensor], recipe) -> tuple[dict, dict | None,
         return ours, None, notes
     _check(disc, disc_model.state_dict(), "discriminator")
     return ours, disc, notes
+
+
+def _ema(state: dict[str, torch.Tensor], ours: dict[str, torch.Tensor], recipe, notes: list[str]):
+    """latent-diffusion's LitEma copy (``model_ema.<parameter name without dots>``, plus ``decay``
+    and ``num_updates``) as rvq's weight EMA: (the averaged tokenizer's state, its updates), the
+    buffers the trained ones as rvq keeps them; None without a complete copy."""
+    from .models import build_tokenizer
+
+    found = {k[len("model_ema."):]: v for k, v in state.items() if k.startswith("model_ema.")}
+    if not found:
+        return None
+    names = [n for n, _ in build_tokenizer(recipe.model, recipe.data.image_size).named_parameters()]
+    theirs = {n: ("quantize.embedding.weight" if n == "quantize.codebook" else n).replace(".", "") for n in names}
+    missing = [n for n, t in theirs.items() if t not in found]
+    if missing:
+        notes.append(f"the EMA copy (model_ema.*) lacks {len(missing)} of the {len(names)} parameters "
+                     f"({', '.join(missing[:3])}, …): not imported; the trained weights are.")
+        return None
+    ema = dict(ours)
+    for n, t in theirs.items():
+        ema[n] = found[t].to(ours[n].dtype).contiguous()
+    updates = found.get("num_updates")
+    notes.append("the EMA copy of the weights (model_ema.*) is imported as ema.safetensors, which rvq eval / encode "
+                 "/ decode use; the trained weights are model.safetensors.")
+    return ema, int(updates) if updates is not None else 0
 
 
 def _check(theirs: dict, mine: dict, what: str) -> None:
@@ -261,7 +284,7 @@ def import_taming(checkpoint: str | Path, config: str | Path, out: str | Path) -
     from safetensors.torch import save_file
 
     from .config import recipe_to_yaml
-    from .runs import DISC_WEIGHTS, RECIPE, STATE, WEIGHTS, CheckpointState, checkpoint_name
+    from .runs import DISC_WEIGHTS, EMA_WEIGHTS, RECIPE, STATE, WEIGHTS, CheckpointState, checkpoint_name
     from .train.start import fingerprint
 
     out = Path(out)
@@ -272,14 +295,17 @@ def import_taming(checkpoint: str | Path, config: str | Path, out: str | Path) -
     state = read_taming_checkpoint(checkpoint)
     model, disc, more = _convert(state, recipe)
     notes += more
+    ema = _ema(state, model, recipe, notes)
     tmp = out.parent / f".{out.name}.import.tmp"
     ckpt = tmp / checkpoint_name(0)
     ckpt.mkdir(parents=True, exist_ok=True)
     save_file(model, str(ckpt / WEIGHTS))
     if disc is not None:
         save_file(disc, str(ckpt / DISC_WEIGHTS))
+    if ema is not None:
+        save_file(ema[0], str(ckpt / EMA_WEIGHTS))
     start = CheckpointState(step=0, micro_batches=0, world_size=1, num_workers=recipe.data.num_workers,
-                            init_fingerprint=fingerprint(model))
+                            init_fingerprint=fingerprint(model), ema_updates=0 if ema is None else ema[1])
     (ckpt / STATE).write_text(json.dumps({**vars(start), "torch": torch.__version__}, indent=1))
     text = recipe_to_yaml(recipe)
     (ckpt / RECIPE).write_text(text)

@@ -226,3 +226,29 @@ def test_cli_refuses_a_missing_file_and_a_full_folder(release, tmp_path):
               cwd=tmp_path)
     assert res.returncode == 2 and "exists and is not empty" in res.stderr
     assert (tmp_path / "full" / "keep.txt").read_text() == "mine"
+
+
+def test_latent_diffusions_ema_copy_becomes_the_weight_ema(release, tmp_path):
+    """An ldm VQModel with use_ema: LitEma's model_ema.<name without dots> tensors become
+    ema.safetensors, which load_tokenizer uses; the trained weights stay model.safetensors."""
+    root, taming = release
+    sd = {k: v for k, v in taming.state_dict().items() if not k.startswith("disc.")}
+    params = {n: p.detach() for n, p in taming.named_parameters() if not n.startswith("disc.")}
+    sd.update({f"model_ema.{n.replace('.', '')}": p + 0.01 for n, p in params.items()})
+    sd["model_ema.decay"], sd["model_ema.num_updates"] = torch.tensor(0.9999), torch.tensor(50, dtype=torch.int32)
+    torch.save({"state_dict": sd}, tmp_path / "model.ckpt")
+    config = yaml.safe_load((root / "model.yaml").read_text())
+    config["model"]["target"] = "ldm.models.autoencoder.VQModel"
+    config["model"]["params"]["use_ema"] = True
+    config["model"]["params"]["lossconfig"] = {"target": "torch.nn.Identity"}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    done = import_taming(tmp_path / "model.ckpt", tmp_path / "c.yaml", tmp_path / "run")
+    assert any("imported as ema.safetensors" in n for n in done.notes)
+    assert read_state(done.checkpoint)["ema_updates"] == 50
+    ema, trained = load_tokenizer(done.run_dir), load_tokenizer(done.run_dir, ema=False)
+    assert ema.weights == "ema" and trained.weights == "trained"
+    e, t = ema.model.state_dict(), trained.model.state_dict()
+    torch.testing.assert_close(e["quantize.codebook"], t["quantize.codebook"] + 0.01)
+    torch.testing.assert_close(e["encoder.conv_in.weight"], params["encoder.conv_in.weight"] + 0.01)
+    assert torch.equal(e["quantize.cluster_size"], t["quantize.cluster_size"])  # buffers: the trained ones
+    assert done.recipe.loss.gan.weight == 0 and any("torch.nn.Identity" in n for n in done.notes)

@@ -461,6 +461,7 @@ def evaluate(checkpoint: str | os.PathLike, *, data: str | None = None, split: s
     metrics = _all_metrics(s, counts, recipe, models, extra, notes, size)
     report = {
         "checkpoint": str(tok.checkpoint.resolve()), "step": tok.step, "tokenizer_id": tok.tokenizer_id,
+        "weights": tok.weights,
         "estimator": recipe.model.quantizer.estimator, "codebook_size": tok.model.quantize.codebook_size,
         "metrics": metrics,
         "code_counts": [int(c) for c in counts.tolist()],  # how often each code was chosen over the set

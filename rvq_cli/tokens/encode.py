@@ -169,7 +169,7 @@ def _manifest(out: Path, tok: LoadedTokenizer, src: Source, size: int, per_shard
     q = tok.model.quantize
     manifest = {
         "format": FORMAT, "tokenizer": tok.tokenizer_id, "checkpoint": str(tok.checkpoint.resolve()), "step": tok.step,
-        "codebook_size": q.codebook_size, "dtype": token_dtype(q.codebook_size).name,
+        "weights": tok.weights, "codebook_size": q.codebook_size, "dtype": token_dtype(q.codebook_size).name,
         "grid": list(tok.model.latent_shape(_grid_input(tok, size))), "image_size": size, "crop": "center",
         "resize": ("short side to image_size" if tok.recipe.data.crop == "random"
                    else "none (centre of the stored image)"),

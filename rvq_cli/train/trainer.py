@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
+from safetensors.torch import load_file
 
 from ..config import Recipe, recipe_to_yaml
 from ..data.loader import batch_tensor, build_loader, data_patterns
@@ -29,6 +30,7 @@ from ..data.mp4 import video_decoder
 from ..errors import RvqError, option
 from ..hardware import compile_modules, keep_grad_layouts, resolve_memory_format, resolve_precision, torch_memory_format
 from ..runs import (
+    EMA_WEIGHTS,
     METRICS,
     RECIPE,
     SAMPLES,
@@ -42,6 +44,7 @@ from ..runs import (
     saved_recipe,
 )
 from .build import build_optimizer, build_scheduler, count_parameters
+from .ema import WeightEMA
 from .objective import build_disc_optimizer, build_objective, describe
 from .progress import TrainProgress
 from .start import StartError, adopt_shared, build_start, fingerprint, shared_weights
@@ -163,6 +166,7 @@ class Trainer:
                                      memory_format=self.memory_format.value)
         if not resume:
             self._start(start_from)
+        self.ema = WeightEMA(self.model, t.ema_decay, self.acc.device) if t.ema_decay is not None else None
         if resume:
             self._resume()
         self.compiled = compile_modules(self.model, self.disc, recipe.loss.gan.r1_gamma > 0) if t.compile else []
@@ -223,6 +227,11 @@ class Trainer:
                                 "workers).")
         state.precision, state.memory_format = self.precision.value, self.memory_format.value  # what runs now
         self.state = state
+        if self.ema is not None:
+            if not (ckpt / EMA_WEIGHTS).is_file():
+                raise TrainingError(f"{ckpt} has no {EMA_WEIGHTS}, which train.ema_decay resumes from; the run "
+                                    "was started without a weight EMA.")
+            self.ema.load(load_file(str(ckpt / EMA_WEIGHTS)), state.ema_updates)
 
     # ---------------------------------------------------------------- steps
 
@@ -290,6 +299,9 @@ class Trainer:
             self.opt_d.step()
             self.opt_d.zero_grad(set_to_none=True)
         self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update(self.acc.unwrap_model(self.model))
+            self.state.ema_updates = self.ema.updates
         self.state.step += 1
         self.state.micro_batches = self.state.step * t.grad_accum  # the data position
         out = {k: v / t.grad_accum for k, v in sums.items()}
@@ -306,7 +318,7 @@ class Trainer:
         if self.acc.is_main_process:
             save_checkpoint(self.run_dir, self.acc.unwrap_model(self.model), self.optimizer, self.scheduler,
                             self.state, self.recipe_yaml, self.recipe.train.keep_last,
-                            self.objective.disc_module, self.opt_d)
+                            self.objective.disc_module, self.opt_d, None if self.ema is None else self.ema.module)
         self.acc.wait_for_everyone()
         if not self.acc.is_main_process:  # the main process's RNG is saved inside the checkpoint
             save_rng(ckpt, self.acc.process_index)
