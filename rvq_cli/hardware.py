@@ -18,6 +18,7 @@ __all__ = ["Choice", "compile_modules", "cpu_bf16_instructions", "keep_grad_layo
            "resolve_precision"]
 
 PRECISIONS = ("auto", "no", "bf16", "fp16")
+ACCELERATE_ENV = "ACCELERATE_MIXED_PRECISION"  # what accelerate launch sets from --mixed_precision / accelerate config
 MEMORY_FORMATS = ("contiguous", "channels_last")
 
 
@@ -76,9 +77,30 @@ def cuda_bf16_native(device: torch.device) -> bool:
     return torch.cuda.get_device_capability(device)[0] >= 8
 
 
-def resolve_precision(setting: str, device: torch.device) -> Choice:
+def training_device() -> torch.device:
+    """The accelerator rvq runs on: a CUDA GPU, else Apple's MPS, else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def resolve_precision(setting: str | None, device: torch.device) -> Choice:
     """The autocast precision for ``setting`` on ``device``: explicit settings as they are;
-    ``auto`` is bf16 where the device runs it natively, else fp32 ("no")."""
+    ``auto`` is bf16 where the device runs it natively, else fp32 ("no"); unset (None) is
+    Accelerate's (``accelerate launch --mixed_precision``, ``accelerate config``), else fp32."""
+    if setting is None:
+        import os
+
+        value = os.environ.get(ACCELERATE_ENV)
+        if not value:
+            return Choice("no", "unset in the recipe and in Accelerate: fp32")
+        if value not in ("no", "bf16", "fp16"):
+            raise ValueError(f"Accelerate's mixed precision {value!r} ({ACCELERATE_ENV}) is not one rvq trains in; "
+                             "set train.precision to no, bf16, fp16 or auto in the recipe")
+        return Choice(value, f"Accelerate's setting ({ACCELERATE_ENV}={value})")
     if setting not in PRECISIONS:
         raise ValueError(f"unknown precision {setting!r}; valid: {', '.join(PRECISIONS)}")
     if setting != "auto":

@@ -13,7 +13,7 @@ from accelerate.state import AcceleratorState
 
 from .errors import RvqError
 from .hardware import PRECISIONS, Choice, resolve_memory_format, resolve_precision, torch_memory_format
-from .runs import LoadedTokenizer
+from .runs import LoadedTokenizer, read_state
 
 
 class InferenceError(RvqError):
@@ -24,7 +24,9 @@ def inference_accelerator() -> Accelerator:
     """The Accelerator of eval/encode/decode: every process of a torchrun/accelerate launch, fp32."""
     # one process-wide Accelerate state; a training run in the same process may have set another
     AcceleratorState._reset_state(reset_partial_state=False)
-    return Accelerator(cpu=not torch.cuda.is_available())
+    from .hardware import training_device
+
+    return Accelerator(cpu=training_device().type == "cpu")
 
 
 @dataclass(frozen=True)
@@ -63,9 +65,13 @@ def inference_settings(tok: LoadedTokenizer, device: torch.device, precision: st
     former: auto, no, bf16 or fp16), resolved for ``device``; the model is put in that layout."""
     check_precision(precision)
     setting = tok.recipe.train.precision if precision is None else precision
-    choice = resolve_precision(setting, device)
-    source = f"the run's train.precision {setting!r}" if precision is None else f"precision {setting} asked for"
-    choice = Choice(choice.value, f"{source} ({choice.reason})" if setting == "auto" else source)
+    if setting is None:  # the recipe left it to Accelerate: the precision the run trained in
+        ran = read_state(tok.checkpoint).get("precision", "no")
+        choice = Choice(ran, f"the precision the run trained in ({ran}; train.precision unset, Accelerate's)")
+    else:
+        choice = resolve_precision(setting, device)
+        source = f"the run's train.precision {setting!r}" if precision is None else f"precision {setting} asked for"
+        choice = Choice(choice.value, f"{source} ({choice.reason})" if setting == "auto" else source)
     settings = InferenceSettings(choice, resolve_memory_format(tok.recipe.train.memory_format, tok.recipe.model.name))
     tok.model.to(memory_format=torch_memory_format(settings.memory_format))
     return settings

@@ -324,9 +324,11 @@ class TrainConfig(_Section):
     steps: int = Field(1000, ge=1, description="optimizer steps")
     batch_size: int = Field(16, ge=1, description="per process, per micro-batch")
     grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
-    precision: Literal[PRECISIONS] = Field(  # type: ignore[valid-type]
-        "no", description="autocast precision: no (fp32), bf16, fp16, or auto (bf16 where the device runs it "
-        "natively: CUDA with bf16, CPUs with AVX512-BF16 or AMX; else fp32). The quantizer computes in fp32 always")
+    precision: Optional[Literal[PRECISIONS]] = Field(  # type: ignore[valid-type]
+        None, description="autocast precision: no (fp32), bf16, fp16, or auto (bf16 where the device runs it "
+        "natively: CUDA with bf16, CPUs with AVX512-BF16 or AMX; else fp32); unset (null): Accelerate's setting "
+        "(accelerate launch --mixed_precision, accelerate config), fp32 without one. The quantizer computes in fp32 "
+        "always")
     memory_format: Literal[MEMORY_FORMATS] = Field(  # type: ignore[valid-type]
         "contiguous", description="layout of the conv family's weights and inputs (channels_last: NHWC)")
     compile: bool = Field(False, description="compile the encoder, the decoder and the discriminator with "

@@ -63,7 +63,60 @@ def test_yaml_no_means_fp32(tmp_path):
     p.write_text("train:\n  precision: no\n")
     assert load_recipe(p, check_paths=False).train.precision == "no"
     assert load_recipe(p, ["train.precision=no"], check_paths=False).train.precision == "no"
-    assert Recipe().train.precision == "no" and Recipe().train.memory_format == "contiguous"
+    assert Recipe().train.precision is None and Recipe().train.memory_format == "contiguous"
+
+
+def test_unset_precision_is_accelerates(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    assert resolve_precision(None, cpu).value == "no" and "unset" in resolve_precision(None, cpu).reason
+    for value in ("no", "bf16", "fp16"):
+        monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", value)
+        choice = resolve_precision(None, cpu)
+        assert choice.value == value and "ACCELERATE_MIXED_PRECISION" in choice.reason
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    assert resolve_precision("no", cpu).value == "no"  # the recipe's own setting wins
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp8")
+    with pytest.raises(ValueError, match="'fp8'"):
+        resolve_precision(None, cpu)
+
+
+def test_the_device_is_cuda_then_mps_then_the_cpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert hardware.training_device().type == "mps"
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert hardware.training_device().type == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert hardware.training_device().type == "cuda"
+
+
+def test_a_run_under_accelerates_bf16_trains_and_evaluates_in_it(tmp_path, monkeypatch):
+    """accelerate launch --mixed_precision bf16 sets ACCELERATE_MIXED_PRECISION: a recipe that
+    leaves train.precision unset trains in it, and eval runs the precision the run trained in."""
+    from rvq_cli.data import write_shards
+    from rvq_cli.evaluate import evaluate
+    from rvq_cli.train import TrainingError, train
+    from tiny import TINY, png
+
+    write_shards(({"__key__": f"i{i:03d}", "png": png(i)} for i in range(8)), tmp_path / "d", max_count=8)
+    shard = str(tmp_path / "d" / "shard-000000.tar")
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY.format(train=shard, val=shard, out=tmp_path / "run"))
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    recipe = load_recipe(path, ["train.steps=2"])
+    assert recipe.train.precision is None
+    result = train(recipe, quiet=True)
+    assert json.loads((result.run_dir / "ckpt-00000002" / "state.json").read_text())["precision"] == "bf16"
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION")
+    report = evaluate(result.run_dir, fid=False, lpips=False, quiet=True, out=tmp_path / "e.json").report
+    assert report["settings"]["precision"] == "bf16" and "trained in" in report["settings"]["precision_reason"]
+    resumed = train(load_recipe(path, ["train.steps=3", "train.precision=no"]), result.run_dir, resume=True,
+                    quiet=True)  # another precision on resume: allowed, recorded
+    assert json.loads((resumed.run_dir / "ckpt-00000003" / "state.json").read_text())["precision"] == "no"
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp8")
+    with pytest.raises(TrainingError, match="fp8"):
+        train(load_recipe(path, ["train.steps=1", f"output.dir={tmp_path / 'x'}"]), quiet=True)
 
 
 def test_a_run_records_what_ran(tmp_path):

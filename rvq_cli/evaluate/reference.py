@@ -161,7 +161,9 @@ def compute_stats(data: str, out: str | os.PathLike, *, image_size: int, crop: s
         raise StatsError(str(err)) from None
     recipe = Recipe.model_validate({"data": {"train": pattern, "val": pattern, "image_size": image_size,
                                              "crop": crop, "num_workers": num_workers}})
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    from ..hardware import training_device
+
+    device = training_device()
     inception = fidelity.load_inception(weights, device)
     pools, logits = [], []
     loader = build_loader(pattern, recipe, train=False, batch_size=batch_size, num_workers=num_workers)

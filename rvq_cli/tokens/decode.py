@@ -20,6 +20,7 @@ from PIL import Image
 from ..data.images import to_uint8
 from ..errors import option
 from ..files import atomic_path, write_bytes_atomic
+from ..hardware import training_device
 from ..inference import check_precision, inference_settings
 from ..models import VQTokenizer
 from ..progress import JobProgress
@@ -112,7 +113,7 @@ def decode_dataset(checkpoint: str | os.PathLike, tokens: str | os.PathLike, out
     if batch_size < 1:
         raise TokenError(f"{option('batch_size')} must be at least 1, got {batch_size}.")
     files, manifest = token_files(tokens)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = training_device()
     check_precision(precision)
     tok = load_tokenizer(checkpoint, device=device)
     settings = inference_settings(tok, torch.device(device), precision)

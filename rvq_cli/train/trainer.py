@@ -28,7 +28,14 @@ from ..config import Recipe, recipe_to_yaml
 from ..data.loader import batch_tensor, build_loader, data_patterns
 from ..data.mp4 import video_decoder
 from ..errors import RvqError, option
-from ..hardware import compile_modules, keep_grad_layouts, resolve_memory_format, resolve_precision, torch_memory_format
+from ..hardware import (
+    compile_modules,
+    keep_grad_layouts,
+    resolve_memory_format,
+    resolve_precision,
+    torch_memory_format,
+    training_device,
+)
 from ..runs import (
     EMA_WEIGHTS,
     METRICS,
@@ -135,8 +142,11 @@ class Trainer:
         # Accelerate keeps one process-wide state; a second run in the same Python process (the
         # library used from a notebook or a test) may ask for another precision.
         AcceleratorState._reset_state(reset_partial_state=False)
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.precision = resolve_precision(t.precision, device)
+        device = training_device()  # CUDA, MPS or the CPU
+        try:
+            self.precision = resolve_precision(t.precision, device)
+        except ValueError as err:
+            raise TrainingError(f"{err}.") from None
         self.memory_format = resolve_memory_format(t.memory_format, recipe.model.name)
         self._layout = torch_memory_format(self.memory_format)
         self.acc = Accelerator(mixed_precision=self.precision.value, cpu=device.type == "cpu",
