@@ -83,7 +83,9 @@ def _problems_from(err: ValidationError) -> list[Problem]:
             msg = f"unknown key; valid keys here: {', '.join(_fields_at(tuple(e['loc'][:-1])))}"
         elif e["type"] not in ("value_error", "missing") and "input" in e and not isinstance(e["input"], (dict, list)):
             msg = f"{msg} (got {e['input']!r})"
-        out.append(Problem(path, msg))
+        problem = Problem(path, msg)
+        if problem not in out:  # one problem listed once (a union's members may each report it)
+            out.append(problem)
     return out
 
 

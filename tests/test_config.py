@@ -276,3 +276,16 @@ def test_crop_is_an_image_option(tmp_path):
     with pytest.raises(RecipeError) as err:
         load_recipe(recipe, check_paths=False)
     assert [p.path for p in err.value.problems] == ["data.crop"]
+
+
+def test_each_problem_is_listed_once(tmp_path):
+    """Optional fields (a union with None) and keys given in the file and again as an override:
+    one line per problem."""
+    p = tmp_path / "r.yaml"
+    p.write_text("train: {steps: 0, precision: bf8}\n")
+    with pytest.raises(RecipeError) as info:
+        load_recipe(p, ["train.precision=bf9", "train.ema_decay=2", "train.init_from=3", "data.val=5",
+                        "model.quantizer.codebook_dim=0"], check_paths=False)
+    lines = [str(x) for x in info.value.problems]
+    assert len(lines) == len(set(lines)) == 6
+    assert sum(line.startswith("train.precision:") for line in lines) == 1 and any("'bf9'" in line for line in lines)
