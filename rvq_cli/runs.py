@@ -47,7 +47,8 @@ PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle")
 
 # Keys a resumed run may change; anything else must match the checkpoint's recipe.
 RESUMABLE_CHANGES = frozenset({"train.steps", "train.log_every", "train.sample_every", "train.ckpt_every",
-                               "train.keep_last", "data.num_workers", "output.tensorboard",
+                               "train.keep_last", "data.num_workers", "output.tensorboard", "output.log_with",
+                               "output.project",
                                "train.precision"})  # resumed in the precision this machine runs (state.json says)
 
 

@@ -357,7 +357,12 @@ class TrainConfig(_Section):
 
 class OutputConfig(_Section):
     dir: str = Field("runs/run", description="run directory")
-    tensorboard: bool = False
+    tensorboard: bool = Field(False, description="the same as tensorboard in log_with")
+    log_with: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
+        [], description="experiment trackers through Accelerate: metrics, the recipe and the reconstruction grids "
+        "(tensorboard: RUN_DIR/rvq; wandb: RUN_DIR/wandb, WANDB_MODE=offline for none online; mlflow: "
+        "$MLFLOW_TRACKING_URI or RUN_DIR/mlruns)")
+    project: str = Field("rvq", description="the trackers' project (wandb) or experiment (mlflow) name")
 
 
 class Recipe(_Section):

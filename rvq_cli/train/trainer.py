@@ -8,7 +8,6 @@ Single process on CPU or GPU; several processes through ``accelerate launch`` or
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import signal
 import threading
@@ -43,6 +42,7 @@ from ..runs import (
     SAMPLES,
     CheckpointState,
     checkpoint_name,
+    flat_recipe,
     latest_checkpoint,
     load_checkpoint,
     recipe_changes,
@@ -55,6 +55,7 @@ from .ema import WeightEMA
 from .objective import build_disc_optimizer, build_objective, describe
 from .progress import TrainProgress
 from .start import StartError, adopt_shared, build_start, fingerprint, shared_weights
+from .trackers import check_trackers, init_trackers, log_grid, trackers_of
 
 
 class TrainingError(RvqError):
@@ -136,9 +137,10 @@ class Trainer:
                  start_from: Mapping[str, torch.Tensor] | None = None):
         self.recipe, self.run_dir, self.quiet = recipe, Path(run_dir), quiet
         t = recipe.train
-        if recipe.output.tensorboard and importlib.util.find_spec("tensorboard") is None:
-            raise TrainingError("output.tensorboard=true needs the tensorboard package: pip install tensorboard "
-                                "(or set output.tensorboard=false; metrics.jsonl is always written).")
+        self.trackers = trackers_of(recipe.output)
+        missing = check_trackers(self.trackers)
+        if missing:
+            raise TrainingError(missing)
         # Accelerate keeps one process-wide state; a second run in the same Python process (the
         # library used from a notebook or a test) may ask for another precision.
         AcceleratorState._reset_state(reset_partial_state=False)
@@ -150,7 +152,7 @@ class Trainer:
         self.memory_format = resolve_memory_format(t.memory_format, recipe.model.name)
         self._layout = torch_memory_format(self.memory_format)
         self.acc = Accelerator(mixed_precision=self.precision.value, cpu=device.type == "cpu",
-                               log_with="tensorboard" if recipe.output.tensorboard else None,
+                               log_with=self.trackers or None,
                                project_dir=str(self.run_dir))
         if recipe.loss.perceptual_weight > 0:  # fail before anything heavy when LPIPS cannot be built
             from ..losses import PerceptualError, find_vgg_weights
@@ -339,7 +341,7 @@ class Trainer:
     def sample(self, x: torch.Tensor) -> float:
         """Reconstruction grid of a fixed validation batch (originals above, reconstructions
         below) as samples/step-NNNNNNNN.png; returns that batch's reconstruction loss."""
-        from torchvision.utils import save_image
+        from torchvision.utils import make_grid, save_image
 
         model = self.acc.unwrap_model(self.model)
         was_training = model.training
@@ -354,10 +356,11 @@ class Trainer:
                 t = x.shape[2]
                 pick = torch.linspace(0, t - 1, min(8, t)).round().long()
                 rows = [v[i].cpu()[:, pick].transpose(0, 1) for i in range(min(2, len(x))) for v in (x, rec)]
-                save_image((torch.cat(rows) + 1) / 2, out, nrow=len(pick))
+                grid = make_grid((torch.cat(rows) + 1) / 2, nrow=len(pick))
             else:
-                grid = torch.cat([x[:8].cpu(), rec[:8].cpu()])
-                save_image((grid + 1) / 2, out, nrow=min(8, len(x)))
+                grid = make_grid((torch.cat([x[:8].cpu(), rec[:8].cpu()]) + 1) / 2, nrow=min(8, len(x)))
+            save_image(grid, out)
+            log_grid(self.acc, grid, self.state.step)
         return loss
 
     def _val_batch(self) -> torch.Tensor | None:
@@ -385,8 +388,7 @@ class Trainer:
         main = self.acc.is_main_process
         if main:
             (self.run_dir / RECIPE).write_text(self.recipe_yaml)
-        if self.recipe.output.tensorboard:
-            self.acc.init_trackers("rvq")
+        init_trackers(self.acc, self.trackers, self.run_dir, self.recipe.output.project, flat_recipe(self.recipe))
         val_x = self._val_batch()
         batches = iter(build_loader(self.train_pattern, self.recipe, train=True, rank=self.acc.process_index,
                                     world_size=self.acc.num_processes, start_batch=self.state.micro_batches))
@@ -446,7 +448,7 @@ class Trainer:
                 signal.signal(s, handler)
             if log:
                 log.close()
-            if self.recipe.output.tensorboard:
+            if self.trackers:
                 self.acc.end_training()
         return TrainResult(self.run_dir, self.state.step, interrupted, last, self._signal if interrupted else None)
 
