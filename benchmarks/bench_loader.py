@@ -19,7 +19,7 @@ from pathlib import Path
 
 from rvq_cli.config import load_recipe
 from rvq_cli.data.loader import batch_tensor, build_loader, data_patterns
-from rvq_cli.train import train
+from rvq_cli.training import train
 
 
 def loader_rate(recipe, batches: int) -> float:

@@ -34,7 +34,7 @@ from torch import nn
 from rvq_cli.hardware import resolve_memory_format, resolve_precision, torch_memory_format
 from rvq_cli.models.conv import Decoder, Encoder
 from rvq_cli.models.vit import Block
-from rvq_cli.train.build import adam_kernel
+from rvq_cli.training.build import adam_kernel
 
 # the taming-configured model: 64 px, ch 64, ch_mult 1,2,2,4, two res blocks, attention at 16
 CONV = dict(ch=64, ch_mult=(1, 2, 2, 4), num_res_blocks=2, attn_resolutions=(16,), resolution=64, z_channels=64)

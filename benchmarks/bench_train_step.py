@@ -22,8 +22,8 @@ import torch
 from rvq_cli.compare.methods import parse_method
 from rvq_cli.config import load_recipe
 from rvq_cli.models import build_tokenizer
-from rvq_cli.train.build import build_optimizer
-from rvq_cli.train.trainer import reconstruction_loss
+from rvq_cli.training.build import build_optimizer
+from rvq_cli.training.trainer import reconstruction_loss
 
 
 def with_method(recipe_path: str, method: str):

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from rvq_cli.config import load_recipe
 from rvq_cli.hardware import resolve_precision
 from rvq_cli.models import build_tokenizer
-from rvq_cli.train.build import build_optimizer
+from rvq_cli.training.build import build_optimizer
 
 RECIPES = ("vqgan_f4", "vqgan_f8", "vqgan_f16_imagenet")
 TINY = ["data.image_size=32", "model.encoder.ch=32", "model.encoder.ch_mult=[1,2]", "model.encoder.num_res_blocks=1",

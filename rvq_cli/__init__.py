@@ -9,14 +9,16 @@ except PackageNotFoundError:  # running from a source tree that was not installe
     __version__ = "0.1.0"
 
 # Entry points, imported on first use (``import rvq_cli`` stays light: the command reads
-# __version__ before it knows which command runs). Training, evaluation and comparison live in
-# the subpackages of those names: rvq_cli.train.train, rvq_cli.evaluate.evaluate,
-# rvq_cli.compare.compare (a function exported here under a subpackage's name would be replaced
-# by the subpackage as soon as it is imported).
+# __version__ before it knows which command runs). The subpackages are named apart from them
+# (rvq_cli.training, rvq_cli.evaluation), so rvq_cli.train is always the function; comparison
+# is rvq_cli.compare.compare (a function exported under its subpackage's name would be replaced
+# by the subpackage as soon as that is imported).
 _ENTRY_POINTS = {
     "load_recipe": ("rvq_cli.config", "load_recipe"),
     "load_tokenizer": ("rvq_cli.runs", "load_tokenizer"),
     "build_tokenizer": ("rvq_cli.models", "build_tokenizer"),
+    "train": ("rvq_cli.training", "train"),
+    "evaluate": ("rvq_cli.evaluation", "evaluate"),
     "encode_dataset": ("rvq_cli.tokens", "encode_dataset"),
     "decode_dataset": ("rvq_cli.tokens", "decode_dataset"),
 }

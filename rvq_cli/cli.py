@@ -160,7 +160,7 @@ def train(
 ) -> None:
     """Train a tokenizer: checkpoints, metrics.jsonl and reconstruction grids go to output.dir."""
     from .config import load_recipe
-    from .train import train as run_training
+    from .training import train as run_training
 
     resolved = load_recipe(recipe, overrides or [])
     result = run_training(resolved, run_dir=resume, resume=resume is not None, quiet=quiet)
@@ -207,7 +207,7 @@ def eval_(
     """Measure a tokenizer: reconstruction loss, MSE/L1, PSNR, SSIM, LPIPS, codebook usage,
     perplexity, quantization error, r-FID and r-IS (video: per frame, plus r-FVD); writes
     eval.json and a grid of originals beside reconstructions."""
-    from .evaluate import evaluate
+    from .evaluation import evaluate
 
     result = evaluate(checkpoint, data=data, split=split, batch_size=batch_size, num_workers=num_workers,
                       image_size=image_size, inception_weights=inception_weights, fid=not no_fid, lpips=not no_lpips,

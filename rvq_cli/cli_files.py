@@ -146,7 +146,7 @@ def data_stats(
 ) -> None:
     """Compute the FID reference statistics (Inception mean and covariance) of a set of original
     images once, as rvq eval sees them, for rvq eval --reference-stats."""
-    from .evaluate.reference import compute_stats
+    from .evaluation.reference import compute_stats
 
     stats = compute_stats(data, out, image_size=image_size, crop=crop, batch_size=batch_size,
                           num_workers=num_workers, inception_weights=inception_weights, quiet=quiet)

@@ -64,7 +64,7 @@ class CheckpointState:
     num_workers: int
     precision: str = "no"  # the autocast precision that ran ("auto" resolved): no, bf16, fp16
     memory_format: str = "contiguous"  # of the model's weights and inputs: contiguous or channels_last
-    # of the weights at step 0 (rvq_cli.train.start): the whole tokenizer's, and the part every
+    # of the weights at step 0 (rvq_cli.training.start): the whole tokenizer's, and the part every
     # method of a comparison shares (the tokenizer outside its quantizer, and the discriminator)
     init_fingerprint: str | None = None
     shared_fingerprint: str | None = None

@@ -207,7 +207,7 @@ def _convert(state: dict[str, torch.Tensor], recipe) -> tuple[dict, dict | None,
     """rvq's model and discriminator state dicts from taming's, checked against the models the
     recipe builds; with notes on what was left out."""
     from .models import build_tokenizer
-    from .train.objective import build_discriminator
+    from .training.objective import build_discriminator
 
     model = build_tokenizer(recipe.model, recipe.data.image_size).state_dict()
     disc_model = build_discriminator(recipe.loss, recipe.model.in_channels, recipe.data.image_size)
@@ -285,7 +285,7 @@ def import_taming(checkpoint: str | Path, config: str | Path, out: str | Path) -
 
     from .config import recipe_to_yaml
     from .runs import DISC_WEIGHTS, EMA_WEIGHTS, RECIPE, STATE, WEIGHTS, CheckpointState, checkpoint_name
-    from .train.start import fingerprint
+    from .training.start import fingerprint
 
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):

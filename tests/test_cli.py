@@ -116,13 +116,13 @@ def test_every_user_facing_error_shares_one_base():
     from rvq_cli.config import RecipeError
     from rvq_cli.data import DataError
     from rvq_cli.errors import RvqError
-    from rvq_cli.evaluate import EvalError
-    from rvq_cli.evaluate.fidelity import FidelityError
-    from rvq_cli.evaluate.i3d import I3DError
+    from rvq_cli.evaluation import EvalError
+    from rvq_cli.evaluation.fidelity import FidelityError
+    from rvq_cli.evaluation.i3d import I3DError
     from rvq_cli.losses import PerceptualError
     from rvq_cli.runs import CheckpointError
     from rvq_cli.tokens import EncodeError, TokenError
-    from rvq_cli.train import TrainingError
+    from rvq_cli.training import TrainingError
 
     for cls in (UserError, CompareError, SyntheticError, RecipeError, DataError, CheckpointError, EvalError,
                 FidelityError, I3DError, PerceptualError, EncodeError, TokenError, TrainingError):

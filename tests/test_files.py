@@ -34,7 +34,7 @@ def test_json_is_strict(tmp_path):
 
 def test_caches_follow_xdg_cache_home(tmp_path, monkeypatch):
     from rvq_cli.data.demo import default_cache
-    from rvq_cli.evaluate.i3d import WEIGHTS_NAME, find_i3d_weights
+    from rvq_cli.evaluation.i3d import WEIGHTS_NAME, find_i3d_weights
     from rvq_cli.files import user_cache
 
     monkeypatch.delenv("RVQ_CACHE", raising=False)
@@ -58,7 +58,9 @@ def test_the_package_exports_its_entry_points_lazily():
             "from rvq_cli import load_recipe, load_tokenizer, build_tokenizer, encode_dataset, decode_dataset; "
             "import rvq_cli.runs, rvq_cli.config; assert load_tokenizer is rvq_cli.runs.load_tokenizer; "
             "assert load_recipe is rvq_cli.config.load_recipe; "
-            "from rvq_cli.train import train; from rvq_cli.evaluate import evaluate; import rvq_cli.train.trainer")
+            "from rvq_cli import train, evaluate; import rvq_cli.training.trainer, rvq_cli.evaluation.evaluator; "
+            "assert rvq_cli.train is train is rvq_cli.training.train and callable(train); "
+            "assert rvq_cli.evaluate is evaluate is rvq_cli.evaluation.evaluate and callable(evaluate)")
     import subprocess
     import sys
 

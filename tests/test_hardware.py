@@ -95,8 +95,8 @@ def test_a_run_under_accelerates_bf16_trains_and_evaluates_in_it(tmp_path, monke
     """accelerate launch --mixed_precision bf16 sets ACCELERATE_MIXED_PRECISION: a recipe that
     leaves train.precision unset trains in it, and eval runs the precision the run trained in."""
     from rvq_cli.data import write_shards
-    from rvq_cli.evaluate import evaluate
-    from rvq_cli.train import TrainingError, train
+    from rvq_cli.evaluation import evaluate
+    from rvq_cli.training import TrainingError, train
     from tiny import TINY, png
 
     write_shards(({"__key__": f"i{i:03d}", "png": png(i)} for i in range(8)), tmp_path / "d", max_count=8)
@@ -121,8 +121,8 @@ def test_a_run_under_accelerates_bf16_trains_and_evaluates_in_it(tmp_path, monke
 
 def test_a_run_records_what_ran(tmp_path):
     from rvq_cli.data import write_shards
-    from rvq_cli.train import train
-    from rvq_cli.train.trainer import Trainer
+    from rvq_cli.training import train
+    from rvq_cli.training.trainer import Trainer
     from tiny import TINY, png
 
     write_shards(({"__key__": f"i{i:03d}", "png": png(i)} for i in range(8)), tmp_path / "d", max_count=8)

@@ -57,7 +57,7 @@ def module_name(path: Path) -> str:
 
 @cache
 def modules() -> dict[str, Path]:
-    """Every module of the package by dotted name (a package by its own name: rvq_cli.train)."""
+    """Every module of the package by dotted name (a package by its own name: rvq_cli.training)."""
     return {module_name(p): p for p in sorted(ROOT.rglob("*.py")) if "__pycache__" not in p.parts}
 
 
@@ -163,7 +163,7 @@ def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
 
 def test_the_package_is_found():
     names = set(modules())
-    assert {PACKAGE, f"{PACKAGE}.cli", f"{PACKAGE}.train", f"{PACKAGE}.quantize"} <= names
+    assert {PACKAGE, f"{PACKAGE}.cli", f"{PACKAGE}.training", f"{PACKAGE}.quantize"} <= names
     assert len(names) > 20
     assert any(imp.target == f"{PACKAGE}.quantize" for imp in all_imports())  # the resolver sees imports
 
@@ -173,8 +173,8 @@ def test_resolver_and_cycle_finder_on_known_cases():
     assert cycles(edges) == [["a", "b", "c"], ["d"]]
     assert cycles({"a": {"b"}, "b": set()}) == []
     node = ast.parse("from ..quantize import _x, VectorQuantizer").body[0]
-    assert resolve_base(f"{PACKAGE}.train.trainer", node) == f"{PACKAGE}.quantize"
-    assert resolve_base(f"{PACKAGE}.train", ast.parse("from . import trainer").body[0]) == f"{PACKAGE}.train"
+    assert resolve_base(f"{PACKAGE}.training.trainer", node) == f"{PACKAGE}.quantize"
+    assert resolve_base(f"{PACKAGE}.training", ast.parse("from . import trainer").body[0]) == f"{PACKAGE}.training"
     assert resolve_base(f"{PACKAGE}.cli", ast.parse("from torch import nn").body[0]) is None
     assert is_private("_loader") and not is_private("__version__") and not is_private("loader")
 

@@ -118,8 +118,8 @@ def test_fine_tuning_starts_from_the_imported_weights(release, imported, tmp_pat
     """rvq train RECIPE train.init_from=OUT with another estimator: the run's first weights are the
     imported ones (model and discriminator), recorded as such."""
     from rvq_cli.config import load_recipe
-    from rvq_cli.train import train
-    from rvq_cli.train.start import fingerprint
+    from rvq_cli.training import train
+    from rvq_cli.training.start import fingerprint
 
     recipe = load_recipe(imported.run_dir / "recipe.yaml", [
         f"train.init_from={imported.run_dir}", "model.quantizer.estimator=rotation", f"data.train={shards['train']}",
@@ -133,7 +133,7 @@ def test_fine_tuning_starts_from_the_imported_weights(release, imported, tmp_pat
 
 def test_init_from_that_does_not_fit_is_refused(imported, tmp_path, shards):
     from rvq_cli.config import load_recipe
-    from rvq_cli.train import TrainingError, train
+    from rvq_cli.training import TrainingError, train
 
     recipe = load_recipe(imported.run_dir / "recipe.yaml", [
         f"train.init_from={imported.run_dir}", "model.quantizer.codebook_size=32", "train.steps=1",

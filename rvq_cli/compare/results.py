@@ -65,7 +65,7 @@ class EstimatorRun:
     train: dict  # training metrics over the last tenth of the run, plus steps_per_s
     eval: dict  # eval.json's metrics
     init_fingerprint: str  # of the whole tokenizer at step 0
-    shared_fingerprint: str  # of the part every method shares (rvq_cli.train.start)
+    shared_fingerprint: str  # of the part every method shares (rvq_cli.training.start)
     history: list[dict] = field(repr=False, default_factory=list)  # metrics.jsonl
     code_counts: list[int] = field(repr=False, default_factory=list)  # per code, over the validation set
 

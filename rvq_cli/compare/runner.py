@@ -11,7 +11,7 @@ Layout of the output folder::
     OUT/compare.json, compare.md  the results; OUT/figures/*.png the visual report
 
 Within a seed every run starts from the same encoder, decoder and discriminator weights, those
-the recipe's seed builds (:mod:`rvq_cli.train.start`; checked: each run records the fingerprint
+the recipe's seed builds (:mod:`rvq_cli.training.start`; checked: each run records the fingerprint
 of the weights it started from), and reads the same data in the same order (the shard streams
 have their own seeded generators). A run that reached the recipe's step count and has its
 ``compare-eval.json`` is reused (never a plain ``eval.json``, which ``rvq eval`` may have
@@ -50,7 +50,7 @@ from ..runs import (
     saved_recipe,
     saved_step,
 )
-from ..train.start import adopt_shared, build_start, fingerprint, reference_weights, shared_weights
+from ..training.start import adopt_shared, build_start, fingerprint, reference_weights, shared_weights
 from .methods import Method, method_folder, parse_method
 from .results import TRAIN_WINDOW, CompareResult, EstimatorRun, best_values, missing_values, seed_statistics, to_json
 
@@ -334,7 +334,7 @@ def compare(estimators: list[str], recipe_path: str | os.PathLike, overrides: li
 
 
 class _Reference:
-    """The shared weights (rvq_cli.train.start) that every run of one seed starts from: those the
+    """The shared weights (rvq_cli.training.start) that every run of one seed starts from: those the
     comparison's recipe builds with that seed. Built when a run first needs them."""
 
     def __init__(self, base: Recipe, seed: int):
@@ -375,9 +375,9 @@ def _train_and_evaluate(method: Method, reference: _Reference, recipe_path, over
     with the evaluation's notes. ``metrics``: (inception_weights, fid, lpips, reference_stats) as rvq
     eval takes them."""
     from ..data import DataError
-    from ..evaluate import EvalError, evaluate
-    from ..evaluate.fidelity import FidelityError
-    from ..train import TrainingError, train
+    from ..evaluation import EvalError, evaluate
+    from ..evaluation.fidelity import FidelityError
+    from ..training import TrainingError, train
 
     name, seed, base = method.name, reference.seed, reference.recipe
     run_dir = run_dir_of(out, name, seed)
@@ -427,7 +427,7 @@ def _reference_stats(out: Path, base: Recipe, inception_weights, fid: bool, quie
     """OUT/reference-stats.npz: the FID statistics of the validation originals, made once for
     every run's evaluation (image tokenizers with the Inception weights found; else None)."""
     from ..data import count_samples, expand_pattern, resolve_data
-    from ..evaluate import fidelity, reference
+    from ..evaluation import fidelity, reference
 
     weights = fidelity.find_inception_weights(inception_weights) if fid and not base.model.video else None
     if weights is None:
@@ -471,7 +471,7 @@ def _stale(report: dict | None, steps: int, inception_weights, fid: bool, lpips:
 
 
 def _has_inception(path) -> bool:
-    from ..evaluate import fidelity
+    from ..evaluation import fidelity
 
     return fidelity.find_inception_weights(path) is not None
 

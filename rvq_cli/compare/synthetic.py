@@ -9,7 +9,7 @@
 
 Every gradient to a point goes through the real estimator (``get_estimator(name)``) by autograd.
 All simulations run in float64 (the estimators keep fp64), so invariants hold to ~1e-12.
-No plotting here: matplotlib is not a dependency of the project.
+No plotting here: the figures are drawn by synthetic_report (matplotlib's object API).
 """
 
 from __future__ import annotations

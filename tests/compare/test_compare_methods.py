@@ -16,8 +16,8 @@ from rvq_cli.compare.runner import CompareError, compare, init_fingerprints, run
 from rvq_cli.config import load_recipe, shipped_recipes
 from rvq_cli.quantize.fsq import PAPER_LEVELS, paper_levels
 from rvq_cli.runs import latest_checkpoint, read_state
-from rvq_cli.train import TrainingError, train
-from rvq_cli.train.start import fingerprint, reference_weights
+from rvq_cli.training import TrainingError, train
+from rvq_cli.training.start import fingerprint, reference_weights
 from tiny import recipe_file
 
 QUICKSTART = shipped_recipes()["quickstart"]

@@ -9,7 +9,7 @@ import torch
 
 from rvq_cli.config import load_recipe
 from rvq_cli.data import write_shards
-from rvq_cli.train import train
+from rvq_cli.training import train
 from tiny import TINY, png
 
 

@@ -17,9 +17,9 @@ from PIL import Image
 from rvq_cli.config import load_recipe
 from rvq_cli.data import write_shards
 from rvq_cli.data.images import center_crop, decode_rgb, to_batch, to_uint8
-from rvq_cli.evaluate import evaluate, fidelity
+from rvq_cli.evaluation import evaluate, fidelity
 from rvq_cli.runs import load_tokenizer
-from rvq_cli.train import train
+from rvq_cli.training import train
 
 RVQ = shutil.which("rvq") or os.path.join(os.path.dirname(sys.executable), "rvq")
 FIELDS = {"rec_loss", "mse", "l1", "psnr", "usage", "usage_per_batch", "perplexity", "perplexity_per_batch",

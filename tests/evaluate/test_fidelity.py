@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 from torchvision.utils import save_image
 
 from rvq_cli.data.images import to_uint8
-from rvq_cli.evaluate.fidelity import (
+from rvq_cli.evaluation.fidelity import (
     FID_FEATURE,
     INCEPTION_FILENAME,
     INCEPTION_URL,

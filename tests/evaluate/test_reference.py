@@ -11,8 +11,8 @@ import pytest
 import torch
 from test_eval import val_images
 
-from rvq_cli.evaluate import EvalError, evaluate, fidelity
-from rvq_cli.evaluate.reference import StatsError, compute_stats, read_stats
+from rvq_cli.evaluation import EvalError, evaluate, fidelity
+from rvq_cli.evaluation.reference import StatsError, compute_stats, read_stats
 from tiny import RVQ
 
 

@@ -11,8 +11,8 @@ from skimage.metrics import structural_similarity
 from test_eval import val_images
 
 from rvq_cli.data.images import to_uint8
-from rvq_cli.evaluate import evaluate
-from rvq_cli.evaluate.similarity import SSIM_SETTINGS, LpipsSet, ssim
+from rvq_cli.evaluation import evaluate
+from rvq_cli.evaluation.similarity import SSIM_SETTINGS, LpipsSet, ssim
 from rvq_cli.losses.perceptual import LPIPS, PerceptualError
 from rvq_cli.runs import load_tokenizer
 
@@ -83,7 +83,7 @@ def run32(tmp_path_factory):
     """A 2-step tiny run on 32-pixel crops (AlexNet's trunk takes 31 pixels and more); val: 6 images."""
     from rvq_cli.config import load_recipe
     from rvq_cli.data import write_shards
-    from rvq_cli.train import train
+    from rvq_cli.training import train
     from tiny import TINY, png
 
     root = tmp_path_factory.mktemp("run32")

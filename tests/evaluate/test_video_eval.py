@@ -13,10 +13,10 @@ from safetensors.torch import save_file
 
 from rvq_cli.config import load_recipe
 from rvq_cli.data.video import video_batches
-from rvq_cli.evaluate import EvalError, evaluate
-from rvq_cli.evaluate.i3d import I3D, I3DError, _same_pad, find_i3d_weights, i3d_features, load_i3d, preprocess
+from rvq_cli.evaluation import EvalError, evaluate
+from rvq_cli.evaluation.i3d import I3D, I3DError, _same_pad, find_i3d_weights, i3d_features, load_i3d, preprocess
 from rvq_cli.runs import load_tokenizer
-from rvq_cli.train import train
+from rvq_cli.training import train
 from tiny import TINY_VIDEO
 
 

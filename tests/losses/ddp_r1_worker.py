@@ -12,7 +12,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from rvq_cli.config import GANConfig, LossConfig
 from rvq_cli.losses import StyleGAN2Discriminator
-from rvq_cli.train.objective import Objective
+from rvq_cli.training.objective import Objective
 
 out = Path(sys.argv[1])
 dist.init_process_group("gloo")

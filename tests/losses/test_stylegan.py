@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from rvq_cli.config import GANConfig, LossConfig, RecipeError, load_recipe
 from rvq_cli.losses import GAN_LOSSES, StyleGAN2Discriminator, non_saturating_g_loss, r1_penalty, vanilla_d_loss
 from rvq_cli.losses.stylegan import blur, mbstd_group, minibatch_stddev, stylegan2_channels
-from rvq_cli.train.objective import Objective, build_disc_optimizer, build_discriminator
+from rvq_cli.training.objective import Objective, build_disc_optimizer, build_discriminator
 
 
 def tiny(size=16, **kw):

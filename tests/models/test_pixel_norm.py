@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torchvision.transforms import Normalize
 
 from rvq_cli.config import RecipeError, load_recipe
-from rvq_cli.evaluate.evaluator import _Accumulator
+from rvq_cli.evaluation.evaluator import _Accumulator
 from rvq_cli.losses import pixel_losses
 from rvq_cli.models import build_conv_tokenizer
 

@@ -35,7 +35,7 @@ from rvq_cli.quantize.codebook import nearest_codes
 from rvq_cli.runs import load_tokenizer
 from rvq_cli.tokens import FORMAT, encode_dataset
 from rvq_cli.tokens.decode import decode_tokens
-from rvq_cli.train import train
+from rvq_cli.training import train
 from tiny import TINY, png
 
 RVQ = shutil.which("rvq") or os.path.join(os.path.dirname(sys.executable), "rvq")

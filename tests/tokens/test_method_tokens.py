@@ -11,7 +11,7 @@ from rvq_cli.config import load_recipe
 from rvq_cli.data.images import center_crop, decode_rgb, to_batch, to_uint8
 from rvq_cli.runs import load_tokenizer
 from rvq_cli.tokens import decode_dataset, encode_dataset, read_token_samples, token_files
-from rvq_cli.train import train
+from rvq_cli.training import train
 from tiny import png, recipe_file
 
 METHODS = {

@@ -16,7 +16,7 @@ from rvq_cli.data.video import resize_center_crop, to_video_batch
 from rvq_cli.runs import load_tokenizer
 from rvq_cli.tokens import TokenError, decode_dataset, encode_dataset, read_token_samples, token_files
 from rvq_cli.tokens.decode import decode_tokens
-from rvq_cli.train import train
+from rvq_cli.training import train
 from tiny import TINY_VIDEO
 
 

@@ -9,7 +9,7 @@ from safetensors.torch import save_file
 
 from rvq_cli.config import load_recipe
 from rvq_cli.data.loader import build_loader
-from rvq_cli.train.trainer import Trainer
+from rvq_cli.training.trainer import Trainer
 
 recipe_path, out, overrides = sys.argv[1], Path(sys.argv[2]), sys.argv[3:]  # then key=value overrides
 out.mkdir(parents=True, exist_ok=True)

@@ -9,8 +9,8 @@ from safetensors.torch import load_file
 
 from rvq_cli.config import load_recipe
 from rvq_cli.runs import CheckpointError, latest_checkpoint, load_tokenizer, read_state
-from rvq_cli.train import TrainingError, train
-from rvq_cli.train.ema import WeightEMA
+from rvq_cli.training import TrainingError, train
+from rvq_cli.training.ema import WeightEMA
 from tiny import recipe_file
 
 
@@ -56,7 +56,7 @@ def test_a_run_saves_its_average_and_resumes_it_exactly(tmp_path, shards):
 
 
 def test_eval_encode_and_decode_use_the_average(tmp_path, shards):
-    from rvq_cli.evaluate import evaluate
+    from rvq_cli.evaluation import evaluate
     from rvq_cli.tokens import encode_dataset
 
     run = train(_recipe(tmp_path, shards, "train.steps=2", f"output.dir={tmp_path / 'r'}"), quiet=True).run_dir

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from rvq_cli.config import load_recipe
-from rvq_cli.train import TrainingError, train
+from rvq_cli.training import TrainingError, train
 from tiny import RVQ, recipe_file
 
 GAN = ["loss.gan.weight=0.1", "loss.gan.start=2", "loss.gan.layers=2", "loss.gan.channels=8"]

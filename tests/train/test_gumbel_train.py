@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from rvq_cli.config import load_recipe
 from rvq_cli.runs import load_tokenizer
-from rvq_cli.train import train
+from rvq_cli.training import train
 from tiny import recipe_file
 
 KARPATHY = ["model.quantizer.estimator=gumbel", "model.quantizer.gumbel_logits=linear",

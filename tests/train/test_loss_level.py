@@ -247,7 +247,7 @@ def test_estimator_trains_a_vqgan_past_the_discriminator_start(tmp_path, shards,
 
     from rvq_cli.config import load_recipe
     from rvq_cli.runs import load_tokenizer
-    from rvq_cli.train import train
+    from rvq_cli.training import train
 
     over = GAN + [f"model.quantizer.estimator={estimator}", "loss.gan.start=1", "train.steps=3",
                   "loss.perceptual_weight=0.1", f"loss.perceptual_weights={vgg_file}"]
@@ -267,7 +267,7 @@ def test_estimator_trains_a_vqgan_past_the_discriminator_start(tmp_path, shards,
 
 def test_hessian_trains_a_vit(tmp_path, shards):
     from rvq_cli.config import load_recipe
-    from rvq_cli.train import train
+    from rvq_cli.training import train
 
     vit = ["model.name=vit", "model.vit.patch_size=4", "model.vit.dim=32", "model.vit.depth=1", "model.vit.heads=4",
            "model.vit.mlp_dim=64", "model.quantizer.dim=8", "model.quantizer.lookup=cosine",

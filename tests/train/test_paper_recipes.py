@@ -10,7 +10,7 @@ import pytest
 from safetensors.torch import load_file
 
 from rvq_cli.config import load_recipe
-from rvq_cli.train import train
+from rvq_cli.training import train
 
 ROOT = Path(__file__).resolve().parents[2]
 PAPER = sorted(p for p in (ROOT / "recipes").glob("*.yaml") if p.name != "quickstart.yaml")

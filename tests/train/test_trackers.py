@@ -6,8 +6,8 @@ reconstruction grids of a tiny run."""
 import pytest
 
 from rvq_cli.config import load_recipe
-from rvq_cli.train import TrainingError, train
-from rvq_cli.train import trackers as trk
+from rvq_cli.training import TrainingError, train
+from rvq_cli.training import trackers as trk
 from tiny import recipe_file
 
 STEPS = ["train.steps=2", "train.sample_every=2", "train.log_every=1"]

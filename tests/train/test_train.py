@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from rvq_cli.config import RecipeError, load_recipe
 from rvq_cli.data import write_shards
-from rvq_cli.train import TrainingError, train
+from rvq_cli.training import TrainingError, train
 from tiny import RVQ, TINY, png, recipe_file
 
 
@@ -83,7 +83,7 @@ def test_cli_reports_missing_shards_cleanly(tmp_path):
 
 
 def test_nan_loss_stops_with_step_and_last_checkpoint(tmp_path, shards):
-    from rvq_cli.train.trainer import Trainer
+    from rvq_cli.training.trainer import Trainer
 
     recipe = load_recipe(recipe_file(tmp_path, shards), ["train.steps=4", "train.ckpt_every=1"])
     trainer = Trainer(recipe, tmp_path / "run", quiet=True)
@@ -206,7 +206,7 @@ def test_tensorboard_tracker_writes_events(tmp_path, shards):
 
 def test_low_usage_warning_names_fitting_remedies():
     from rvq_cli.config import QuantizerConfig
-    from rvq_cli.train.trainer import low_usage_warning
+    from rvq_cli.training.trainer import low_usage_warning
 
     ste = QuantizerConfig(estimator="ste", codebook_size=8192)
     assert low_usage_warning(0.01, 10, 1000, ste) is None  # too early to judge
@@ -226,7 +226,7 @@ def test_cosine_decay_horizon_and_floor():
     import math
 
     from rvq_cli.config import OptimConfig
-    from rvq_cli.train.build import lr_factor
+    from rvq_cli.training.build import lr_factor
 
     o = OptimConfig(schedule="cosine", warmup_steps=10, min_lr_ratio=0.5, decay_steps=110)
     assert lr_factor(0, o, 50) == pytest.approx(0.1) and lr_factor(9, o, 50) == pytest.approx(1.0)
@@ -255,7 +255,7 @@ def test_taming_legacy_vq_loss_puts_beta_on_the_codebook_term():
 def test_clip_pixel_norm_trains_and_evaluates_in_its_space(tmp_path, shards):
     """model.pixel_norm clip end to end: bf16 training, then `rvq eval` loads the run with the same
     normalisation and reports rec_loss in the model's space (≈3.5× the [-1, 1] mse)."""
-    from rvq_cli.evaluate import evaluate
+    from rvq_cli.evaluation import evaluate
     from rvq_cli.runs import load_tokenizer
 
     result = train(load_recipe(recipe_file(tmp_path, shards), ["model.pixel_norm=clip", "train.precision=bf16",

@@ -11,7 +11,7 @@ from PIL import Image
 from rvq_cli.config import load_recipe
 from rvq_cli.grids import frames
 from rvq_cli.runs import load_tokenizer
-from rvq_cli.train import train
+from rvq_cli.training import train
 from tiny import TINY_VIDEO
 
 
@@ -68,7 +68,7 @@ def test_video_recipe_checks():
 
 
 def test_video_progress_counts_clips():
-    from rvq_cli.train.progress import format_metrics
+    from rvq_cli.training.progress import format_metrics
 
     m = {"step": 1, "loss": 0.5, "rec_loss": 0.4, "usage": 0.1, "perplexity": 3.0, "quant_error": 0.01, "lr": 1e-3,
          "images_per_s": 12.5}

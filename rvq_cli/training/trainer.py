@@ -456,7 +456,7 @@ class Trainer:
 def train(recipe: Recipe, run_dir: str | Path | None = None, resume: bool = False, quiet: bool = False,
           start_from: Mapping[str, torch.Tensor] | None = None) -> TrainResult:
     """Train the tokenizer a recipe describes; returns where the run is and its last metrics.
-    ``start_from``: shared weights (:func:`rvq_cli.train.start.shared_weights`) a new run
+    ``start_from``: shared weights (:func:`rvq_cli.training.start.shared_weights`) a new run
     adopts in place of the ones its seed built."""
     trainer = Trainer(recipe, Path(run_dir or recipe.output.dir), resume=resume, quiet=quiet, start_from=start_from)
     if trainer.acc.is_main_process and not quiet:

@@ -25,7 +25,7 @@ Definitions (all on the recipe's centre crop, reconstructions from the eval-mode
                  of the reconstructions (``is_originals`` for reference), uint8 inputs; with
                  ``reference_stats`` (``.reference``) the FID is to those statistics instead
   rfvd           video: the Fréchet distance between I3D features of the original and the
-                 reconstructed clips (``rvq_cli.evaluate.i3d``)
+                 reconstructed clips (``rvq_cli.evaluation.i3d``)
 
 Video checkpoints: clips of ``data.frames`` frames at ``data.frame_stride`` (the centred clip of
 each video); every image metric above is computed per frame (psnr averaged over frames, r-FID and
