@@ -11,6 +11,8 @@ backward of:
   ste e+sg(q-e)             the textbook STE expression
   copy N×D                  one clone of g: the 2-pass memory bound that an STE "only copies"
 and prints the ratios the project tracks. Run:  python benchmarks/bench_estimators.py
+With --sweep, it times the compiled backward kernel alone at the first of --dims for N = 1,024 ...
+262,144 rows, to tell a fixed per-call cost (flat in N) from per-row work (linear in N).
 """
 
 from __future__ import annotations
@@ -57,15 +59,42 @@ def copy_time(g, repeat: int) -> float:
     return statistics.median(times[3:])
 
 
+def sweep(d: int, repeat: int) -> None:
+    """The compiled rotation backward kernel (γ = ‖q‖/‖e‖) alone, at dimension d, over N."""
+    import functools
+
+    from rvq_cli.quantize.estimators.kernels import rotation_vjp_kernel
+
+    fn = torch.compile(functools.partial(rotation_vjp_kernel, gamma_code=0, gamma_const=1.0), dynamic=False)
+    gen = torch.Generator().manual_seed(0)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, D={d}, compiled kernel, median of {repeat}")
+    for n in (1024, 4096, 16384, 65536, 262144):
+        e, q, g = (torch.randn(n, d, generator=gen) for _ in range(3))
+        for t in (e, q, g):
+            torch._dynamo.maybe_mark_dynamic(t, 0)
+        times = []
+        for i in range(repeat + 5):
+            t0 = time.perf_counter()
+            fn(e, q, g)
+            if i >= 5:
+                times.append(time.perf_counter() - t0)
+        ms = statistics.median(times) * 1e3
+        print(f"N={n:>7}: {ms:8.3f} ms   {ms * 1e6 / n:6.2f} ns per row")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, default=65536)
     parser.add_argument("--dims", type=int, nargs="+", default=[3, 4, 32, 256])
     parser.add_argument("--repeat", type=int, default=20)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
+    parser.add_argument("--sweep", action="store_true", help="the compiled kernel alone over N (see the docstring)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.sweep:
+        sweep(args.dims[0], args.repeat)
+        return
     try:
         from vector_quantize_pytorch.vector_quantize_pytorch import rotate_to
     except ImportError:
