@@ -44,6 +44,21 @@ PRECISION_OPTION = typer.Option(None, "--precision", callback=_precision, help="
                                 "bf16 or fp16 (default: the run's train.precision; recorded in the output).")
 
 
+def _weights(value: Optional[str]) -> Optional[str]:
+    if value is not None and value not in ("ema", "trained"):
+        raise OptionError(f"--weights {value!r}: choose ema (the model-weight EMA) or trained (default: the EMA where "
+                          "the checkpoint has one).")
+    return value
+
+
+WEIGHTS_OPTION = typer.Option(None, "--weights", callback=_weights, help="ema or trained: which weights of a run with "
+                              "a model-weight EMA (default: the EMA where the checkpoint has one).")
+
+
+def _ema(weights: Optional[str]) -> Optional[bool]:
+    return None if weights is None else weights == "ema"
+
+
 def _version(value: bool) -> None:
     if value:
         console.print(f"rvq {__version__}")
@@ -200,6 +215,7 @@ def eval_(
                                                help="Video: I3D weights (VideoGPT's i3d_pretrained_400.pt) for r-FVD."),
     no_fvd: bool = typer.Option(False, "--no-fvd", help="Video: skip r-FVD."),
     precision: Optional[str] = PRECISION_OPTION,
+    weights: Optional[str] = WEIGHTS_OPTION,
     out: Optional[Path] = typer.Option(None, "--out", help="Where to write the JSON report (default: "
                                        "RUN_DIR/eval.json; the grid goes beside it as .png)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -212,7 +228,7 @@ def eval_(
     result = evaluate(checkpoint, data=data, split=split, batch_size=batch_size, num_workers=num_workers,
                       image_size=image_size, inception_weights=inception_weights, fid=not no_fid, lpips=not no_lpips,
                       i3d_weights=i3d_weights, fvd=not no_fvd, out=out, quiet=quiet, precision=precision,
-                      reference_stats=reference_stats)
+                      reference_stats=reference_stats, ema=_ema(weights))
     if result.json_path is None:  # not the main process
         return
     r = result.report
@@ -247,6 +263,7 @@ def encode(
     image_size: Optional[int] = typer.Option(None, "--image-size", help="Crop size (default: the checkpoint's)."),
     restart: bool = typer.Option(False, "--restart", help="Discard the token shards of an earlier run in OUT first."),
     precision: Optional[str] = PRECISION_OPTION,
+    weights: Optional[str] = WEIGHTS_OPTION,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Encode a dataset into token shards for a stage-2 model (resumable: re-run to continue)."""
@@ -254,7 +271,7 @@ def encode(
 
     report = encode_dataset(checkpoint, data, out, per_shard=per_shard, batch_size=batch_size,
                             num_workers=num_workers, image_size=image_size, restart=restart, quiet=quiet,
-                            precision=precision)
+                            precision=precision, ema=_ema(weights))
     m = report.manifest
     if not m:  # not the main process
         return
@@ -278,7 +295,8 @@ def decode(
     precision: Optional[str] = PRECISION_OPTION,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
-    """Decode token shards back to images, named by their source keys."""
+    """Decode token shards back to images, named by their source keys, with the weights that
+    encoded them (the manifest says which)."""
     from .tokens import decode_dataset
 
     report = decode_dataset(checkpoint, tokens, out, batch_size=batch_size, quiet=quiet, precision=precision)

@@ -405,15 +405,17 @@ def evaluate(checkpoint: str | os.PathLike, *, data: str | None = None, split: s
              inception_weights: str | os.PathLike | None = None, fid: bool = True,
              i3d_weights: str | os.PathLike | None = None, fvd: bool = True,
              out: str | os.PathLike | None = None, quiet: bool = False, precision: str | None = None,
-             lpips: bool = True, reference_stats: str | os.PathLike | None = None) -> EvalResult:
+             lpips: bool = True, reference_stats: str | os.PathLike | None = None,
+             ema: bool | None = None) -> EvalResult:
     """Evaluate the tokenizer at ``checkpoint`` (run directory or checkpoint folder) on ``data``
     (shards; default: the recipe's ``split`` set) and write ``eval.json`` and ``eval.png``
     (default: in the run directory). ``lpips``: measure lpips_alex / lpips_vgg where their trunk
     weights are found. ``reference_stats``: an ``.npz`` of ``rvq data stats``, the FID reference in
-    place of the originals' features. See the module docstring for the definitions."""
+    place of the originals' features. ``ema``: which weights (:func:`~rvq_cli.runs.load_tokenizer`).
+    See the module docstring for the definitions."""
     _check_arguments(split, batch_size, num_workers, image_size, precision)
     acc = inference_accelerator()
-    tok = load_tokenizer(checkpoint, device=acc.device)
+    tok = load_tokenizer(checkpoint, device=acc.device, ema=ema)
     run_as = inference_settings(tok, acc.device, precision)
     recipe, notes, video = tok.recipe, [], tok.recipe.model.video
     size = recipe.data.image_size if image_size is None else image_size

@@ -115,7 +115,9 @@ def decode_dataset(checkpoint: str | os.PathLike, tokens: str | os.PathLike, out
     files, manifest = token_files(tokens)
     device = training_device()
     check_precision(precision)
-    tok = load_tokenizer(checkpoint, device=device)
+    # the weights that made the tokens: the manifest says which (older manifests: the default)
+    made_by = {"ema": True, "trained": False}.get((manifest or {}).get("weights"))
+    tok = load_tokenizer(checkpoint, device=device, ema=made_by)
     settings = inference_settings(tok, torch.device(device), precision)
     K = tok.model.quantize.codebook_size
     if manifest is not None and manifest.get("tokenizer") != tok.tokenizer_id:

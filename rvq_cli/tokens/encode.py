@@ -186,16 +186,18 @@ def _manifest(out: Path, tok: LoadedTokenizer, src: Source, size: int, per_shard
 
 def encode_dataset(checkpoint: str | os.PathLike, data: str, out: str | os.PathLike, *, per_shard: int = 1000,
                    batch_size: int = 64, num_workers: int = 2, image_size: int | None = None,
-                   restart: bool = False, quiet: bool = False, precision: str | None = None) -> EncodeReport:
+                   restart: bool = False, quiet: bool = False, precision: str | None = None,
+                   ema: bool | None = None) -> EncodeReport:
     """Encode ``data`` (shard pattern, folder of images, or "demo") with the tokenizer at
-    ``checkpoint`` into token shards in ``out``; see the module docstring."""
+    ``checkpoint`` into token shards in ``out``; see the module docstring. ``ema``: as
+    :func:`~rvq_cli.runs.load_tokenizer` (None: the weight EMA where the checkpoint has one)."""
     for name, v, lo in (("per_shard", per_shard, 1), ("batch_size", batch_size, 1), ("num_workers", num_workers, 0),
                         ("image_size", 1 if image_size is None else image_size, 1)):
         if v < lo:
             raise EncodeError(f"{option(name)} must be at least {lo}, got {v}.")
     acc = inference_accelerator()
     check_precision(precision)
-    tok = load_tokenizer(checkpoint, device=acc.device)
+    tok = load_tokenizer(checkpoint, device=acc.device, ema=ema)
     settings = inference_settings(tok, acc.device, precision)
     size = tok.recipe.data.image_size if image_size is None else image_size
     try:

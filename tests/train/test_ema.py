@@ -82,3 +82,25 @@ def test_without_ema_there_is_no_average(tmp_path, shards):
     with pytest.raises(TrainingError, match="train.ema_decay"):  # a recipe change: refused on resume
         train(load_recipe(recipe_file(tmp_path, shards), ["train.steps=3", "train.ema_decay=0.9"]), run,
               resume=True, quiet=True)
+
+
+def test_the_trained_weights_on_request_and_decode_follows_the_manifest(tmp_path, shards):
+    import subprocess
+
+    from rvq_cli.tokens import decode_dataset, encode_dataset
+    from tiny import RVQ
+
+    run = train(_recipe(tmp_path, shards, "train.steps=2", f"output.dir={tmp_path / 'r'}"), quiet=True).run_dir
+    trained = load_tokenizer(run, ema=False)
+    encode_dataset(run, shards["val"], tmp_path / "tokens", quiet=True, ema=False)
+    manifest = json.loads((tmp_path / "tokens" / "manifest.json").read_text())
+    assert manifest["weights"] == "trained" and manifest["tokenizer"] == trained.tokenizer_id
+    report = decode_dataset(run, tmp_path / "tokens", tmp_path / "png", quiet=True)  # picks the trained weights
+    assert report.count == 8
+    res = subprocess.run([RVQ, "eval", str(run), "--weights", "trained", "--no-fid", "--no-lpips", "-q", "--out",
+                          str(tmp_path / "e.json")], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert json.loads((tmp_path / "e.json").read_text())["weights"] == "trained"
+    res = subprocess.run([RVQ, "encode", str(run), shards["val"], str(tmp_path / "t2"), "--weights", "best"],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2 and "--weights 'best'" in res.stderr and "Traceback" not in res.stderr
