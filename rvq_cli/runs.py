@@ -27,6 +27,7 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -282,14 +283,20 @@ def tokenizer_id(ckpt: Path, weights: str = WEIGHTS) -> str:
     return h.hexdigest()[:16]
 
 
+def state_mismatch(expected: Mapping[str, torch.Tensor], weights: Mapping[str, torch.Tensor]) -> str:
+    """How the state dict ``weights`` fails to fit ``expected`` ("missing: …; unexpected: …;
+    other shape: …", at most 4 keys each), or "" when it fits."""
+    missing, unexpected = sorted(expected.keys() - weights.keys()), sorted(weights.keys() - expected.keys())
+    shapes = sorted(k for k in expected.keys() & weights.keys() if expected[k].shape != weights[k].shape)
+    return "; ".join(f"{label}: {', '.join(keys[:4])}{' …' if len(keys) > 4 else ''}"
+                     for label, keys in (("missing", missing), ("unexpected", unexpected), ("other shape", shapes))
+                     if keys)
+
+
 def _check_weights(ckpt: Path, expected: dict, weights: dict, name: str = WEIGHTS) -> None:
-    missing = sorted(expected.keys() - weights.keys())
-    unexpected = sorted(weights.keys() - expected.keys())
-    wrong = sorted(k for k in expected.keys() & weights.keys() if expected[k].shape != weights[k].shape)
-    if missing or unexpected or wrong:
-        parts = [f"{label}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
-                 for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if keys]
-        raise CheckpointError(f"{ckpt / name} does not match the model its {RECIPE} describes ({'; '.join(parts)}). "
+    problems = state_mismatch(expected, weights)
+    if problems:
+        raise CheckpointError(f"{ckpt / name} does not match the model its {RECIPE} describes ({problems}). "
                               "The weights and the recipe come from different runs; use a checkpoint folder as "
                               "`rvq train` wrote it.")
 

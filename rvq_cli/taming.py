@@ -267,12 +267,11 @@ def _ema(state: dict[str, torch.Tensor], ours: dict[str, torch.Tensor], recipe, 
 
 
 def _check(theirs: dict, mine: dict, what: str) -> None:
-    missing, extra = sorted(set(mine) - set(theirs)), sorted(set(theirs) - set(mine))
-    shapes = sorted(k for k in set(mine) & set(theirs) if mine[k].shape != theirs[k].shape)
-    if missing or extra or shapes:
-        parts = [f"{label}: {', '.join(keys[:4])}{' …' if len(keys) > 4 else ''}"
-                 for label, keys in (("missing", missing), ("unexpected", extra), ("other shape", shapes)) if keys]
-        raise TamingError(f"the checkpoint's {what} does not match the one its config describes ({'; '.join(parts)}); "
+    from .runs import state_mismatch
+
+    problems = state_mismatch(mine, theirs)
+    if problems:
+        raise TamingError(f"the checkpoint's {what} does not match the one its config describes ({problems}); "
                           "give the config that belongs to this checkpoint.")
     for k in theirs:
         theirs[k] = theirs[k].to(mine[k].dtype).contiguous()

@@ -9,17 +9,26 @@ os.environ.setdefault("RVQ_COMPILE", "never")
 import pytest  # noqa: E402
 
 
-@pytest.fixture(scope="session")
-def vgg_file(tmp_path_factory):
-    """Random VGG16 trunk weights in torchvision's key layout (features.N.*), for LPIPS tests."""
+def _trunk_file(tmp_path_factory, arch: str, seed: int):
+    """Random ``arch`` trunk weights in torchvision's key layout (features.N.*), for LPIPS tests."""
     import torch
     import torchvision
 
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("vgg") / "vgg16-random.pth"
-    state = torchvision.models.vgg16(weights=None).state_dict()
+    torch.manual_seed(seed)
+    path = tmp_path_factory.mktemp(arch) / f"{arch}-random.pth"
+    state = getattr(torchvision.models, arch)(weights=None).state_dict()
     torch.save({k: v for k, v in state.items() if k.startswith("features.")}, path)
     return path
+
+
+@pytest.fixture(scope="session")
+def vgg_file(tmp_path_factory):
+    return _trunk_file(tmp_path_factory, "vgg16", 0)
+
+
+@pytest.fixture(scope="session")
+def alex_file(tmp_path_factory):
+    return _trunk_file(tmp_path_factory, "alexnet", 1)
 
 
 @pytest.fixture(scope="module")

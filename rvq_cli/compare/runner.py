@@ -50,7 +50,7 @@ from ..runs import (
     saved_recipe,
     saved_step,
 )
-from ..training.start import adopt_shared, build_start, fingerprint, reference_weights, shared_weights
+from ..training.start import adopt_shared, fingerprint, reference_weights, seeded_start, shared_weights
 from .methods import Method, method_folder, parse_method
 from .results import TRAIN_WINDOW, CompareResult, EstimatorRun, best_values, missing_values, seed_statistics, to_json
 
@@ -70,9 +70,7 @@ def init_fingerprints(recipe: Recipe, shared: dict | None = None) -> tuple[str, 
     """The fingerprints (whole tokenizer, shared part) of the weights a new run of ``recipe``
     starts from, built as the trainer builds them (seeded, then ``shared`` adopted when given);
     for runs saved before the trainer recorded them."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(recipe.train.seed)
-        model, disc = build_start(recipe)
+    model, disc = seeded_start(recipe)
     if shared is not None:
         adopt_shared(model, disc, shared)
     return fingerprint(model.state_dict()), fingerprint(shared_weights(model, disc))

@@ -67,12 +67,13 @@ def default_vgg_path() -> Path:
     return TRUNKS["vgg"].default_path()
 
 
-def find_trunk_weights(net: str, path: str | os.PathLike | None = None) -> Path | None:
-    """The trunk weights file of ``net`` ("vgg", "alex") to use: ``path``, the trunk's
-    environment variable, or torchvision's cache; None when none is set and the cache has none.
-    A path that is set but missing is a PerceptualError."""
+def find_trunk_weights(net: str, path: str | os.PathLike | None = None,
+                       given_as: str = "the path given") -> Path | None:
+    """The trunk weights file of ``net`` ("vgg", "alex") to use: ``path`` (named ``given_as`` in
+    messages), the trunk's environment variable, or torchvision's cache; None when none is set
+    and the cache has none. A path that is set but missing is a PerceptualError."""
     trunk = TRUNKS[net]
-    for candidate, origin in ((path, "the path given"), (os.environ.get(trunk.env), f"${trunk.env}")):
+    for candidate, origin in ((path, given_as), (os.environ.get(trunk.env), f"${trunk.env}")):
         if candidate:
             p = Path(candidate).expanduser()
             if not p.is_file():
@@ -83,20 +84,15 @@ def find_trunk_weights(net: str, path: str | os.PathLike | None = None) -> Path 
 
 
 def find_vgg_weights(path: str | os.PathLike | None = None) -> Path:
-    """The VGG16 weights file to use; raises PerceptualError when there is none."""
-    for candidate, origin in ((path, "loss.perceptual_weights"), (os.environ.get(WEIGHTS_ENV), f"${WEIGHTS_ENV}")):
-        if candidate:
-            p = Path(candidate).expanduser()
-            if not p.is_file():
-                raise PerceptualError(f"The VGG16 weights file {p} ({origin}) does not exist. The perceptual "
-                                      f"loss (LPIPS) needs torchvision's ImageNet VGG16 weights ({VGG16_URL}).")
-            return p
-    if default_vgg_path().is_file():
-        return default_vgg_path()
-    raise PerceptualError(f"The perceptual loss (LPIPS, loss.perceptual_weight > 0) needs torchvision's ImageNet "
-                          f"VGG16 weights, which are not on this machine. Download {VGG16_URL} to "
-                          f"{default_vgg_path()}, or set loss.perceptual_weights=PATH (or ${WEIGHTS_ENV}); "
-                          "or train without it: loss.perceptual_weight=0.")
+    """The VGG16 weights file of the perceptual loss (:func:`find_trunk_weights`, ``path`` being
+    ``loss.perceptual_weights``); raises PerceptualError when there is none."""
+    found = find_trunk_weights("vgg", path, "loss.perceptual_weights")
+    if found is None:
+        raise PerceptualError(f"The perceptual loss (LPIPS, loss.perceptual_weight > 0) needs torchvision's ImageNet "
+                              f"VGG16 weights, which are not on this machine. Download {VGG16_URL} to "
+                              f"{default_vgg_path()}, or set loss.perceptual_weights=PATH (or ${WEIGHTS_ENV}); "
+                              "or train without it: loss.perceptual_weight=0.")
+    return found
 
 
 def _read(path: Path, trunk: Trunk = TRUNKS["vgg"]) -> dict[str, Tensor]:

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from . import codebook as cb
 from .estimators import ESTIMATORS
 from .quantizer import QuantizeLosses, QuantizeMetrics, QuantizeOutput
-from .rows import from_rows, project_fp32, to_rows
+from .rows import check_indices, from_rows, project_fp32, to_rows
 
 __all__ = ["BOUND_EPS", "MAX_CODES", "PAPER_LEVELS", "FSQuantizer", "check_levels", "paper_levels"]
 
@@ -242,11 +242,7 @@ class FSQuantizer(nn.Module):
         """Codes for ``indices`` (B, *spatial) in the layer's output layout (B, D, *spatial):
         exactly what ``forward`` returned as ``quantized`` for inputs of ``dtype`` (default fp32)
         that chose these indices."""
-        if indices.dtype.is_floating_point or indices.dtype == torch.bool:
-            raise ValueError(f"indices must be an integer tensor, got {indices.dtype}")
-        if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= self.codebook_size):
-            raise ValueError(f"indices out of range: expected 0..{self.codebook_size - 1}, got "
-                             f"{int(indices.min())}..{int(indices.max())}")
+        check_indices(indices, self.codebook_size)
         grid = tuple(indices.shape)
         with torch.autocast(device_type=indices.device.type, enabled=False):
             q = self.grid_points(indices.reshape(-1))  # (N, d)

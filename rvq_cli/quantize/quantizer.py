@@ -15,7 +15,7 @@ from .estimators.diveq import DIVEQ_NOISE_STD
 from .estimators.gumbel import GUMBEL_LOGITS, GUMBEL_SAMPLES, GUMBEL_TEMPERATURE, cosine_anneal, logit_projection
 from .estimators.ibq import IBQ_LOGITS
 from .parameterisations import build_parameterisation, initial_codes
-from .rows import from_rows, project_fp32, to_rows
+from .rows import check_indices, from_rows, project_fp32, to_rows
 
 UPDATES = ("ema", "learned")
 
@@ -471,11 +471,7 @@ class VectorQuantizer(nn.Module):
         """Codes for ``indices`` (B, *spatial) in the layer's output layout (B, D, *spatial):
         exactly what ``forward`` returned as ``quantized`` for inputs of ``dtype`` (default fp32)
         that chose these indices."""
-        if indices.dtype.is_floating_point or indices.dtype == torch.bool:
-            raise ValueError(f"indices must be an integer tensor, got {indices.dtype}")
-        if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= self.codebook_size):
-            raise ValueError(f"indices out of range: expected 0..{self.codebook_size - 1}, got "
-                             f"{int(indices.min())}..{int(indices.max())}")
+        check_indices(indices, self.codebook_size)
         grid = tuple(indices.shape)
         with torch.autocast(device_type=indices.device.type, enabled=False):
             q = F.embedding(indices.reshape(-1).long(), self.codes())  # (N, d)

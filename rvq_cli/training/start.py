@@ -21,7 +21,7 @@ from torch import nn
 from ..errors import RvqError
 
 __all__ = ["QUANTIZER", "StartError", "adopt_shared", "build_start", "fingerprint", "reference_weights",
-           "shared_weights"]
+           "seeded_start", "shared_weights"]
 
 QUANTIZER = "quantize."  # the tokenizer's quantizer: its state-dict prefix
 MODEL, DISCRIMINATOR = "model.", "discriminator."
@@ -69,7 +69,7 @@ def load_init(path: str, model: nn.Module, disc: nn.Module | None) -> None:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from ..runs import DISC_WEIGHTS, WEIGHTS, CheckpointError, resolve_checkpoint
+    from ..runs import DISC_WEIGHTS, WEIGHTS, CheckpointError, resolve_checkpoint, state_mismatch
 
     at = "train.init_from"
     try:
@@ -83,7 +83,7 @@ def load_init(path: str, model: nn.Module, disc: nn.Module | None) -> None:
             weights = load_file(str(file))
         except (SafetensorError, OSError, ValueError) as err:
             raise StartError(f"{at}: {file} is not a readable safetensors file ({err}).") from None
-        problems = _mismatch(module.state_dict(), weights)
+        problems = state_mismatch(module.state_dict(), weights)
         if problems:
             what = "model" if module is model else "discriminator"
             raise StartError(f"{at}: {file} does not fit this recipe's {what} ({problems}). init_from starts a "
@@ -92,28 +92,26 @@ def load_init(path: str, model: nn.Module, disc: nn.Module | None) -> None:
         module.load_state_dict(weights)
 
 
-def _mismatch(mine: Mapping[str, torch.Tensor], theirs: Mapping[str, torch.Tensor]) -> str:
-    missing, extra = sorted(set(mine) - set(theirs)), sorted(set(theirs) - set(mine))
-    shapes = sorted(k for k in set(mine) & set(theirs) if mine[k].shape != theirs[k].shape)
-    return "; ".join(f"{what}: {', '.join(keys[:4])}{' …' if len(keys) > 4 else ''}"
-                     for what, keys in (("missing", missing), ("unexpected", extra), ("other shape", shapes)) if keys)
+def seeded_start(recipe) -> tuple[nn.Module, nn.Module | None]:
+    """:func:`build_start` seeded with the recipe's seed, exactly as the trainer builds a run (the
+    build draws from torch's CPU generator only); the caller's random state is left as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(recipe.train.seed)
+        return build_start(recipe)
 
 
 def reference_weights(recipe) -> dict[str, torch.Tensor]:
-    """The shared weights a run of ``recipe`` starts from: seeded and built exactly as the
-    trainer does (the build draws from torch's CPU generator only). The caller's random state is
-    left as it was."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(recipe.train.seed)
-        model, disc = build_start(recipe)
-    return shared_weights(model, disc)
+    """The shared weights a run of ``recipe`` starts from (:func:`seeded_start`)."""
+    return shared_weights(*seeded_start(recipe))
 
 
 def adopt_shared(model: nn.Module, disc: nn.Module | None, weights: Mapping[str, torch.Tensor]) -> None:
     """Copy ``weights`` (from :func:`shared_weights`) into ``model`` and ``disc`` in place. Every
     shared weight of the two must be there with the same shape: a ValueError names any that is
     not (the reference was built from a recipe whose encoder, decoder or discriminator differ)."""
-    problems = _mismatch(shared_weights(model, disc), weights)
+    from ..runs import state_mismatch
+
+    problems = state_mismatch(shared_weights(model, disc), weights)
     if problems:
         raise ValueError(f"the reference weights do not fit this model ({problems})")
     with torch.no_grad():

@@ -59,3 +59,11 @@ def inception_file(tmp_path_factory, inception_state):
     path = tmp_path_factory.mktemp("inception") / "random-inception.pth"
     torch.save(inception_state, path)
     return path
+
+
+@pytest.fixture
+def no_cached_weights(tmp_path, monkeypatch):
+    """No feature-network weights unless a test passes them: an empty torch hub cache, no env vars."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    for name in ("RVQ_INCEPTION_WEIGHTS", "RVQ_ALEXNET_WEIGHTS", "RVQ_VGG16_WEIGHTS"):
+        monkeypatch.delenv(name, raising=False)

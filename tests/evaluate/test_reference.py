@@ -15,12 +15,7 @@ from rvq_cli.evaluation import EvalError, evaluate, fidelity
 from rvq_cli.evaluation.reference import StatsError, compute_stats, read_stats
 from tiny import RVQ
 
-
-@pytest.fixture(autouse=True)
-def no_cached_weights(tmp_path, monkeypatch):
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
-    for name in ("RVQ_INCEPTION_WEIGHTS", "RVQ_ALEXNET_WEIGHTS", "RVQ_VGG16_WEIGHTS"):
-        monkeypatch.delenv(name, raising=False)
+pytestmark = pytest.mark.usefixtures("no_cached_weights")
 
 
 @pytest.fixture

@@ -16,22 +16,7 @@ from rvq_cli.evaluation.similarity import SSIM_SETTINGS, LpipsSet, ssim
 from rvq_cli.losses.perceptual import LPIPS, PerceptualError
 from rvq_cli.runs import load_tokenizer
 
-
-@pytest.fixture(scope="session")
-def alex_file(tmp_path_factory):
-    """Random AlexNet trunk weights in torchvision's key layout (features.N.*)."""
-    torch.manual_seed(1)
-    path = tmp_path_factory.mktemp("alex") / "alexnet-random.pth"
-    state = torchvision.models.alexnet(weights=None).state_dict()
-    torch.save({k: v for k, v in state.items() if k.startswith("features.")}, path)
-    return path
-
-
-@pytest.fixture(autouse=True)
-def no_cached_weights(tmp_path, monkeypatch):
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
-    for name in ("RVQ_INCEPTION_WEIGHTS", "RVQ_ALEXNET_WEIGHTS", "RVQ_VGG16_WEIGHTS"):
-        monkeypatch.delenv(name, raising=False)
+pytestmark = pytest.mark.usefixtures("no_cached_weights")
 
 
 def _pair(size, seed=0):
