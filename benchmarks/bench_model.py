@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rvq_cli.hardware import resolve_memory_format, resolve_precision, torch_memory_format
-from rvq_cli.models.conv import Decoder, Encoder
+from rvq_cli.models.conv import Decoder, Encoder, Upsample
 from rvq_cli.models.vit import Block
 from rvq_cli.training.build import adam_kernel
 
@@ -84,6 +84,18 @@ def rvq_pair(arch: dict, taming: tuple[nn.Module, nn.Module]):
     return enc, dec
 
 
+def unfolded_upsampling(dec: nn.Module) -> nn.Module:
+    """``dec`` with each Upsample computed as taming computes it (a nearest 2× up-sampled copy,
+    then the 3×3 conv) instead of rvq's folded stride-2 transposed conv: the same function."""
+    def forward(self: Upsample, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+    for m in dec.modules():
+        if isinstance(m, Upsample):
+            m.forward = forward.__get__(m)
+    return dec
+
+
 def conv_step(enc: nn.Module, dec: nn.Module, x: torch.Tensor, precision: str, layout: torch.memory_format,
               fused: bool) -> Callable[[], None]:
     params = list(enc.parameters()) + list(dec.parameters())
@@ -133,6 +145,10 @@ def conv_variants(arch: dict, batch: int, compile_: bool) -> tuple[list[Variant]
                 _sync()
                 v.compile_s = time.perf_counter() - t0
             out.append(v)
+    enc, dec = rvq_pair(arch, taming_pair(arch))  # the folded up-sampling's share
+    out.append(Variant("rvq bf16, contiguous, up-sampling then 3×3 conv",
+                       conv_step(enc.to(dev), unfolded_upsampling(dec.to(dev)), x, "bf16",
+                                 torch.contiguous_format, fused=True)))
     return out, f"rvq default here: precision {default[0]}, memory format {default[1]}"
 
 
@@ -185,13 +201,14 @@ def vit_variants(cfg: dict, compile_: bool) -> list[Variant]:
 
 
 def interleaved(variants: list[Variant], reps: int, warmup: int = 2) -> dict[str, float]:
-    """Median seconds per step of each variant, the variants taking turns step by step."""
+    """Median seconds per step of each variant, the variants taking turns step by step (the order
+    rotating from one repetition to the next, so no variant always follows the same one)."""
     for _ in range(warmup):
         for v in variants:
             v.step()
     times: dict[str, list[float]] = {v.name: [] for v in variants}
-    for _ in range(reps):
-        for v in variants:
+    for r in range(reps):
+        for v in variants[r % len(variants):] + variants[: r % len(variants)]:  # each takes each turn
             _sync()
             t0 = time.perf_counter()
             v.step()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -87,15 +88,32 @@ class Downsample(nn.Module):
         return self.conv(F.pad(x, (0, 1, 0, 1)))
 
 
+def _fold_taps(w: Tensor, dim: int) -> Tensor:
+    """Along ``dim``, the 3 taps (w0, w1, w2) of a conv that follows a nearest 2× up-sampling, as
+    the 4 taps (w2, w1 + w2, w0 + w1, w0) of a stride-2 transposed conv on the input itself: an
+    output at 2i reads the up-sampled rows 2i − 1, 2i, 2i + 1, i.e. input rows i − 1, i, i (w0 on
+    i − 1, w1 + w2 on i); an output at 2i + 1 reads input rows i, i, i + 1 (w0 + w1 on i, w2 on
+    i + 1)."""
+    w0, w1, w2 = w.unbind(dim)
+    return torch.stack((w2, w1 + w2, w0 + w1, w0), dim)
+
+
 class Upsample(nn.Module):
-    """Nearest-neighbour 2× up-sampling, then a 3×3 conv: (H, W) -> (2H, 2W)."""
+    """Nearest-neighbour 2× up-sampling, then a 3×3 conv: (H, W) -> (2H, 2W).
+
+    Computed as one stride-2 transposed conv whose 4×4 kernel is folded from the 3×3 one (the
+    same function, summed in another order): 4 taps per output instead of 9 and no up-sampled
+    copy, about half the time of up-sampling and convolving. The parameters are the 3×3 conv's
+    (``conv.weight``, ``conv.bias``), so taming's weights load as they are."""
 
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.conv = nn.Conv2d(channels, channels, 3, padding=1)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        w = self.conv.weight  # folded in its own dtype (fp32 under autocast): one rounding, at the conv
+        w = _fold_taps(_fold_taps(w, 2), 3).transpose(0, 1)  # (C_out, C_in, 3, 3) -> (C_in, C_out, 4, 4)
+        return F.conv_transpose2d(x, w, self.conv.bias, stride=2, padding=1)
 
 
 def level_resolutions(resolution: int, num_levels: int) -> list[int]:

@@ -123,6 +123,24 @@ def test_upsample():
     torch.testing.assert_close(up(x), expected)
 
 
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_upsample_folded_conv_is_upsample_then_conv(layout):
+    """The stride-2 transposed conv with the folded 4×4 kernel is the same function as nearest 2×
+    up-sampling followed by the 3×3 conv, gradients included (float64, odd sizes, both layouts)."""
+    torch.manual_seed(0)
+    up = Upsample(6).double().to(memory_format=layout)
+    x = rand(2, 6, 5, 7).double().contiguous(memory_format=layout).requires_grad_()
+    g = rand(2, 6, 10, 14, seed=1).double()
+    y = up(x)
+    grads = torch.autograd.grad((y * g).sum(), (x, up.conv.weight, up.conv.bias))
+    x2 = x.detach().clone().requires_grad_()
+    y2 = up.conv(F.interpolate(x2, scale_factor=2.0, mode="nearest"))
+    grads2 = torch.autograd.grad((y2 * g).sum(), (x2, up.conv.weight, up.conv.bias))
+    torch.testing.assert_close(y, y2, rtol=1e-12, atol=1e-12)
+    for a, b in zip(grads, grads2):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
 def test_resnet_block_shortcuts():
     same = ResnetBlock(8, 8, norm_groups=4)
     assert not hasattr(same, "nin_shortcut") and not hasattr(same, "conv_shortcut")
