@@ -2,7 +2,9 @@
 
 For N rows of dimension D (default N = 65,536, D in 3, 4, 32, 256), times one forward and one
 backward of:
-  rvq rotation (compiled)   the default for tensors this size (RVQ_COMPILE=auto)
+  rvq rotation             the default (RVQ_COMPILE=auto): for D ≤ 8 the C loops of
+                            rvq_cli/quantize/estimators/lowdim.c, else torch.compile at this size
+  rvq rotation (compiled)   RVQ_COMPILE=always: the torch.compile kernel at every D
   rvq rotation (eager)      RVQ_COMPILE=never
   autograd §4.2             the straightforward formula λ[e − 2r(rᵀe) + 2q̂(êᵀe)] with λ, r, ê, q̂
                             detached, differentiated by autograd
@@ -11,8 +13,9 @@ backward of:
   ste e+sg(q-e)             the textbook STE expression
   copy N×D                  one clone of g: the 2-pass memory bound that an STE "only copies"
 and prints the ratios the project tracks. Run:  python benchmarks/bench_estimators.py
-With --sweep, it times the compiled backward kernel alone at the first of --dims for N = 1,024 ...
-262,144 rows, to tell a fixed per-call cost (flat in N) from per-row work (linear in N).
+With --sweep, it times the backward kernel alone at the first of --dims for N = 1,024 ... 262,144
+rows, compiled by torch.compile and (for D ≤ 8) in C, to tell a fixed per-call cost (flat in N) from
+per-row work (linear in N).
 """
 
 from __future__ import annotations
@@ -60,26 +63,37 @@ def copy_time(g, repeat: int) -> float:
 
 
 def sweep(d: int, repeat: int) -> None:
-    """The compiled rotation backward kernel (γ = ‖q‖/‖e‖) alone, at dimension d, over N."""
+    """The rotation backward kernel (γ = ‖q‖/‖e‖) alone at dimension d, over N: compiled by
+    torch.compile, and in C where D ≤ 8."""
     import functools
+    import logging
 
+    from rvq_cli.quantize.estimators import native
     from rvq_cli.quantize.estimators.kernels import rotation_vjp_kernel
 
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # "no CUDA runtime" noise
     fn = torch.compile(functools.partial(rotation_vjp_kernel, gamma_code=0, gamma_const=1.0), dynamic=False)
+    in_c = d <= native.MAX_DIM and native.status() == "in use"
     gen = torch.Generator().manual_seed(0)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, D={d}, compiled kernel, median of {repeat}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, D={d}, the kernel alone, median of {repeat}"
+          + ("" if in_c else f"; C loops: {native.status() if d <= native.MAX_DIM else 'only for D <= 8'}"))
     for n in (1024, 4096, 16384, 65536, 262144):
         e, q, g = (torch.randn(n, d, generator=gen) for _ in range(3))
         for t in (e, q, g):
             torch._dynamo.maybe_mark_dynamic(t, 0)
-        times = []
-        for i in range(repeat + 5):
-            t0 = time.perf_counter()
-            fn(e, q, g)
-            if i >= 5:
-                times.append(time.perf_counter() - t0)
-        ms = statistics.median(times) * 1e3
-        print(f"N={n:>7}: {ms:8.3f} ms   {ms * 1e6 / n:6.2f} ns per row")
+        line = f"N={n:>7}:"
+        runs = [("compiled", fn)] + ([("C", functools.partial(native.rotation_vjp, gamma_code=0, gamma_const=1.0))]
+                                     if in_c else [])
+        for name, kernel in runs:
+            times = []
+            for i in range(repeat + 5):
+                t0 = time.perf_counter()
+                kernel(e, q, g)
+                if i >= 5:
+                    times.append(time.perf_counter() - t0)
+            ms = statistics.median(times) * 1e3
+            line += f"   {name} {ms:8.3f} ms {ms * 1e6 / n:6.2f} ns per row"
+        print(line)
 
 
 def main() -> None:
@@ -104,6 +118,10 @@ def main() -> None:
     rot = get_estimator("rotation")
     ste = get_estimator("ste")
 
+    def default(e, q):
+        set_compile("auto")
+        return rot(e, q)
+
     def compiled(e, q):
         set_compile("always")
         return rot(e, q)
@@ -113,15 +131,16 @@ def main() -> None:
         return rot(e, q)
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, N={args.rows}, median of {args.repeat}")
-    header = (f"{'D':>4} {'rvq rot':>9} {'rvq eager':>9} {'autograd':>9} {'vqp':>9} {'rvq ste':>9} {'ste expr':>9} "
-              f"{'copy':>9} | {'rot/autograd':>12} {'rot/vqp':>8} {'rot/copy':>8} {'rot/ste expr':>12}")
+    header = (f"{'D':>4} {'rvq rot':>9} {'compiled':>9} {'rvq eager':>9} {'autograd':>9} {'vqp':>9} {'rvq ste':>9} "
+              f"{'ste expr':>9} {'copy':>9} | {'rot/autograd':>12} {'rot/vqp':>8} {'rot/copy':>8} {'rot/ste expr':>12}")
     print(header)
     gen = torch.Generator().manual_seed(0)
     for d in args.dims:
         e, q, g = (torch.randn(args.rows, d, generator=gen) for _ in range(3))
         e.requires_grad_(True)
         t = {
-            "rot": timeit(compiled, e, q, g, args.repeat),
+            "rot": timeit(default, e, q, g, args.repeat),
+            "compiled": timeit(compiled, e, q, g, args.repeat),
             "eager": timeit(eager, e, q, g, args.repeat),
             "autograd": timeit(autograd_rotation, e, q, g, args.repeat),
             "vqp": timeit(rotate_to, e, q, g, args.repeat) if rotate_to else float("nan"),
@@ -130,9 +149,10 @@ def main() -> None:
             "copy": copy_time(g, args.repeat),
         }
         ms = {k: v * 1e3 for k, v in t.items()}
-        print(f"{d:>4} {ms['rot']:>9.3f} {ms['eager']:>9.3f} {ms['autograd']:>9.3f} {ms['vqp']:>9.3f} "
-              f"{ms['ste']:>9.3f} {ms['ste_expr']:>9.3f} {ms['copy']:>9.3f} | {t['rot'] / t['autograd']:>12.3f} "
-              f"{t['rot'] / t['vqp']:>8.3f} {t['rot'] / t['copy']:>8.2f} {t['rot'] / t['ste_expr']:>12.2f}")
+        print(f"{d:>4} {ms['rot']:>9.3f} {ms['compiled']:>9.3f} {ms['eager']:>9.3f} {ms['autograd']:>9.3f} "
+              f"{ms['vqp']:>9.3f} {ms['ste']:>9.3f} {ms['ste_expr']:>9.3f} {ms['copy']:>9.3f} | "
+              f"{t['rot'] / t['autograd']:>12.3f} {t['rot'] / t['vqp']:>8.3f} {t['rot'] / t['copy']:>8.2f} "
+              f"{t['rot'] / t['ste_expr']:>12.2f}")
     print("times in ms; ratios < 1 mean rvq's rotation is faster")
 
 

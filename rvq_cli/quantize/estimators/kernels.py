@@ -1,6 +1,7 @@
 """The row-wise kernels behind the rotation family and the reflection trick, and how they run:
-pure functions on (N, D) fp32 tensors, compiled with torch.compile when the tensors are large
-enough for it to pay (see :func:`set_compile`), eager over cache-sized row blocks otherwise.
+pure functions on (N, D) fp32 tensors, run for short rows on the CPU by the C loops of
+:mod:`.native` (the same formulas), compiled with torch.compile when the tensors are large enough
+for it to pay, eager over cache-sized row blocks otherwise (see :func:`set_compile`).
 
 Degenerate rows, where R is undefined, fall back to the STE gradient (grad_e = g): ‖e‖ ≤ 1e-6 or
 ‖q‖ ≤ 1e-6 (no direction), and, for the rotation family, e and q within ~0.8° of antiparallel
@@ -19,6 +20,8 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor
+
+from . import native
 
 __all__ = ["ANGLE_EPS", "NORM_EPS", "fallback_kernel", "flat32", "get_compile", "reflection_vjp_kernel",
            "rotation_vjp_kernel", "run_kernel", "set_compile"]
@@ -91,6 +94,7 @@ def fallback_kernel(e: Tensor, q: Tensor, parallel: bool) -> Tensor:
     return (bad | near).squeeze(-1)
 
 
+_IN_C = {rotation_vjp_kernel: native.rotation_vjp, reflection_vjp_kernel: native.reflection_vjp}
 _COMPILE_MODE = os.environ.get("RVQ_COMPILE", "auto").lower()
 _AUTO_MIN_NUMEL = 1 << 16  # below this the eager kernel is as fast as compiling pays for
 _compiled: dict[tuple, Callable] = {}
@@ -98,9 +102,11 @@ _compile_failed = False
 
 
 def set_compile(mode: str) -> None:
-    """Choose how estimator kernels run: "auto" (compile for tensors of ≥ 65,536 elements),
-    "always", or "never". Each D (and each constant of a kernel) compiles once. The environment
-    variable RVQ_COMPILE sets the initial mode."""
+    """Choose how estimator kernels run: "auto" (rows of D ≤ 8 in fp32 on the CPU in C, see
+    :mod:`.native`; other tensors of ≥ 65,536 elements with torch.compile, smaller ones eagerly),
+    "always" (torch.compile at every size, C for none) or "never" (eagerly: nothing compiled). Each
+    D (and each constant of a kernel) compiles once. The environment variable RVQ_COMPILE sets the
+    initial mode."""
     global _COMPILE_MODE
     if mode not in ("auto", "always", "never"):
         raise ValueError(f"compile mode must be 'auto', 'always' or 'never', got {mode!r}")
@@ -112,17 +118,25 @@ def get_compile() -> str:
     return _COMPILE_MODE
 
 
+def _mode() -> str:
+    return {"1": "always", "true": "always", "0": "never", "false": "never"}.get(_COMPILE_MODE, _COMPILE_MODE)
+
+
 def _use_compiled(numel: int) -> bool:
-    mode = {"1": "always", "true": "always", "0": "never", "false": "never"}.get(_COMPILE_MODE, _COMPILE_MODE)
+    mode = _mode()
     if _compile_failed or mode == "never" or torch.compiler.is_compiling():
         return False
     return mode == "always" or numel >= _AUTO_MIN_NUMEL
 
 
 def run_kernel(kernel: Callable, *tensors: Tensor, **consts):
-    """Run ``kernel(*tensors, **consts)``: compiled (one fused loop per pass) when it pays, eager
-    otherwise. Each distinct set of constants is its own compiled graph."""
+    """Run ``kernel(*tensors, **consts)`` as the compile mode says (see :func:`set_compile`): in C,
+    compiled (one fused loop per pass) or eagerly. Each distinct set of constants is its own
+    compiled graph."""
     global _compile_failed
+    in_c = _IN_C.get(kernel)
+    if in_c is not None and _mode() == "auto" and native.supports(*tensors):
+        return in_c(*tensors, **consts)
     if _use_compiled(tensors[0].numel()):
         key = (kernel.__name__, tuple(sorted(consts.items())))
         fn = _compiled.get(key)
