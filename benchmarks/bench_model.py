@@ -6,14 +6,14 @@ interleaved step by step (machine noise hits every variant alike).
    bench extra) at the same configuration and the same weights (rvq loads taming's state dict
    key for key). taming runs as its users run it: fp32, contiguous, torch's default Adam. rvq runs
    in every combination of precision (fp32, bf16 autocast), memory format (contiguous,
-   channels_last) and, with --compile, ``nn.Module.compile``; "rvq default" is what a recipe gets
-   with ``train.precision`` and ``train.memory_format`` left at their defaults on this machine.
+   channels_last) and, with --compile, ``nn.Module.compile``; "(precision: auto)" marks what the
+   quickstarts' ``precision: auto`` and the default ``train.memory_format`` give on this machine.
 2. ViT-VQGAN block (Table 10's width): rvq's pre-LN ``Block`` against a plain fp32 reference,
    ``torch.nn.TransformerEncoderLayer`` with the same width, heads, MLP and pre-LN.
 
 Run:  python benchmarks/bench_model.py [--reps 12] [--compile] [--tiny]
 Prints the median step time of each variant and its ratio to the fp32 reference (taming's, or
-the plain transformer layer's); goal for rvq's default: at most 0.5. --tiny runs a very small
+the plain transformer layer's); goal for the "(precision: auto)" row: at most 0.5. --tiny runs a very small
 configuration for two repetitions (the test suite's smoke run; its timings mean nothing).
 """
 
@@ -120,7 +120,7 @@ def conv_variants(arch: dict, batch: int, compile_: bool) -> tuple[list[Variant]
     torch.manual_seed(0)
     x = torch.rand(batch, 3, arch["resolution"], arch["resolution"], device=dev) * 2 - 1
     t_enc, t_dec = taming_pair(arch)
-    default = (resolve_precision(_schema_default("precision"), dev).value,
+    default = (resolve_precision("auto", dev).value,
                resolve_memory_format(_schema_default("memory_format"), "conv").value)
     out = [Variant("taming fp32 (reference)", conv_step(t_enc.to(dev), t_dec.to(dev), x, "no",
                                                          torch.contiguous_format, fused=False))]
@@ -134,7 +134,7 @@ def conv_variants(arch: dict, batch: int, compile_: bool) -> tuple[list[Variant]
             enc, dec = enc.to(dev), dec.to(dev)
             label = f"rvq {'fp32' if precision == 'no' else precision}, {layout}" + (", compiled" if compiled else "")
             if (precision, layout) == default and not compiled:
-                label += " (rvq default)"
+                label += " (precision: auto)"
             step = conv_step(enc, dec, x, precision, torch_memory_format(_choice(layout)), fused=True)
             v = Variant(label, step)
             if compiled:
@@ -149,7 +149,7 @@ def conv_variants(arch: dict, batch: int, compile_: bool) -> tuple[list[Variant]
     out.append(Variant("rvq bf16, contiguous, up-sampling then 3×3 conv",
                        conv_step(enc.to(dev), unfolded_upsampling(dec.to(dev)), x, "bf16",
                                  torch.contiguous_format, fused=True)))
-    return out, f"rvq default here: precision {default[0]}, memory format {default[1]}"
+    return out, f"precision auto here: {default[0]}; default memory format: {default[1]}"
 
 
 def _choice(layout: str):
