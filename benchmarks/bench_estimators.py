@@ -42,24 +42,21 @@ def textbook_ste(e: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return e + (q - e).detach()
 
 
-def timeit(fn, e, q, g, repeat: int, warmup: int = 3) -> float:
-    """Median seconds of fn(e, q).backward(g) over `repeat` runs."""
-    times = []
-    for _ in range(warmup + repeat):
-        e.grad = None
-        t0 = time.perf_counter()
-        fn(e, q).backward(g)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times[warmup:])
-
-
-def copy_time(g, repeat: int) -> float:
-    times = []
-    for _ in range(repeat + 3):
-        t0 = time.perf_counter()
-        g.clone()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times[3:])
+def interleaved(fns: dict, e, q, g, repeat: int, warmup: int = 3) -> dict[str, float]:
+    """Median seconds of fn(e, q).backward(g) for each of ``fns`` (None: one clone of g), the
+    variants taking turns run by run, so that a slow spell of the machine hits them alike."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for i in range(warmup + repeat):
+        for name, fn in fns.items():
+            e.grad = None
+            t0 = time.perf_counter()
+            if fn is None:
+                g.clone()
+            else:
+                fn(e, q).backward(g)
+            if i >= warmup:
+                times[name].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def sweep(d: int, repeat: int) -> None:
@@ -130,7 +127,8 @@ def main() -> None:
         set_compile("never")
         return rot(e, q)
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, N={args.rows}, median of {args.repeat}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, N={args.rows}, "
+          f"median of {args.repeat}, variants interleaved")
     header = (f"{'D':>4} {'rvq rot':>9} {'compiled':>9} {'rvq eager':>9} {'autograd':>9} {'vqp':>9} {'rvq ste':>9} "
               f"{'ste expr':>9} {'copy':>9} | {'rot/autograd':>12} {'rot/vqp':>8} {'rot/copy':>8} {'rot/ste expr':>12}")
     print(header)
@@ -138,16 +136,12 @@ def main() -> None:
     for d in args.dims:
         e, q, g = (torch.randn(args.rows, d, generator=gen) for _ in range(3))
         e.requires_grad_(True)
-        t = {
-            "rot": timeit(default, e, q, g, args.repeat),
-            "compiled": timeit(compiled, e, q, g, args.repeat),
-            "eager": timeit(eager, e, q, g, args.repeat),
-            "autograd": timeit(autograd_rotation, e, q, g, args.repeat),
-            "vqp": timeit(rotate_to, e, q, g, args.repeat) if rotate_to else float("nan"),
-            "ste": timeit(ste, e, q, g, args.repeat),
-            "ste_expr": timeit(textbook_ste, e, q, g, args.repeat),
-            "copy": copy_time(g, args.repeat),
-        }
+        fns = {"rot": default, "compiled": compiled, "eager": eager, "autograd": autograd_rotation, "vqp": rotate_to,
+               "ste": ste, "ste_expr": textbook_ste, "copy": None}
+        if rotate_to is None:
+            del fns["vqp"]
+        t = interleaved(fns, e, q, g, args.repeat)
+        t.setdefault("vqp", float("nan"))
         ms = {k: v * 1e3 for k, v in t.items()}
         print(f"{d:>4} {ms['rot']:>9.3f} {ms['compiled']:>9.3f} {ms['eager']:>9.3f} {ms['autograd']:>9.3f} "
               f"{ms['vqp']:>9.3f} {ms['ste']:>9.3f} {ms['ste_expr']:>9.3f} {ms['copy']:>9.3f} | "

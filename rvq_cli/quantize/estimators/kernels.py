@@ -97,6 +97,7 @@ def fallback_kernel(e: Tensor, q: Tensor, parallel: bool) -> Tensor:
 _IN_C = {rotation_vjp_kernel: native.rotation_vjp, reflection_vjp_kernel: native.reflection_vjp}
 _COMPILE_MODE = os.environ.get("RVQ_COMPILE", "auto").lower()
 _AUTO_MIN_NUMEL = 1 << 16  # below this the eager kernel is as fast as compiling pays for
+_RECOMPILE_LIMIT = 64  # graphs per kernel: D values times constant sets
 _compiled: dict[tuple, Callable] = {}
 _compile_failed = False
 
@@ -146,7 +147,11 @@ def run_kernel(kernel: Callable, *tensors: Tensor, **consts):
         for t in tensors:  # one graph for every N; D stays static so short rows unroll
             torch._dynamo.maybe_mark_dynamic(t, 0)
         try:
-            return fn(*tensors)
+            # one graph per D and per set of constants, all of the kernel's code object: past dynamo's
+            # default of 8 graphs per code object it would stop compiling and run slower than eager
+            limit = max(_RECOMPILE_LIMIT, torch._dynamo.config.recompile_limit)
+            with torch._dynamo.config.patch(recompile_limit=limit):
+                return fn(*tensors)
         except Exception as err:  # no C++ compiler, unsupported backend, ...
             _compile_failed = True
             warnings.warn(f"rvq: torch.compile of the estimator kernels failed ({err.__class__.__name__}: "
