@@ -155,3 +155,11 @@ def test_turned_off_by_environment(fresh_library, monkeypatch):
     assert native.library() is None
     assert "RVQ_NATIVE" in native.status()
     assert not os.path.exists(fresh_library / "native")
+
+
+def test_unwritable_cache_means_torch_kernels(fresh_library, monkeypatch):
+    blocker = fresh_library / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("RVQ_CACHE", str(blocker))  # its native/ folder cannot be made
+    assert native.library() is None
+    assert "RVQ_CACHE" in native.status()

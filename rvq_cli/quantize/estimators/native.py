@@ -108,15 +108,14 @@ def library() -> ctypes.CDLL | None:
         _why_not = f"the C compiler {cc} did not run ({err})"
         return None
     key = hashlib.sha256("\0".join([SOURCE.read_text(), cc, version, " ".join(FLAGS), _cpu_flags()]).encode())
-    path = _cache_dir() / f"lowdim-{key.hexdigest()[:16]}.so"
-    if not path.exists():
-        try:
-            problem = _build(cc, path)
-        except OSError as err:  # an unwritable cache
-            problem = f"could not write {path.parent} ({err})"
-        if problem:
-            _why_not = problem
-            return None
+    try:
+        path = _cache_dir() / f"lowdim-{key.hexdigest()[:16]}.so"
+        problem = "" if path.exists() else _build(cc, path)
+    except (OSError, RuntimeError) as err:  # an unwritable cache, no home folder
+        problem = f"no cache folder to build in ({err}); set RVQ_CACHE to a writable folder"
+    if problem:
+        _why_not = problem
+        return None
     try:
         lib = ctypes.CDLL(str(path))
     except OSError as err:
