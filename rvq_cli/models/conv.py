@@ -104,15 +104,17 @@ class Upsample(nn.Module):
     Computed as one stride-2 transposed conv whose 4×4 kernel is folded from the 3×3 one (the
     same function, summed in another order): 4 taps per output instead of 9 and no up-sampled
     copy, about half the time of up-sampling and convolving. The parameters are the 3×3 conv's
-    (``conv.weight``, ``conv.bias``), so taming's weights load as they are."""
+    (``conv.weight``, ``conv.bias``), so taming's weights load as they are; ``conv`` itself is
+    never called, so hooks registered on it do not run."""
 
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.conv = nn.Conv2d(channels, channels, 3, padding=1)
 
     def forward(self, x: Tensor) -> Tensor:
-        w = self.conv.weight  # folded in its own dtype (fp32 under autocast): one rounding, at the conv
-        w = _fold_taps(_fold_taps(w, 2), 3).transpose(0, 1)  # (C_out, C_in, 3, 3) -> (C_in, C_out, 4, 4)
+        w = self.conv.weight  # folded in fp32 at least, then rounded once (to bf16 by autocast, at the conv)
+        folded = _fold_taps(_fold_taps(w.to(torch.promote_types(w.dtype, torch.float32)), 2), 3).to(w.dtype)
+        w = folded.transpose(0, 1)  # (C_out, C_in, 3, 3) -> (C_in, C_out, 4, 4)
         return F.conv_transpose2d(x, w, self.conv.bias, stride=2, padding=1)
 
 

@@ -13,14 +13,20 @@ from rvq_cli.quantize import POINTWISE, get_estimator, set_compile
 from rvq_cli.quantize.estimators import get_compile, native
 from rvq_cli.quantize.estimators.kernels import reflection_vjp_kernel, rotation_vjp_kernel, run_kernel
 
-pytestmark = pytest.mark.skipif(native.status() != "in use", reason=f"no C loops here: {native.status()}")
+
+@pytest.fixture
+def c_loops():
+    """Skip where the library cannot be built here (the fallback tests below run anyway)."""
+    if native.status() != "in use":
+        pytest.skip(f"no C loops here: {native.status()}")
 
 GAMMAS = [(0, 0.0), (1, 0.0), (2, 0.0), (3, 0.37), (4, 0.0)]  # codes of kernels.rotation_vjp_kernel
 
 
 def rows(n: int, d: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Random rows with every degenerate case planted: zero e, zero q, antiparallel, parallel,
-    nearly antiparallel, a nan and an inf in e, a tiny q."""
+    nearly antiparallel, a nan and an inf in e, a tiny q, q = e (the floor of γ = 1/(8‖q − e‖²)),
+    nearly parallel (the reflection's fallback)."""
     gen = torch.Generator().manual_seed(seed)
     e, q, g = (torch.randn(n, d, generator=gen) for _ in range(3))
     e[0] = 0
@@ -31,6 +37,8 @@ def rows(n: int, d: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.T
     e[5, 0] = float("nan")
     e[6, -1] = float("inf")
     q[7] = 1e-7
+    q[8] = e[8]
+    q[9] = e[9] + 1e-3 * torch.randn(d, generator=gen)
     return e, q, g
 
 
@@ -42,7 +50,7 @@ def mode():
 
 
 @pytest.mark.parametrize("d", range(1, native.MAX_DIM + 1))
-def test_c_rotation_equals_torch_kernel(d):
+def test_c_rotation_equals_torch_kernel(d, c_loops):
     e, q, g = rows(300, d, seed=d)
     for code, const in GAMMAS:
         for tangent in (False, True):
@@ -53,38 +61,43 @@ def test_c_rotation_equals_torch_kernel(d):
 
 
 @pytest.mark.parametrize("d", range(1, native.MAX_DIM + 1))
-def test_c_reflection_equals_torch_kernel(d):
+def test_c_reflection_equals_torch_kernel(d, c_loops):
     e, q, g = rows(300, d, seed=10 + d)
     torch.testing.assert_close(native.reflection_vjp(e, q, g), reflection_vjp_kernel(e, q, g), rtol=1e-4, atol=1e-5,
                                equal_nan=True)
 
 
-def test_threads_split_rows_without_changing_a_value(monkeypatch):
-    e, q, g = rows(1001, 3, seed=0)
+@pytest.mark.parametrize("d", [3, 5, 8])  # by rows; tiles with unrolled and plain transposes
+def test_threads_split_rows_without_changing_a_value(d, monkeypatch, c_loops):
+    e, q, g = rows(1001, d, seed=0)  # chunks of 250 rows: tiles that do not line up with them
     whole = native.rotation_vjp(e, q, g, 0, 0.0)
-    monkeypatch.setattr(native, "_CHUNK_ROWS", 100)
+    monkeypatch.setattr(native, "_CHUNK_ROWS", 250)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
     assert torch.equal(native.rotation_vjp(e, q, g, 0, 0.0).nan_to_num(), whole.nan_to_num())
 
 
-def test_non_contiguous_gradient():
+def test_non_contiguous_gradient(c_loops):
     e, q, _ = rows(64, 4, seed=1)
     g = torch.ones(1, 1).expand(64, 4)  # what autograd hands back from a sum(): stride 0
     torch.testing.assert_close(native.rotation_vjp(e, q, g, 0, 0.0), rotation_vjp_kernel(e, q, g.contiguous(), 0, 0.0),
                                equal_nan=True)
 
 
-def test_which_tensors_go_to_c():
-    e, q, g = rows(8, 3, seed=2)
+def test_which_tensors_go_to_c(c_loops):
+    e, q, g = rows(16, 3, seed=2)
     assert native.supports(e, q, g)
     assert not native.supports(e.double(), q.double(), g.double())  # fp64 stays in torch
     wide = torch.randn(8, native.MAX_DIM + 1)
     assert not native.supports(wide, wide, wide)
     assert not native.supports(e, q[:4], g)
+    assert not native.supports(e.requires_grad_(), q, g)  # torch's kernel would build a graph
+    with torch.no_grad():
+        assert native.supports(e, q, g)
+    assert not native.supports(e.detach(), q, torch._neg_view(g))  # a pending negation
 
 
 @pytest.mark.parametrize("name", POINTWISE)
-def test_estimators_in_c_equal_eager(name, mode):
+def test_estimators_in_c_equal_eager(name, mode, c_loops):
     """Through the estimators: the default mode (C for these rows) gives the eager gradients."""
     gen = torch.Generator().manual_seed(3)
     e, q, g = (torch.randn(4, 5, 3, generator=gen) for _ in range(3))
@@ -98,7 +111,7 @@ def test_estimators_in_c_equal_eager(name, mode):
     torch.testing.assert_close(grads["auto"], grads["never"], rtol=1e-4, atol=1e-5)
 
 
-def test_run_kernel_uses_c_only_in_auto_mode(mode, monkeypatch):
+def test_run_kernel_uses_c_only_in_auto_mode(mode, monkeypatch, c_loops):
     calls = []
     real = native.rotation_vjp
     monkeypatch.setitem(run_kernel.__globals__["_IN_C"], rotation_vjp_kernel,
@@ -120,7 +133,7 @@ def fresh_library(tmp_path, monkeypatch):
     native.library.cache_clear()
 
 
-def test_build_goes_to_the_cache_once(fresh_library):
+def test_build_goes_to_the_cache_once_and_again_when_damaged(fresh_library, monkeypatch, c_loops):
     lib = native.library()
     built = list((fresh_library / "native").glob("lowdim-*.so"))
     assert lib is not None and len(built) == 1
@@ -129,12 +142,29 @@ def test_build_goes_to_the_cache_once(fresh_library):
     assert native.library() is not None
     assert built[0].stat().st_mtime_ns == mtime  # loaded, not rebuilt
 
+    # a file in the cache that does not load is built again
+    built = built[0]
+    built.unlink()  # a new file in its place (the loaded one stays mapped in this process)
+    built.write_bytes(b"not a library")
+    real, calls = native._load, []
+
+    def load(path):  # this process has the name loaded already: dlopen would hand back that copy
+        calls.append(path.read_bytes()[:4])
+        if len(calls) == 1:
+            raise OSError("invalid ELF header")
+        return real(path)
+
+    monkeypatch.setattr(native, "_load", load)
+    native.library.cache_clear()
+    assert native.library() is not None
+    assert calls == [b"not ", built.read_bytes()[:4]] and built.stat().st_size > 1000
+
 
 def test_no_compiler_means_torch_kernels(fresh_library, monkeypatch):
     monkeypatch.setenv("CC", str(fresh_library / "no-such-cc"))
     assert native.library() is None
     assert "did not run" in native.status()
-    e, q, g = rows(8, 3, seed=5)
+    e, q, g = rows(16, 3, seed=5)
     assert not native.supports(e, q, g)
     out = run_kernel(rotation_vjp_kernel, e, q, g, gamma_code=0, gamma_const=0.0)  # torch's kernel instead
     torch.testing.assert_close(out, rotation_vjp_kernel(e, q, g, 0, 0.0), equal_nan=True)
@@ -142,7 +172,8 @@ def test_no_compiler_means_torch_kernels(fresh_library, monkeypatch):
 
 def test_failed_build_leaves_nothing_in_the_cache(fresh_library, monkeypatch):
     cc = fresh_library / "bad-cc"
-    cc.write_text("#!/bin/sh\necho 'bad-cc: cannot build' >&2\nexit 1\n")
+    cc.write_text("#!/bin/sh\n[ \"$1\" = --version ] && echo 'bad-cc 1.0' && exit 0\n"
+                  "echo 'bad-cc: cannot build' >&2\nexit 1\n")
     cc.chmod(cc.stat().st_mode | stat.S_IEXEC)
     monkeypatch.setenv("CC", str(cc))
     assert native.library() is None

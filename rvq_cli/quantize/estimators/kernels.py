@@ -146,11 +146,13 @@ def run_kernel(kernel: Callable, *tensors: Tensor, **consts):
             fn = _compiled[key] = torch.compile(functools.partial(kernel, **consts), dynamic=False)
         for t in tensors:  # one graph for every N; D stays static so short rows unroll
             torch._dynamo.maybe_mark_dynamic(t, 0)
+        # one graph per D and per set of constants, all of the kernel's code object: past dynamo's
+        # default of 8 graphs per code object it would stop compiling and run slower than eager
+        config = torch._dynamo.config
+        name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"  # torch < 2.7
+        limit = {name: max(_RECOMPILE_LIMIT, getattr(config, name))}
         try:
-            # one graph per D and per set of constants, all of the kernel's code object: past dynamo's
-            # default of 8 graphs per code object it would stop compiling and run slower than eager
-            limit = max(_RECOMPILE_LIMIT, torch._dynamo.config.recompile_limit)
-            with torch._dynamo.config.patch(recompile_limit=limit):
+            with config.patch(**limit):
                 return fn(*tensors)
         except Exception as err:  # no C++ compiler, unsupported backend, ...
             _compile_failed = True

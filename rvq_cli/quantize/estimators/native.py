@@ -10,9 +10,10 @@ expression; compiled from C with D fixed, the loop runs 8–16 rows per vector i
 
 The library goes to ``$RVQ_CACHE/native`` (else ``$XDG_CACHE_HOME/rvq/native``, else
 ``~/.cache/rvq/native``) under a name that hashes the source, the compiler, its flags and the CPU's
-feature flags, so a cache shared between machines never hands one CPU another's instructions.
-Where no compiler is found or the build fails, :func:`library` returns None and the kernels run in
-torch as before; :func:`status` says which and why."""
+feature flags (Linux builds for the CPU at hand, -march=native; elsewhere, where those flags are
+not read, for the compiler's default target), so a cache shared between machines never hands one
+CPU another's instructions. Where no compiler is found or the build fails, :func:`library` returns
+None and the kernels run in torch as before; :func:`status` says which and why."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import functools
 import hashlib
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -43,12 +45,17 @@ _CHUNK_ROWS = 1 << 16  # rows per thread, at least: below this one thread is fas
 _why_not = ""
 
 
-def _compiler() -> str | None:
-    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+def _compiler() -> list[str] | None:
+    """The C compiler's command line: $CC (which may carry words, "ccache gcc"), else cc, gcc, clang."""
+    if os.environ.get("CC", "").strip():
+        return shlex.split(os.environ["CC"])
+    found = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    return [found] if found else None
 
 
 def _cpu_flags() -> str:
-    """The CPU's feature flags (Linux), else what the platform module knows."""
+    """The CPU's feature flags (Linux), else what the platform module knows (elsewhere the build
+    is for the compiler's default target, not -march=native)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith(("flags", "Features")):
@@ -67,25 +74,38 @@ class _BuildFailed(Exception):
     pass
 
 
-def _build(cc: str, out: Path) -> str:
-    """Compile lowdim.c to ``out`` (-march=native first, then the compiler's default target);
-    '' on success, else the compiler's complaint. Nothing is left at ``out`` when it fails."""
+def _run_quietly(cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, errors="replace", timeout=timeout)
+
+
+def _build(cc: list[str], out: Path) -> str:
+    """Compile lowdim.c to ``out`` (on Linux -march=native first, then the compiler's default
+    target); '' on success, else the compiler's complaint. Nothing is left at ``out`` when it fails."""
     problem = ""
-    for arch in (("-march=native",), ()):
+    arches = (("-march=native",), ()) if sys.platform.startswith("linux") else ((),)
+    for arch in arches:
         try:
             with atomic_path(out, suffix=".so") as tmp:
                 try:
-                    run = subprocess.run([cc, *arch, *FLAGS, str(SOURCE), "-o", str(tmp)], capture_output=True,
-                                         text=True, timeout=120)
+                    run = _run_quietly([*cc, *arch, *FLAGS, str(SOURCE), "-o", str(tmp)], timeout=120)
                 except (OSError, subprocess.TimeoutExpired) as err:
-                    raise _BuildFailed(f"{cc} did not run ({err})") from None
+                    raise _BuildFailed(f"{cc[0]} did not run ({err})") from None
                 if run.returncode:
                     last = (run.stderr or run.stdout).strip().splitlines()
-                    raise _BuildFailed(f"{cc} failed: {last[-1] if last else f'exit status {run.returncode}'}")
+                    raise _BuildFailed(f"{cc[0]} failed: {last[-1] if last else f'exit status {run.returncode}'}")
             return ""
         except _BuildFailed as err:
             problem = str(err)
     return problem
+
+
+def _load(path: Path) -> ctypes.CDLL:
+    lib = ctypes.CDLL(str(path))
+    rows = [ctypes.c_void_p] * 4 + [ctypes.c_int64, ctypes.c_int]
+    lib.rvq_rotation_vjp.argtypes = rows + [ctypes.c_int, ctypes.c_float, ctypes.c_int]
+    lib.rvq_reflection_vjp.argtypes = rows
+    lib.rvq_rotation_vjp.restype = lib.rvq_reflection_vjp.restype = ctypes.c_int
+    return lib
 
 
 @functools.cache
@@ -103,29 +123,30 @@ def library() -> ctypes.CDLL | None:
         _why_not = "no C compiler found (set CC, or install gcc or clang)"
         return None
     try:
-        version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
+        version = _run_quietly([*cc, "--version"], timeout=30)
+        source = SOURCE.read_text()
     except (OSError, subprocess.TimeoutExpired) as err:
-        _why_not = f"the C compiler {cc} did not run ({err})"
+        _why_not = f"the C compiler {cc[0]} did not run, or {SOURCE.name} is missing ({err})"
         return None
-    key = hashlib.sha256("\0".join([SOURCE.read_text(), cc, version, " ".join(FLAGS), _cpu_flags()]).encode())
+    if version.returncode:
+        _why_not = f"the C compiler {cc[0]} does not run (exit status {version.returncode} for --version)"
+        return None
+    key = hashlib.sha256("\0".join([source, *cc, version.stdout, " ".join(FLAGS), _cpu_flags()]).encode())
     try:
         path = _cache_dir() / f"lowdim-{key.hexdigest()[:16]}.so"
-        problem = "" if path.exists() else _build(cc, path)
+        for _attempt in (0, 1):  # a file in the cache that does not load is built again, once
+            problem = "" if path.exists() else _build(cc, path)
+            if problem:
+                break
+            try:
+                return _load(path)
+            except (OSError, AttributeError) as err:
+                problem = f"could not load {path} ({err}); set RVQ_CACHE to a folder on another file system"
+                path.unlink(missing_ok=True)
     except (OSError, RuntimeError) as err:  # an unwritable cache, no home folder
         problem = f"no cache folder to build in ({err}); set RVQ_CACHE to a writable folder"
-    if problem:
-        _why_not = problem
-        return None
-    try:
-        lib = ctypes.CDLL(str(path))
-    except OSError as err:
-        _why_not = f"could not load {path} ({err})"
-        return None
-    rows = [ctypes.c_void_p] * 4 + [ctypes.c_int64, ctypes.c_int]
-    lib.rvq_rotation_vjp.argtypes = rows + [ctypes.c_int, ctypes.c_float, ctypes.c_int]
-    lib.rvq_reflection_vjp.argtypes = rows
-    lib.rvq_rotation_vjp.restype = lib.rvq_reflection_vjp.restype = ctypes.c_int
-    return lib
+    _why_not = problem
+    return None
 
 
 def status() -> str:
@@ -134,24 +155,46 @@ def status() -> str:
 
 
 def supports(*tensors: Tensor) -> bool:
-    """Whether these (N, D) tensors can go to the C loops: fp32 on the CPU, D ≤ MAX_DIM, not
-    inside a torch.compile trace, and the library built."""
+    """Whether these (N, D) tensors can go to the C loops: plain fp32 tensors on the CPU (no
+    subclass, no pending negation, none that autograd would need to differentiate through),
+    D ≤ MAX_DIM, not inside a torch.compile trace, and the library built."""
     t = tensors[0]
+    grad = torch.is_grad_enabled()
     return (t.dim() == 2 and 1 <= t.shape[1] <= MAX_DIM and not torch.compiler.is_compiling()
-            and all(x.device.type == "cpu" and x.dtype == torch.float32 and x.shape == t.shape for x in tensors)
+            and all(type(x) is torch.Tensor and x.device.type == "cpu" and x.dtype == torch.float32
+                    and x.shape == t.shape and not x.is_neg() and not (grad and x.requires_grad) for x in tensors)
             and library() is not None)
 
 
-@functools.cache
+_executor: tuple[int, ThreadPoolExecutor] | None = None  # (workers, pool)
+
+
 def _pool(workers: int) -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(workers, thread_name_prefix="rvq-native")
+    """One pool for the process, as wide as torch's thread count (made anew when that changes,
+    and in a forked child, whose copy of the parent's pool has no threads)."""
+    global _executor
+    if _executor is None or _executor[0] != workers:
+        if _executor is not None:
+            _executor[1].shutdown(wait=False)
+        _executor = (workers, ThreadPoolExecutor(workers, thread_name_prefix="rvq-native"))
+    return _executor[1]
+
+
+def _forget_pool() -> None:
+    global _executor
+    _executor = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
 
 
 def _run(fn, e: Tensor, q: Tensor, g: Tensor, *consts) -> Tensor:
     e, q, g = e.contiguous(), q.contiguous(), g.contiguous()
     out = torch.empty_like(e)
     n, d = e.shape
-    parts = max(1, min(torch.get_num_threads(), n // _CHUNK_ROWS))
+    threads = torch.get_num_threads()
+    parts = max(1, min(threads, n // _CHUNK_ROWS))
     bounds = [n * i // parts for i in range(parts + 1)]
 
     def call(lo: int, hi: int) -> int:
@@ -161,7 +204,7 @@ def _run(fn, e: Tensor, q: Tensor, g: Tensor, *consts) -> Tensor:
     if parts == 1:
         codes = [call(0, n)]
     else:
-        codes = list(_pool(parts).map(call, bounds[:-1], bounds[1:]))
+        codes = list(_pool(threads).map(call, bounds[:-1], bounds[1:]))
     if any(codes):
         raise ValueError(f"lowdim.c has no loop for D = {d} with constants {consts}")
     return out
