@@ -142,22 +142,24 @@ def test_build_goes_to_the_cache_once_and_again_when_damaged(fresh_library, monk
     assert native.library() is not None
     assert built[0].stat().st_mtime_ns == mtime  # loaded, not rebuilt
 
-    # a file in the cache that does not load is built again
+    # a file in the cache that does not load is built again (here by copying the first build)
     built = built[0]
+    good = built.read_bytes()
     built.unlink()  # a new file in its place (the loaded one stays mapped in this process)
     built.write_bytes(b"not a library")
-    real, calls = native._load, []
+    real, loads, builds = native._load, [], []
 
     def load(path):  # this process has the name loaded already: dlopen would hand back that copy
-        calls.append(path.read_bytes()[:4])
-        if len(calls) == 1:
+        loads.append(path.read_bytes()[:4])
+        if len(loads) == 1:
             raise OSError("invalid ELF header")
         return real(path)
 
     monkeypatch.setattr(native, "_load", load)
+    monkeypatch.setattr(native, "_build", lambda cc, out: builds.append(out) or out.write_bytes(good) and "")
     native.library.cache_clear()
     assert native.library() is not None
-    assert calls == [b"not ", built.read_bytes()[:4]] and built.stat().st_size > 1000
+    assert loads == [b"not ", good[:4]] and builds == [built] and built.read_bytes() == good
 
 
 def test_no_compiler_means_torch_kernels(fresh_library, monkeypatch):

@@ -42,7 +42,9 @@ def test_ddp_sees_gradients_in_the_parameters_layout(tmp_path, shards, run_two):
         assert "Grad strides do not match" not in res.stdout + res.stderr, layout
 
 
-@pytest.mark.parametrize("estimator, port", [("diveq", 29536), ("ibq", 29537), ("sf_diveq", 29538)])
+# sf_diveq draws its noise as diveq does (slow: the suite's time budget)
+@pytest.mark.parametrize("estimator, port", [("diveq", 29536), ("ibq", 29537),
+                                             pytest.param("sf_diveq", 29538, marks=pytest.mark.slow)])
 def test_two_processes_keep_a_learned_codebook_identical(tmp_path, shards, run_two, estimator, port):
     """diveq draws its direction noise on each rank from that rank's generator, ibq sends gradient to
     every code; the learned codebook's gradients are averaged by DDP, so both ranks hold the same
