@@ -97,6 +97,7 @@ def rvq(*args, env=None):
                           env=dict(os.environ, **(env or {})))
 
 
+@pytest.mark.slow  # two Inception passes in subprocesses; the same path in-process: the tests above and below
 def test_cli_stats_then_eval(eval_run, tmp_path, inception_file):
     env = {"RVQ_INCEPTION_WEIGHTS": str(inception_file), "TORCH_HOME": str(tmp_path / "th")}
     res = rvq("data", "stats", eval_run / "val" / "*.tar", tmp_path / "r.npz", "--image-size", "16",
@@ -107,6 +108,10 @@ def test_cli_stats_then_eval(eval_run, tmp_path, inception_file):
               "--no-lpips", "-q", env=env)
     assert res.returncode == 0, res.stderr
     assert json.loads((tmp_path / "e.json").read_text())["metrics"]["rfid"] is not None
+
+
+def test_cli_stats_and_eval_refuse_bad_input(eval_run, tmp_path, inception_file):
+    env = {"RVQ_INCEPTION_WEIGHTS": str(inception_file), "TORCH_HOME": str(tmp_path / "th")}
     res = rvq("data", "stats", eval_run / "val" / "*.tar", tmp_path / "r.npz", "--image-size", "16", "--crop",
               "middle", env=env)
     assert res.returncode == 2 and "crop must be 'random'" in res.stderr and "Traceback" not in res.stderr

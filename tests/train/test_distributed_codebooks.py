@@ -2,6 +2,7 @@
 map W and frozen basis, and the affine codebook's running statistics, identical on both ranks
 afterwards; with ``affine_sync: false`` each rank's statistics are its own batch's."""
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -14,6 +15,7 @@ def ranks(tmp_path):
     return [load_file(str(tmp_path / f"rank{r}.safetensors")) for r in (0, 1)]
 
 
+@pytest.mark.slow  # the suite's time budget; affine's distributed statistics: the test below
 def test_two_processes_keep_simvq_and_affine_codebooks_identical(tmp_path, shards, run_two):
     for codebook, port, extra in (("simvq", 29551, ["model.quantizer.update=learned", "model.quantizer.beta=0.25"]),
                                   ("affine", 29552, [])):
