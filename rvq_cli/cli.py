@@ -31,28 +31,33 @@ class OptionError(RvqError):
     """A command-line option with a value the command cannot take."""
 
 
-def _precision(value: Optional[str]) -> Optional[str]:
+def _one_of(flag: str, choices, say: str):
+    """A Typer callback taking None or one of ``choices()`` (called late: the precisions live beside
+    torch); ``say`` ends the message, with ``{choices}`` for their list."""
+
+    def check(value: Optional[str]) -> Optional[str]:
+        if value is not None and value not in choices():
+            raise OptionError(f"{flag} {value!r}: " + say.format(choices=", ".join(choices())))
+        return value
+
+    return check
+
+
+def _precisions() -> tuple[str, ...]:
     from .hardware import PRECISIONS
 
-    if value is not None and value not in PRECISIONS:
-        raise OptionError(f"--precision {value!r}: choose one of {', '.join(PRECISIONS)} (default: the run's "
-                          "train.precision).")
-    return value
+    return PRECISIONS
 
 
-PRECISION_OPTION = typer.Option(None, "--precision", callback=_precision, help="Autocast precision: auto, no (fp32), "
-                                "bf16 or fp16 (default: the run's train.precision; recorded in the output).")
-
-
-def _weights(value: Optional[str]) -> Optional[str]:
-    if value is not None and value not in ("ema", "trained"):
-        raise OptionError(f"--weights {value!r}: choose ema (the model-weight EMA) or trained (default: the EMA where "
-                          "the checkpoint has one).")
-    return value
-
-
-WEIGHTS_OPTION = typer.Option(None, "--weights", callback=_weights, help="ema or trained: which weights of a run with "
-                              "a model-weight EMA (default: the EMA where the checkpoint has one).")
+PRECISION_OPTION = typer.Option(None, "--precision", help="Autocast precision: auto, no (fp32), bf16 or fp16 "
+                                "(default: the run's train.precision; recorded in the output).",
+                                callback=_one_of("--precision", _precisions,
+                                                 "choose one of {choices} (default: the run's train.precision)."))
+WEIGHTS_OPTION = typer.Option(None, "--weights", help="ema or trained: which weights of a run with a model-weight "
+                              "EMA (default: the EMA where the checkpoint has one).",
+                              callback=_one_of("--weights", lambda: ("ema", "trained"), "choose ema (the "
+                                               "model-weight EMA) or trained (default: the EMA where the "
+                                               "checkpoint has one)."))
 
 
 def _ema(weights: Optional[str]) -> Optional[bool]:
