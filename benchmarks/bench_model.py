@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import rvq_cli.models.attention as attention_forms
 from rvq_cli.hardware import resolve_memory_format, resolve_precision, torch_memory_format
 from rvq_cli.models.conv import Decoder, Encoder, Upsample
 from rvq_cli.models.vit import Block
@@ -177,6 +178,19 @@ def vit_step(block: nn.Module, x: torch.Tensor, precision: str) -> Callable[[], 
     return step
 
 
+def sdpa_everywhere(step: Callable[[], None]) -> Callable[[], None]:
+    """``step`` with every attention in SDPA's form, as without rvq's matmul form for short
+    bf16 sequences on the CPU (rvq_cli/models/attention.py): the same function."""
+    def run() -> None:
+        kept, attention_forms.MATMUL_MAX_TOKENS = attention_forms.MATMUL_MAX_TOKENS, 0
+        try:
+            step()
+        finally:
+            attention_forms.MATMUL_MAX_TOKENS = kept
+
+    return run
+
+
 def vit_variants(cfg: dict, compile_: bool) -> list[Variant]:
     dev = _device()
     torch.manual_seed(0)
@@ -197,6 +211,8 @@ def vit_variants(cfg: dict, compile_: bool) -> list[Variant]:
                 _sync()
                 v.compile_s = time.perf_counter() - t0
             out.append(v)
+    block = Block(cfg["dim"], cfg["heads"], cfg["mlp_dim"]).to(dev)
+    out.append(Variant("rvq Block bf16, SDPA at every length", sdpa_everywhere(vit_step(block, x, "bf16"))))
     return out
 
 

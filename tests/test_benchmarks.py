@@ -30,7 +30,7 @@ def test_gpu_check_tiny():
 def test_bench_model_tiny():
     out = run([sys.executable, "benchmarks/bench_model.py", "--tiny"])
     assert "| taming fp32 (reference) |" in out and "(precision: auto)" in out and "up-sampling then 3×3 conv" in out
-    assert "| nn.TransformerEncoderLayer fp32 (reference) |" in out
+    assert "| nn.TransformerEncoderLayer fp32 (reference) |" in out and "SDPA at every length" in out
 
 
 @pytest.mark.slow

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .attention import attention
+
 __all__ = ["Encoder", "Decoder", "ResnetBlock", "AttnBlock", "Downsample", "Upsample", "level_resolutions"]
 
 
@@ -69,9 +71,9 @@ class AttnBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         b, c, hgt, wid = x.shape
         h = self.norm(x)
-        # (B, C, H, W) -> (B, HW, C): one token per position; SDPA's default scale is 1/√C
+        # (B, C, H, W) -> (B, HW, C): one token per position; the scale is 1/√C
         q, k, v = (t.reshape(b, c, hgt * wid).transpose(1, 2) for t in (self.q(h), self.k(h), self.v(h)))
-        h = F.scaled_dot_product_attention(q, k, v)  # (B, HW, C)
+        h = attention(q, k, v)  # (B, HW, C)
         h = h.transpose(1, 2).reshape(b, c, hgt, wid)  # (B, HW, C) -> (B, C, H, W)
         return x + self.proj_out(h)
 

@@ -16,7 +16,8 @@ Choices (each as in enhancing-transformers unless said otherwise):
   any other input size is a ValueError, never a silent interpolation or extrapolation.
 - MLP activation: tanh (``activation="gelu"`` gives the ViT/BERT one).
 - attention: q, k, v from one bias-free linear layer, head dim = dim / heads (64 in Table 10),
-  :func:`torch.nn.functional.scaled_dot_product_attention`.
+  :func:`torch.nn.functional.scaled_dot_product_attention` (on the CPU in bf16, for up to 384
+  tokens, the same function as two matmuls and a softmax, which run faster there: :mod:`.attention`).
 - init, ``init=`` one of :data:`WEIGHT_INITS` (the recipe's ``model.vit.init``):
   ``"trunc_normal"`` (the default, rvq's own): the σ = 0.02 of timm's ViT and BERT, truncated
   here at ±2σ, for every linear layer and also for the patch embedding and ``conv_out``; biases 0.
@@ -55,10 +56,10 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..quantize import VectorQuantizer
+from .attention import attention
 from .tokenizer import VQTokenizer, as_quantizer
 
 __all__ = ["ACTIVATIONS", "WEIGHT_INITS", "Attention", "Block", "ViTDecoder", "ViTEncoder", "build_vit_tokenizer",
@@ -137,7 +138,7 @@ class Attention(nn.Module):
         b, n, d = x.shape
         # (B, N, 3D) -> (B, N, 3, heads, D/heads) -> (3, B, heads, N, D/heads)
         q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        h = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+        h = attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
         h = h.transpose(1, 2).reshape(b, n, d)  # (B, heads, N, D/heads) -> (B, N, D)
         return self.proj(h)
 
