@@ -174,7 +174,8 @@ def test_affine_matches_vector_quantize_pytorch(estimator, update):
         torch.testing.assert_close(ours.codes(), peer_affine_codes(peer).detach(), rtol=2e-6, atol=TOL)
         ((out.quantized.transpose(1, 2) * w).sum() + out.loss).backward()
         ((q_peer * w).sum() + loss_peer).backward()
-        torch.testing.assert_close(xo.grad.transpose(1, 2), xp.grad, rtol=0, atol=TOL)
+        # |grad| up to ~3: a few fp32 ulps apart where the two sum in another order (seen on an AMX Xeon)
+        torch.testing.assert_close(xo.grad.transpose(1, 2), xp.grad, rtol=2e-6, atol=TOL)
         if opt_o is not None:
             torch.testing.assert_close(ours.codebook.grad, peer._codebook.embed.grad[0], rtol=0, atol=TOL)
             opt_o.step(), opt_p.step(), opt_o.zero_grad(), opt_p.zero_grad()
