@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .attention import attention
+from .groupnorm import norm_silu
 
 __all__ = ["Encoder", "Decoder", "ResnetBlock", "AttnBlock", "Downsample", "Upsample", "level_resolutions"]
 
@@ -51,8 +52,8 @@ class ResnetBlock(nn.Module):
         return x
 
     def forward(self, x: Tensor) -> Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        h = self.conv1(norm_silu(self.norm1, x))
+        h = self.conv2(self.dropout(norm_silu(self.norm2, h)))
         return self.shortcut(x) + h
 
 
@@ -70,7 +71,7 @@ class AttnBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         b, c, hgt, wid = x.shape
-        h = self.norm(x)
+        h = norm_silu(self.norm, x, silu=False)
         # (B, C, H, W) -> (B, HW, C): one token per position; the scale is 1/√C
         q, k, v = (t.reshape(b, c, hgt * wid).transpose(1, 2) for t in (self.q(h), self.k(h), self.v(h)))
         h = attention(q, k, v)  # (B, HW, C)
@@ -224,7 +225,7 @@ class Encoder(nn.Module):
             if hasattr(level, "downsample"):
                 h = level.downsample(h)
         h = self.mid(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(norm_silu(self.norm_out, h))
 
 
 class Decoder(nn.Module):
@@ -270,4 +271,4 @@ class Decoder(nn.Module):
             h = level(h)
             if hasattr(level, "upsample"):
                 h = level.upsample(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(norm_silu(self.norm_out, h))

@@ -1,4 +1,4 @@
-"""The C loops for short rows (rvq_cli/quantize/estimators/lowdim.c) against the torch kernels they
+"""The C loops for short rows (rvq_cli/native/lowdim.c) against the torch kernels they
 stand in for, on every D they cover, every γ and the degenerate rows (to 1e-4 relative: torch sums
 some row lengths in another order, and rows near a fallback threshold amplify that); the library's
 build, cache and fallback when it cannot be built."""
@@ -9,6 +9,7 @@ import stat
 import pytest
 import torch
 
+from rvq_cli import native as build
 from rvq_cli.quantize import POINTWISE, get_estimator, set_compile
 from rvq_cli.quantize.estimators import get_compile, native
 from rvq_cli.quantize.estimators.kernels import reflection_vjp_kernel, rotation_vjp_kernel, run_kernel
@@ -127,18 +128,18 @@ def test_run_kernel_uses_c_only_in_auto_mode(mode, monkeypatch, c_loops):
 def fresh_library(tmp_path, monkeypatch):
     """native.library() resolved anew with the cache in tmp_path, and again afterwards."""
     monkeypatch.setenv("RVQ_CACHE", str(tmp_path))
-    native.library.cache_clear()
+    build.library.cache_clear()
     yield tmp_path
     monkeypatch.undo()
-    native.library.cache_clear()
+    build.library.cache_clear()
 
 
 def test_build_goes_to_the_cache_once_and_again_when_damaged(fresh_library, monkeypatch, c_loops):
     lib = native.library()
-    built = list((fresh_library / "native").glob("lowdim-*.so"))
+    built = list((fresh_library / "native").glob("rvq-native-*.so"))
     assert lib is not None and len(built) == 1
     mtime = built[0].stat().st_mtime_ns
-    native.library.cache_clear()
+    build.library.cache_clear()
     assert native.library() is not None
     assert built[0].stat().st_mtime_ns == mtime  # loaded, not rebuilt
 
@@ -147,7 +148,7 @@ def test_build_goes_to_the_cache_once_and_again_when_damaged(fresh_library, monk
     good = built.read_bytes()
     built.unlink()  # a new file in its place (the loaded one stays mapped in this process)
     built.write_bytes(b"not a library")
-    real, loads, builds = native._load, [], []
+    real, loads, builds = build._load, [], []
 
     def load(path):  # this process has the name loaded already: dlopen would hand back that copy
         loads.append(path.read_bytes()[:4])
@@ -155,9 +156,9 @@ def test_build_goes_to_the_cache_once_and_again_when_damaged(fresh_library, monk
             raise OSError("invalid ELF header")
         return real(path)
 
-    monkeypatch.setattr(native, "_load", load)
-    monkeypatch.setattr(native, "_build", lambda cc, out: builds.append(out) or out.write_bytes(good) and "")
-    native.library.cache_clear()
+    monkeypatch.setattr(build, "_load", load)
+    monkeypatch.setattr(build, "_build", lambda cc, out: builds.append(out) or out.write_bytes(good) and "")
+    build.library.cache_clear()
     assert native.library() is not None
     assert loads == [b"not ", good[:4]] and builds == [built] and built.read_bytes() == good
 

@@ -8,6 +8,8 @@ derivative. The quantizer's own loss (commitment, codebook) is kept, as for ever
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import Tensor
 
@@ -31,10 +33,15 @@ def hessian_gradient(loss: Tensor, decoder_input: Tensor, latents: Tensor) -> tu
 
 class Hessian(Estimator):
     def forward_context(self):
-        """The math attention kernel: twice differentiable."""
+        """The math attention kernel and PyTorch's GroupNorm: twice differentiable."""
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
-        return sdpa_kernel([SDPBackend.MATH])
+        from ...models.groupnorm import twice_differentiable
+
+        stack = contextlib.ExitStack()
+        stack.enter_context(sdpa_kernel([SDPBackend.MATH]))
+        stack.enter_context(twice_differentiable())
+        return stack
 
     def quantize(self, layer, found: Found) -> Quantized:
         """The decoder reads a leaf q (its gradient is g); the latents e go out with their graph."""

@@ -1,11 +1,11 @@
 /* The rotation-family and reflection gradients for short rows (D <= 8), as plain C loops that the
  * compiler vectorises across rows: torch.compile does not vectorise reductions this short (it runs
  * the kernels of kernels.py one row at a time), which is why short rows come here. The formulas,
- * constants and fallbacks are those of kernels.py, each row's in the same order of operations
+ * constants and fallbacks are those of quantize/estimators/kernels.py, each row's in the same order of operations
  * (built with -ffp-contract=off, no fused multiply-adds); torch may sum a row's D products in
  * another order, so results agree with the torch kernels' to fp32 rounding, not bit for bit, and a
- * row within rounding of a fallback threshold may fall on the other side. native.py builds and
- * calls this file.
+ * row within rounding of a fallback threshold may fall on the other side. rvq_cli/native builds
+ * this file; quantize/estimators/native.py calls it.
  *
  * Every row gives five dot products (e.e, q.q, e.q, e.g, q.g), from which three coefficients
  * follow, and the result is lam g + alpha e + beta q. D is a constant in every loop. Two ways
