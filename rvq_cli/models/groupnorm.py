@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from ..native import library, run_split
+from ..native import library
 
 __all__ = ["norm_silu", "twice_differentiable", "uses_c_loops"]
 
@@ -65,11 +65,6 @@ def _ptr(t: Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
-def _samples(hw: int, c: int) -> int:
-    """Samples per thread, at least: about 64k values, below which one thread is faster."""
-    return max(1, (1 << 16) // max(hw * c, 1))
-
-
 class _GroupNormNHWC(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor | None, bias: Tensor | None, groups: int, eps: float,
@@ -83,11 +78,8 @@ class _GroupNormNHWC(torch.autograd.Function):
         bf16 = int(x.dtype == torch.bfloat16)
         lib = library()
 
-        def call(lo: int, hi: int) -> int:
-            return lib.rvq_groupnorm_fwd(x.data_ptr(), _ptr(wt), _ptr(bs), y.data_ptr(), mean.data_ptr(),
-                                         rstd.data_ptr(), lo, hi, h * w, c, groups, eps, int(silu), bf16)
-
-        if any(run_split(call, n, _samples(h * w, c))):
+        if lib.rvq_groupnorm_fwd(x.data_ptr(), _ptr(wt), _ptr(bs), y.data_ptr(), mean.data_ptr(), rstd.data_ptr(),
+                                 n, h * w, c, groups, eps, int(silu), bf16, torch.get_num_threads()):
             raise ValueError(f"groupnorm.c refused {groups} groups of {c} channels (or ran out of memory)")
         ctx.save_for_backward(x, wt, bs, mean, rstd)
         ctx.groups, ctx.silu = groups, silu
@@ -106,12 +98,9 @@ class _GroupNormNHWC(torch.autograd.Function):
         bf16 = int(x.dtype == torch.bfloat16)
         lib = library()
 
-        def call(lo: int, hi: int) -> int:
-            return lib.rvq_groupnorm_bwd(x.data_ptr(), dy.data_ptr(), _ptr(weight), _ptr(bias), mean.data_ptr(),
-                                         rstd.data_ptr(), dx.data_ptr(), _ptr(dw_part), _ptr(db_part), lo, hi,
-                                         h * w, c, ctx.groups, int(ctx.silu), bf16)
-
-        if any(run_split(call, n, _samples(h * w, c))):
+        if lib.rvq_groupnorm_bwd(x.data_ptr(), dy.data_ptr(), _ptr(weight), _ptr(bias), mean.data_ptr(),
+                                 rstd.data_ptr(), dx.data_ptr(), _ptr(dw_part), _ptr(db_part), n, h * w, c,
+                                 ctx.groups, int(ctx.silu), bf16, torch.get_num_threads()):
             raise ValueError(f"groupnorm.c refused {ctx.groups} groups of {c} channels (or ran out of memory)")
         dweight = dw_part.sum(0) if affine and ctx.needs_input_grad[1] else None
         dbias = db_part.sum(0) if affine and ctx.needs_input_grad[2] else None

@@ -75,10 +75,13 @@ def _run_quietly(cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
 
 
 def _build(cc: list[str], out: Path) -> str:
-    """Compile the sources to ``out`` (on Linux -march=native first, then the compiler's default
-    target); '' on success, else the compiler's complaint. Nothing is left at ``out`` when it fails."""
+    """Compile the sources to ``out`` (on Linux for this CPU with OpenMP first, then without OpenMP,
+    then for the compiler's default target); '' on success, else the compiler's complaint. Nothing
+    is left at ``out`` when it fails. OpenMP: groupnorm.c runs its samples on the OpenMP runtime,
+    and libgomp.so.1 resolves to the copy torch has loaded already, so its threads are torch's."""
     problem = ""
-    arches = (("-march=native",), ()) if sys.platform.startswith("linux") else ((),)
+    linux = sys.platform.startswith("linux")
+    arches = (("-march=native", "-fopenmp"), ("-march=native",), ()) if linux else ((),)
     for arch in arches:
         try:
             with atomic_path(out, suffix=".so") as tmp:
@@ -101,8 +104,8 @@ def _load(path: Path) -> ctypes.CDLL:
     rows = [ptr] * 4 + [i64, i32]
     lib.rvq_rotation_vjp.argtypes = rows + [i32, ctypes.c_float, i32]
     lib.rvq_reflection_vjp.argtypes = rows
-    lib.rvq_groupnorm_fwd.argtypes = [ptr] * 6 + [i64] * 5 + [ctypes.c_float, i32, i32]
-    lib.rvq_groupnorm_bwd.argtypes = [ptr] * 9 + [i64] * 5 + [i32, i32]
+    lib.rvq_groupnorm_fwd.argtypes = [ptr] * 6 + [i64] * 4 + [ctypes.c_float, i32, i32, i32]
+    lib.rvq_groupnorm_bwd.argtypes = [ptr] * 9 + [i64] * 4 + [i32, i32, i32]
     for fn in (lib.rvq_rotation_vjp, lib.rvq_reflection_vjp, lib.rvq_groupnorm_fwd, lib.rvq_groupnorm_bwd):
         fn.restype = i32
     return lib

@@ -8,9 +8,8 @@
  * vectorises; the sample's block is a few hundred kB, so the later passes read it from cache.
  *
  * Layout: x, y, dy, dx are (N, HW, C), C innermost; G groups of C / G consecutive channels; mean
- * and rstd are (N, G); the functions take a sample range [n0, n1) so that the caller can split
- * the batch across threads; dweight_part and dbias_part are per-sample (N, C) partial sums that
- * the caller adds up. weight and bias may be NULL (no affine). Statistics: two passes (mean, then
+ * and rstd are (N, G); dweight_part and dbias_part are per-sample (N, C) partial sums that the
+ * caller adds up. weight and bias may be NULL (no affine). Statistics: two passes (mean, then
  * the centred sum of squares), sums per channel in fp32, per group in double.
  *
  * The inner loops run over one pixel's C channels (restrict pointers, no branches), bf16 rows
@@ -134,89 +133,132 @@ static double group_sum(const float *v, int64_t g, int64_t cg) {
     return t;
 }
 
-int rvq_groupnorm_fwd(const void *x, const float *weight, const float *bias, void *y, float *mean, float *rstd,
-                      int64_t n0, int64_t n1, int64_t HW, int64_t C, int64_t G, float eps, int silu, int is_bf16) {
-    if (G < 1 || C % G) return 1;
-    float *buf = malloc(sizeof(float) * 5 * C);
-    if (!buf) return 2;
+/* one sample's forward: mean, rstd (G each) and y */
+static void forward_sample(const void *x, const float *weight, const float *bias, void *y, float *m, float *r,
+                           int64_t base, int64_t HW, int64_t C, int64_t G, float eps, int silu, int is_bf16,
+                           float *buf) {
     float *acc = buf, *a = buf + C, *s = buf + 2 * C, *tmp = buf + 3 * C, *out = buf + 4 * C;
     int64_t cg = C / G;
     double count = (double)HW * (double)cg;
-    for (int64_t n = n0; n < n1; n++) {
-        int64_t base = n * HW * C;
-        float *m = mean + n * G, *r = rstd + n * G;
-        memset(acc, 0, sizeof(float) * C);
-        for (int64_t p = 0; p < HW; p++) add_row(row(x, is_bf16, base + p * C, C, tmp), acc, C);
-        for (int64_t g = 0; g < G; g++) m[g] = (float)(group_sum(acc, g, cg) / count);
-        for (int64_t c = 0; c < C; c++) a[c] = m[c / cg];
-        memset(acc, 0, sizeof(float) * C);
-        for (int64_t p = 0; p < HW; p++) add_squared_deviation(row(x, is_bf16, base + p * C, C, tmp), a, acc, C);
-        for (int64_t g = 0; g < G; g++) r[g] = (float)(1.0 / sqrt(group_sum(acc, g, cg) / count + (double)eps));
-        affine_terms(weight, bias, m, r, C, cg, a, s);
-        for (int64_t p = 0; p < HW; p++) {
-            const float *xr = row(x, is_bf16, base + p * C, C, tmp);
-            if (silu) affine_silu_row(xr, a, s, out, C);
-            else affine_row(xr, a, s, out, C);
-            store_row(y, is_bf16, base + p * C, C, out);
-        }
+    memset(acc, 0, sizeof(float) * C);
+    for (int64_t p = 0; p < HW; p++) add_row(row(x, is_bf16, base + p * C, C, tmp), acc, C);
+    for (int64_t g = 0; g < G; g++) m[g] = (float)(group_sum(acc, g, cg) / count);
+    for (int64_t c = 0; c < C; c++) a[c] = m[c / cg];
+    memset(acc, 0, sizeof(float) * C);
+    for (int64_t p = 0; p < HW; p++) add_squared_deviation(row(x, is_bf16, base + p * C, C, tmp), a, acc, C);
+    for (int64_t g = 0; g < G; g++) r[g] = (float)(1.0 / sqrt(group_sum(acc, g, cg) / count + (double)eps));
+    affine_terms(weight, bias, m, r, C, cg, a, s);
+    for (int64_t p = 0; p < HW; p++) {
+        const float *xr = row(x, is_bf16, base + p * C, C, tmp);
+        if (silu) affine_silu_row(xr, a, s, out, C);
+        else affine_row(xr, a, s, out, C);
+        store_row(y, is_bf16, base + p * C, C, out);
     }
-    free(buf);
-    return 0;
 }
 
-int rvq_groupnorm_bwd(const void *x, const void *dy, const float *weight, const float *bias, const float *mean,
-                      const float *rstd, void *dx, float *dweight_part, float *dbias_part, int64_t n0, int64_t n1,
-                      int64_t HW, int64_t C, int64_t G, int silu, int is_bf16) {
-    if (G < 1 || C % G) return 1;
-    float *buf = malloc(sizeof(float) * 10 * C);
-    /* with SiLU, the first pass keeps each sample's dz (HW × C fp32) for the second */
-    float *dz_all = silu ? malloc(sizeof(float) * HW * C) : NULL;
-    if (!buf || (silu && !dz_all)) {
-        free(buf);
-        free(dz_all);
-        return 2;
-    }
+/* one sample's backward: dx and the sample's partial dweight, dbias (C each, may be NULL);
+ * dz_all (HW × C) keeps dz between the two passes when there is a SiLU */
+static void backward_sample(const void *x, const void *dy, const float *weight, const float *bias, const float *m,
+                            const float *r, void *dx, float *dw, float *db, int64_t base, int64_t HW, int64_t C,
+                            int64_t G, int silu, int is_bf16, float *buf, float *dz_all) {
     float *a = buf, *s = buf + C, *sdz = buf + 2 * C, *sdzx = buf + 3 * C, *k1 = buf + 4 * C, *k2 = buf + 5 * C;
     float *k3 = buf + 6 * C, *xt = buf + 7 * C, *gt = buf + 8 * C, *out = buf + 9 * C;
     int64_t cg = C / G;
     double count = (double)HW * (double)cg;
-    for (int64_t n = n0; n < n1; n++) {
-        int64_t base = n * HW * C;
-        const float *m = mean + n * G, *r = rstd + n * G;
-        affine_terms(weight, bias, m, r, C, cg, a, s);
-        memset(sdz, 0, sizeof(float) * 2 * C);  /* sdz and sdzx */
-        for (int64_t p = 0; p < HW; p++) {
-            const float *xr = row(x, is_bf16, base + p * C, C, xt), *gr = row(dy, is_bf16, base + p * C, C, gt);
-            if (silu) {
-                silu_grad_row(xr, gr, a, s, dz_all + p * C, C);
-                gr = dz_all + p * C;
-            }
-            add_grad_sums(xr, gr, sdz, sdzx, C);
+    affine_terms(weight, bias, m, r, C, cg, a, s);
+    memset(sdz, 0, sizeof(float) * 2 * C);  /* sdz and sdzx */
+    for (int64_t p = 0; p < HW; p++) {
+        const float *xr = row(x, is_bf16, base + p * C, C, xt), *gr = row(dy, is_bf16, base + p * C, C, gt);
+        if (silu) {
+            silu_grad_row(xr, gr, a, s, dz_all + p * C, C);
+            gr = dz_all + p * C;
         }
-        for (int64_t g = 0; g < G; g++) {
-            double s1 = 0.0, s2 = 0.0, mg = m[g], rg = r[g];
-            for (int64_t c = g * cg; c < (g + 1) * cg; c++) {
-                double w = weight ? weight[c] : 1.0;
-                s1 += w * sdz[c];
-                s2 += w * sdzx[c];
-                if (dweight_part) dweight_part[n * C + c] = (float)((sdzx[c] - mg * sdz[c]) * rg);
-                if (dbias_part) dbias_part[n * C + c] = sdz[c];
-            }
-            double c2 = (s1 * mg - s2) * rg * rg * rg / count, c3 = -c2 * mg - s1 * rg / count;
-            for (int64_t c = g * cg; c < (g + 1) * cg; c++) {
-                k1[c] = (float)(rg * (weight ? weight[c] : 1.0));
-                k2[c] = (float)c2;
-                k3[c] = (float)c3;
-            }
+        add_grad_sums(xr, gr, sdz, sdzx, C);
+    }
+    for (int64_t g = 0; g < G; g++) {
+        double s1 = 0.0, s2 = 0.0, mg = m[g], rg = r[g];
+        for (int64_t c = g * cg; c < (g + 1) * cg; c++) {
+            double w = weight ? weight[c] : 1.0;
+            s1 += w * sdz[c];
+            s2 += w * sdzx[c];
+            if (dw) dw[c] = (float)((sdzx[c] - mg * sdz[c]) * rg);
+            if (db) db[c] = sdz[c];
         }
-        for (int64_t p = 0; p < HW; p++) {
-            const float *xr = row(x, is_bf16, base + p * C, C, xt);
-            const float *gr = silu ? dz_all + p * C : row(dy, is_bf16, base + p * C, C, gt);
-            input_grad_row(xr, gr, k1, k2, k3, out, C);
-            store_row(dx, is_bf16, base + p * C, C, out);
+        double c2 = (s1 * mg - s2) * rg * rg * rg / count, c3 = -c2 * mg - s1 * rg / count;
+        for (int64_t c = g * cg; c < (g + 1) * cg; c++) {
+            k1[c] = (float)(rg * (weight ? weight[c] : 1.0));
+            k2[c] = (float)c2;
+            k3[c] = (float)c3;
         }
     }
-    free(buf);
-    free(dz_all);
-    return 0;
+    for (int64_t p = 0; p < HW; p++) {
+        const float *xr = row(x, is_bf16, base + p * C, C, xt);
+        const float *gr = silu ? dz_all + p * C : row(dy, is_bf16, base + p * C, C, gt);
+        input_grad_row(xr, gr, k1, k2, k3, out, C);
+        store_row(dx, is_bf16, base + p * C, C, out);
+    }
+}
+
+/* Samples run in parallel on up to `threads` OpenMP threads, the runtime torch itself uses (the
+ * library links libgomp.so.1, which resolves to torch's copy already in the process): its
+ * workers are awake after torch's own parallel regions, where a thread of our own would have to
+ * compete with them for the cores. Returns 0, 1 for channels not divisible into groups, 2 when
+ * out of memory. */
+int rvq_groupnorm_fwd(const void *x, const float *weight, const float *bias, void *y, float *mean, float *rstd,
+                      int64_t N, int64_t HW, int64_t C, int64_t G, float eps, int silu, int is_bf16, int threads) {
+    if (G < 1 || C % G) return 1;
+    int failed = 0;
+    (void)threads;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(threads) if (threads > 1 && N > 1 && N * HW * C >= 32768)
+#endif
+    {
+        float *buf = malloc(sizeof(float) * 5 * C);
+        if (!buf) {
+#ifdef _OPENMP
+#pragma omp atomic write
+#endif
+            failed = 1;
+        }
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+        for (int64_t n = 0; n < N; n++)
+            if (buf) forward_sample(x, weight, bias, y, mean + n * G, rstd + n * G, n * HW * C, HW, C, G, eps, silu,
+                                    is_bf16, buf);
+        free(buf);
+    }
+    return failed ? 2 : 0;
+}
+
+int rvq_groupnorm_bwd(const void *x, const void *dy, const float *weight, const float *bias, const float *mean,
+                      const float *rstd, void *dx, float *dweight_part, float *dbias_part, int64_t N, int64_t HW,
+                      int64_t C, int64_t G, int silu, int is_bf16, int threads) {
+    if (G < 1 || C % G) return 1;
+    int failed = 0;
+    (void)threads;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(threads) if (threads > 1 && N > 1 && N * HW * C >= 32768)
+#endif
+    {
+        float *buf = malloc(sizeof(float) * 10 * C);
+        float *dz_all = silu ? malloc(sizeof(float) * HW * C) : NULL;
+        if (!buf || (silu && !dz_all)) {
+#ifdef _OPENMP
+#pragma omp atomic write
+#endif
+            failed = 1;
+        }
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+        for (int64_t n = 0; n < N; n++)
+            if (buf && (dz_all || !silu))
+                backward_sample(x, dy, weight, bias, mean + n * G, rstd + n * G, dx,
+                                dweight_part ? dweight_part + n * C : NULL, dbias_part ? dbias_part + n * C : NULL,
+                                n * HW * C, HW, C, G, silu, is_bf16, buf, dz_all);
+        free(buf);
+        free(dz_all);
+    }
+    return failed ? 2 : 0;
 }
