@@ -3,7 +3,7 @@
 For N rows of dimension D (default N = 65,536, D in 3, 4, 32, 256), times one forward and one
 backward of:
   rvq rotation             the default (RVQ_COMPILE=auto): for D ≤ 8 the C loops of
-                            rvq_cli/quantize/estimators/lowdim.c, else torch.compile at this size
+                            rvq_cli/native/lowdim.c, else torch.compile at this size
   rvq rotation (compiled)   RVQ_COMPILE=always: the torch.compile kernel at every D
   rvq rotation (eager)      RVQ_COMPILE=never
   autograd §4.2             the straightforward formula λ[e − 2r(rᵀe) + 2q̂(êᵀe)] with λ, r, ê, q̂

@@ -122,7 +122,7 @@ def conv_variants(arch: dict, batch: int, compile_: bool) -> tuple[list[Variant]
     x = torch.rand(batch, 3, arch["resolution"], arch["resolution"], device=dev) * 2 - 1
     t_enc, t_dec = taming_pair(arch)
     default = (resolve_precision("auto", dev).value,
-               resolve_memory_format(_schema_default("memory_format"), "conv").value)
+               resolve_memory_format(_schema_default("memory_format"), "conv", dev).value)
     out = [Variant("taming fp32 (reference)", conv_step(t_enc.to(dev), t_dec.to(dev), x, "no",
                                                          torch.contiguous_format, fused=False))]
     enc, dec = rvq_pair(arch, taming_pair(arch))  # the optimizer's share: torch's default Adam loop

@@ -19,7 +19,7 @@ __all__ = ["Choice", "compile_modules", "cpu_bf16_instructions", "keep_grad_layo
 
 PRECISIONS = ("auto", "no", "bf16", "fp16")
 ACCELERATE_ENV = "ACCELERATE_MIXED_PRECISION"  # what accelerate launch sets from --mixed_precision / accelerate config
-MEMORY_FORMATS = ("contiguous", "channels_last")
+MEMORY_FORMATS = ("auto", "contiguous", "channels_last")
 
 
 @dataclass(frozen=True)
@@ -118,16 +118,31 @@ def resolve_precision(setting: str | None, device: torch.device) -> Choice:
     return Choice("no", f"auto: no bf16 detection for {device.type} devices, fp32")
 
 
-def resolve_memory_format(setting: str, model_name: str) -> Choice:
-    """The layout of the model's weights and 4-D inputs. channels_last applies to the
-    convolutional family only (transformers have no 4-D activations to reorder). Measured on a
-    2-core AVX512-BF16 CPU (docs/benchmarks.md), it did not speed up the quickstart's small model
-    (fp32 1.02×, bf16 1.08× the contiguous time), so it is not the default."""
+def resolve_memory_format(setting: str, model_name: str, device: torch.device | None = None) -> Choice:
+    """The layout of the model's weights and 4-D inputs on ``device`` (default: the CPU).
+    channels_last applies to the convolutional family only (transformers have no 4-D activations
+    to reorder). ``auto``: channels_last for the conv models on the CPU where rvq's GroupNorm C
+    loops run (with them a bf16 training step took 0.80–0.84× its contiguous time on a 2-core AMX Xeon,
+    fp32 0.90–0.93×; PyTorch's own channels-last GroupNorm backward made it 1.2–1.3× slower); contiguous
+    elsewhere, GPUs included, until measured there (docs/benchmarks.md)."""
     if setting not in MEMORY_FORMATS:
         raise ValueError(f"unknown memory format {setting!r}; valid: {', '.join(MEMORY_FORMATS)}")
-    if setting == "channels_last" and model_name != "conv":
-        return Choice("contiguous", f"channels_last asked, but the {model_name} model has no convolutional trunk")
-    return Choice(setting, "set in the recipe")
+    if model_name != "conv":
+        if setting == "channels_last":
+            return Choice("contiguous", f"channels_last asked, but the {model_name} model has no convolutional trunk")
+        if setting == "auto":
+            return Choice("contiguous", f"auto: the {model_name} model has no convolutional trunk")
+    if setting != "auto":
+        return Choice(setting, "set in the recipe")
+    device = torch.device("cpu") if device is None else device
+    if device.type != "cpu":
+        return Choice("contiguous", f"auto: channels_last is not measured on {device.type} devices yet")
+    from .native import status
+
+    why_not = status()
+    if why_not != "in use":
+        return Choice("contiguous", f"auto: rvq's channels-last GroupNorm for the CPU is not available ({why_not})")
+    return Choice("channels_last", "auto: the conv model runs faster in channels_last on the CPU")
 
 
 def torch_memory_format(choice: Choice) -> torch.memory_format:

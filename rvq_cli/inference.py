@@ -72,6 +72,7 @@ def inference_settings(tok: LoadedTokenizer, device: torch.device, precision: st
         choice = resolve_precision(setting, device)
         source = f"the run's train.precision {setting!r}" if precision is None else f"precision {setting} asked for"
         choice = Choice(choice.value, f"{source} ({choice.reason})" if setting == "auto" else source)
-    settings = InferenceSettings(choice, resolve_memory_format(tok.recipe.train.memory_format, tok.recipe.model.name))
+    settings = InferenceSettings(choice, resolve_memory_format(tok.recipe.train.memory_format, tok.recipe.model.name,
+                                                               device))
     tok.model.to(memory_format=torch_memory_format(settings.memory_format))
     return settings

@@ -48,7 +48,7 @@ def test_auto_without_bf16_instructions_is_fp32(monkeypatch):
 def test_unknown_settings_are_refused():
     with pytest.raises(ValueError, match="valid: auto, no, bf16, fp16"):
         resolve_precision("fp8", torch.device("cpu"))
-    with pytest.raises(ValueError, match="valid: contiguous, channels_last"):
+    with pytest.raises(ValueError, match="valid: auto, contiguous, channels_last"):
         resolve_memory_format("nhwc", "conv")
 
 
@@ -58,12 +58,24 @@ def test_channels_last_applies_to_conv_models_only():
     assert resolve_memory_format("contiguous", "conv").value == "contiguous"
 
 
+def test_auto_memory_format_is_channels_last_for_conv_models_on_the_cpu_with_the_c_loops(monkeypatch):
+    from rvq_cli import native
+
+    assert resolve_memory_format("auto", "vit").value == "contiguous"
+    assert resolve_memory_format("auto", "conv", torch.device("cuda")).value == "contiguous"  # not measured there
+    expected = "channels_last" if native.status() == "in use" else "contiguous"
+    assert resolve_memory_format("auto", "conv", torch.device("cpu")).value == expected
+    monkeypatch.setattr(native, "status", lambda: "turned off by RVQ_NATIVE=0")
+    choice = resolve_memory_format("auto", "conv")
+    assert choice.value == "contiguous" and "RVQ_NATIVE=0" in choice.reason
+
+
 def test_yaml_no_means_fp32(tmp_path):
     p = tmp_path / "r.yaml"
     p.write_text("train:\n  precision: no\n")
     assert load_recipe(p, check_paths=False).train.precision == "no"
     assert load_recipe(p, ["train.precision=no"], check_paths=False).train.precision == "no"
-    assert Recipe().train.precision is None and Recipe().train.memory_format == "contiguous"
+    assert Recipe().train.precision is None and Recipe().train.memory_format == "auto"
 
 
 def test_unset_precision_is_accelerates(monkeypatch):

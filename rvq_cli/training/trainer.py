@@ -149,7 +149,7 @@ class Trainer:
             self.precision = resolve_precision(t.precision, device)
         except ValueError as err:
             raise TrainingError(f"{err}.") from None
-        self.memory_format = resolve_memory_format(t.memory_format, recipe.model.name)
+        self.memory_format = resolve_memory_format(t.memory_format, recipe.model.name, device)
         self._layout = torch_memory_format(self.memory_format)
         self.acc = Accelerator(mixed_precision=self.precision.value, cpu=device.type == "cpu",
                                log_with=self.trackers or None,
