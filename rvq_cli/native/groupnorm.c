@@ -157,7 +157,7 @@ static void forward_sample(const void *x, const float *weight, const float *bias
 }
 
 /* one sample's backward: dx and the sample's partial dweight, dbias (C each, may be NULL);
- * dz_all (HW × C) keeps dz between the two passes when there is a SiLU */
+ * dz_all (HW × C, used only with a SiLU) keeps dz between the two passes */
 static void backward_sample(const void *x, const void *dy, const float *weight, const float *bias, const float *m,
                             const float *r, void *dx, float *dw, float *db, int64_t base, int64_t HW, int64_t C,
                             int64_t G, int silu, int is_bf16, float *buf, float *dz_all) {
@@ -199,22 +199,43 @@ static void backward_sample(const void *x, const void *dy, const float *weight, 
     }
 }
 
-/* Samples run in parallel on up to `threads` OpenMP threads, the runtime torch itself uses (the
- * library links libgomp.so.1, which resolves to torch's copy already in the process): its
- * workers are awake after torch's own parallel regions, where a thread of our own would have to
- * compete with them for the cores. Returns 0, 1 for channels not divisible into groups, 2 when
- * out of memory. */
-int rvq_groupnorm_fwd(const void *x, const float *weight, const float *bias, void *y, float *mean, float *rstd,
-                      int64_t N, int64_t HW, int64_t C, int64_t G, float eps, int silu, int is_bf16, int threads) {
-    if (G < 1 || C % G) return 1;
+/* The arguments of one call, for the per-sample work below. */
+struct call {
+    const void *x, *dy;
+    const float *weight, *bias;
+    void *out;                     /* y (forward) or dx (backward) */
+    float *mean, *rstd, *dweight_part, *dbias_part;
+    int64_t HW, C, G;
+    float eps;
+    int silu, is_bf16;
+};
+
+static void forward_one(const struct call *a, int64_t n, float *scratch) {
+    forward_sample(a->x, a->weight, a->bias, a->out, a->mean + n * a->G, a->rstd + n * a->G, n * a->HW * a->C, a->HW,
+                   a->C, a->G, a->eps, a->silu, a->is_bf16, scratch);
+}
+
+static void backward_one(const struct call *a, int64_t n, float *scratch) {
+    backward_sample(a->x, a->dy, a->weight, a->bias, a->mean + n * a->G, a->rstd + n * a->G, a->out,
+                    a->dweight_part ? a->dweight_part + n * a->C : NULL, a->dbias_part ? a->dbias_part + n * a->C : NULL,
+                    n * a->HW * a->C, a->HW, a->C, a->G, a->silu, a->is_bf16, scratch, scratch + 10 * a->C);
+}
+
+/* fn for every sample, in parallel on up to `threads` OpenMP threads, each with `scratch_floats`
+ * of scratch: the runtime torch itself uses (the library links libgomp.so.1, which resolves to
+ * torch's copy already in the process), whose workers are awake after torch's own parallel
+ * regions, where a thread of our own would have to compete with them for the cores. Returns 0,
+ * or 2 when out of memory. */
+static int for_each_sample(void (*fn)(const struct call *, int64_t, float *), const struct call *a, int64_t N,
+                           size_t scratch_floats, int threads) {
     int failed = 0;
     (void)threads;
 #ifdef _OPENMP
-#pragma omp parallel num_threads(threads) if (threads > 1 && N > 1 && N * HW * C >= 32768)
+#pragma omp parallel num_threads(threads) if (threads > 1 && N > 1 && N * a->HW * a->C >= 32768)
 #endif
     {
-        float *buf = malloc(sizeof(float) * 5 * C);
-        if (!buf) {
+        float *scratch = malloc(sizeof(float) * scratch_floats);
+        if (!scratch) {
 #ifdef _OPENMP
 #pragma omp atomic write
 #endif
@@ -224,41 +245,26 @@ int rvq_groupnorm_fwd(const void *x, const float *weight, const float *bias, voi
 #pragma omp for schedule(static)
 #endif
         for (int64_t n = 0; n < N; n++)
-            if (buf) forward_sample(x, weight, bias, y, mean + n * G, rstd + n * G, n * HW * C, HW, C, G, eps, silu,
-                                    is_bf16, buf);
-        free(buf);
+            if (scratch) fn(a, n, scratch);
+        free(scratch);
     }
     return failed ? 2 : 0;
+}
+
+/* Both return 0, 1 for channels not divisible into groups, 2 when out of memory. */
+int rvq_groupnorm_fwd(const void *x, const float *weight, const float *bias, void *y, float *mean, float *rstd,
+                      int64_t N, int64_t HW, int64_t C, int64_t G, float eps, int silu, int is_bf16, int threads) {
+    if (G < 1 || C % G) return 1;
+    struct call a = {x, NULL, weight, bias, y, mean, rstd, NULL, NULL, HW, C, G, eps, silu, is_bf16};
+    return for_each_sample(forward_one, &a, N, (size_t)(5 * C), threads);
 }
 
 int rvq_groupnorm_bwd(const void *x, const void *dy, const float *weight, const float *bias, const float *mean,
                       const float *rstd, void *dx, float *dweight_part, float *dbias_part, int64_t N, int64_t HW,
                       int64_t C, int64_t G, int silu, int is_bf16, int threads) {
     if (G < 1 || C % G) return 1;
-    int failed = 0;
-    (void)threads;
-#ifdef _OPENMP
-#pragma omp parallel num_threads(threads) if (threads > 1 && N > 1 && N * HW * C >= 32768)
-#endif
-    {
-        float *buf = malloc(sizeof(float) * 10 * C);
-        float *dz_all = silu ? malloc(sizeof(float) * HW * C) : NULL;
-        if (!buf || (silu && !dz_all)) {
-#ifdef _OPENMP
-#pragma omp atomic write
-#endif
-            failed = 1;
-        }
-#ifdef _OPENMP
-#pragma omp for schedule(static)
-#endif
-        for (int64_t n = 0; n < N; n++)
-            if (buf && (dz_all || !silu))
-                backward_sample(x, dy, weight, bias, mean + n * G, rstd + n * G, dx,
-                                dweight_part ? dweight_part + n * C : NULL, dbias_part ? dbias_part + n * C : NULL,
-                                n * HW * C, HW, C, G, silu, is_bf16, buf, dz_all);
-        free(buf);
-        free(dz_all);
-    }
-    return failed ? 2 : 0;
+    struct call a = {x, dy, weight, bias, dx, (float *)mean, (float *)rstd, dweight_part, dbias_part, HW, C, G, 0.0f,
+                     silu, is_bf16};
+    /* with SiLU the scratch also keeps the sample's dz (HW × C) between the two passes */
+    return for_each_sample(backward_one, &a, N, (size_t)(10 * C + (silu ? HW * C : 0)), threads);
 }
