@@ -11,7 +11,7 @@ interleaved step by step (machine noise hits every variant alike).
 2. ViT-VQGAN block (Table 10's width): rvq's pre-LN ``Block`` against a plain fp32 reference,
    ``torch.nn.TransformerEncoderLayer`` with the same width, heads, MLP and pre-LN.
 
-Run:  python benchmarks/bench_model.py [--reps 12] [--compile] [--tiny]
+Run:  python benchmarks/bench_model.py [--reps 12] [--compile] [--tiny] [--fp32-only]
 Prints the median step time of each variant and its ratio to the fp32 reference (taming's, or
 the plain transformer layer's); goal for the "(precision: auto)" row: at most 0.5. --tiny runs a very small
 configuration for two repetitions (the test suite's smoke run; its timings mean nothing).
@@ -116,7 +116,7 @@ def conv_step(enc: nn.Module, dec: nn.Module, x: torch.Tensor, precision: str, l
     return step
 
 
-def conv_variants(arch: dict, batch: int, compile_: bool) -> tuple[list[Variant], str]:
+def conv_variants(arch: dict, batch: int, compile_: bool, fp32_only: bool = False) -> tuple[list[Variant], str]:
     dev = _device()
     torch.manual_seed(0)
     x = torch.rand(batch, 3, arch["resolution"], arch["resolution"], device=dev) * 2 - 1
@@ -129,7 +129,7 @@ def conv_variants(arch: dict, batch: int, compile_: bool) -> tuple[list[Variant]
     out.append(Variant("rvq fp32, contiguous, torch's default Adam", conv_step(enc.to(dev), dec.to(dev), x, "no",
                                                                              torch.contiguous_format, fused=False)))
     combos = [("no", "contiguous"), ("no", "channels_last"), ("bf16", "contiguous"), ("bf16", "channels_last")]
-    for precision, layout in combos:
+    for precision, layout in combos[:2] if fp32_only else combos:
         for compiled in ((False, True) if compile_ else (False,)):
             enc, dec = rvq_pair(arch, taming_pair(arch))
             enc, dec = enc.to(dev), dec.to(dev)
@@ -147,9 +147,10 @@ def conv_variants(arch: dict, batch: int, compile_: bool) -> tuple[list[Variant]
                 v.compile_s = time.perf_counter() - t0
             out.append(v)
     enc, dec = rvq_pair(arch, taming_pair(arch))  # the folded up-sampling's share
-    out.append(Variant("rvq bf16, contiguous, up-sampling then 3×3 conv",
-                       conv_step(enc.to(dev), unfolded_upsampling(dec.to(dev)), x, "bf16",
-                                 torch.contiguous_format, fused=True)))
+    if not fp32_only:
+            out.append(Variant("rvq bf16, contiguous, up-sampling then 3×3 conv",
+                           conv_step(enc.to(dev), unfolded_upsampling(dec.to(dev)), x, "bf16",
+                                     torch.contiguous_format, fused=True)))
     return out, f"precision auto here: {default[0]}; default memory format: {default[1]}"
 
 
@@ -191,14 +192,14 @@ def sdpa_everywhere(step: Callable[[], None]) -> Callable[[], None]:
     return run
 
 
-def vit_variants(cfg: dict, compile_: bool) -> list[Variant]:
+def vit_variants(cfg: dict, compile_: bool, fp32_only: bool = False) -> list[Variant]:
     dev = _device()
     torch.manual_seed(0)
     x = torch.randn(cfg["batch"], cfg["tokens"], cfg["dim"], device=dev)
     ref = nn.TransformerEncoderLayer(cfg["dim"], cfg["heads"], cfg["mlp_dim"], dropout=0.0, activation="gelu",
                                      batch_first=True, norm_first=True).to(dev)
     out = [Variant("nn.TransformerEncoderLayer fp32 (reference)", vit_step(ref, x, "no"))]
-    for precision in ("no", "bf16"):
+    for precision in ("no",) if fp32_only else ("no", "bf16"):
         for compiled in ((False, True) if compile_ else (False,)):
             block = Block(cfg["dim"], cfg["heads"], cfg["mlp_dim"]).to(dev)
             step = vit_step(block, x, precision)
@@ -211,8 +212,9 @@ def vit_variants(cfg: dict, compile_: bool) -> list[Variant]:
                 _sync()
                 v.compile_s = time.perf_counter() - t0
             out.append(v)
-    block = Block(cfg["dim"], cfg["heads"], cfg["mlp_dim"]).to(dev)
-    out.append(Variant("rvq Block bf16, SDPA at every length", sdpa_everywhere(vit_step(block, x, "bf16"))))
+    if not fp32_only:
+        block = Block(cfg["dim"], cfg["heads"], cfg["mlp_dim"]).to(dev)
+        out.append(Variant("rvq Block bf16, SDPA at every length", sdpa_everywhere(vit_step(block, x, "bf16"))))
     return out
 
 
@@ -249,18 +251,20 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="also time nn.Module.compile'd variants")
     parser.add_argument("--tiny", action="store_true", help="tiny sizes, 2 repetitions (a smoke run)")
     parser.add_argument("--only", choices=("conv", "vit"), default=None)
+    parser.add_argument("--fp32-only", action="store_true",
+                        help="skip the bf16 rows (on a CPU without AVX512-BF16 or AMX bf16 is emulated and slow)")
     args = parser.parse_args()
     reps = 2 if args.tiny else args.reps
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {_device()}; "
           f"bf16 here: {resolve_precision('auto', _device())}")
     if args.only in (None, "conv"):
         arch, batch = (TINY_CONV, 2) if args.tiny else (CONV, CONV_BATCH)
-        variants, default = conv_variants(arch, batch, args.compile)
+        variants, default = conv_variants(arch, batch, args.compile, args.fp32_only)
         report(f"conv encoder+decoder training step, {arch}, batch {batch}; {default}", variants,
                interleaved(variants, reps, warmup=1 if args.tiny else 2))
     if args.only in (None, "vit"):
         cfg = TINY_VIT if args.tiny else VIT
-        variants = vit_variants(cfg, args.compile)
+        variants = vit_variants(cfg, args.compile, args.fp32_only)
         report(f"ViT-VQGAN block training step, {cfg}", variants,
                interleaved(variants, reps, warmup=1 if args.tiny else 2))
 

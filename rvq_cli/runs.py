@@ -38,6 +38,7 @@ from torch import nn
 
 from .config import Recipe, RecipeError, load_recipe
 from .errors import RvqError
+from .hardware import resolve_memory_format, torch_memory_format
 from .models import VQTokenizer, build_tokenizer
 
 PREFIX = "ckpt-"
@@ -305,7 +306,9 @@ def load_tokenizer(path: str | os.PathLike, device: str | torch.device = "cpu",
                    ema: bool | None = None) -> LoadedTokenizer:
     """The tokenizer saved at ``path`` (run directory or checkpoint folder), in eval mode: its
     model-weight EMA where the checkpoint has one (``ema=None``, or True, which insists), else
-    the trained weights (``ema=False`` always)."""
+    the trained weights (``ema=False`` always). Its weights are in the memory format the run's
+    ``train.memory_format`` resolves to on ``device``, as eval / encode / decode run it, so that
+    ``model(x)`` computes what those commands write."""
     ckpt = resolve_checkpoint(path)
     recipe = saved_recipe(ckpt)
     if ema and not (ckpt / EMA_WEIGHTS).is_file():
@@ -320,6 +323,8 @@ def load_tokenizer(path: str | os.PathLike, device: str | torch.device = "cpu",
                               "corrupt or truncated. Use another ckpt-NNNNNNNN folder of the run.") from None
     _check_weights(ckpt, model.state_dict(), weights, name)
     model.load_state_dict(weights)
-    model.to(device).eval()
+    device = torch.device(device)
+    layout = resolve_memory_format(recipe.train.memory_format, recipe.model.name, device)
+    model.to(device, memory_format=torch_memory_format(layout)).eval()
     return LoadedTokenizer(model, recipe, ckpt, saved_step(ckpt), tokenizer_id(ckpt, name),
                            "ema" if name == EMA_WEIGHTS else "trained")

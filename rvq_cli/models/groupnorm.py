@@ -4,8 +4,9 @@ channels-last CPU maps, where the C loops of ``rvq_cli/native/groupnorm.c`` run 
 Why: PyTorch's CPU GroupNorm backward on channels-last maps takes 10–20× its time on contiguous
 ones (bf16, 8 × 64 × 64², 17.6 against 1.7 ms), which made channels_last a net loss for the conv
 tokenizers although their convolutions run faster in it. The C loops take 1.1–1.5× PyTorch's
-contiguous time (the samples in parallel on torch's OpenMP threads), and fuse the SiLU that follows every GroupNorm but one in these models (its backward
-recomputes the normalised map instead of keeping it). docs/benchmarks.md has the figures.
+contiguous time (the samples in parallel on torch's OpenMP threads), and fuse the SiLU that
+follows every GroupNorm but one in these models (its backward recomputes the normalised map
+instead of keeping it). docs/benchmarks.md has the figures.
 
 The C path computes the same function (tested against float64 references, as PyTorch's is): a
 first-order backward only, so :func:`twice_differentiable` switches it off where a step needs
