@@ -33,6 +33,13 @@ def test_bench_model_tiny():
     assert "| nn.TransformerEncoderLayer fp32 (reference) |" in out and "SDPA at every length" in out
 
 
+def test_bench_model_fp32_only_leaves_out_every_bf16_row():
+    out = run([sys.executable, "benchmarks/bench_model.py", "--tiny", "--fp32-only", "--only", "conv"])
+    rows = [line.split(" | ")[0] for line in out.splitlines() if line.startswith("| rvq ")]
+    assert len(rows) == 3 and all(r.startswith("| rvq fp32, ") for r in rows), out
+    assert "channels_last" in " ".join(rows) and "ViT-VQGAN block" not in out
+
+
 @pytest.mark.slow
 def test_gpu_reproduce_tiny(tmp_path):
     out = run(["bash", "benchmarks/gpu_reproduce.sh"], TINY="1", OUT_DIR=str(tmp_path / "gr"))
