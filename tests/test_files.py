@@ -60,7 +60,9 @@ def test_the_package_exports_its_entry_points_lazily():
             "assert load_recipe is rvq_cli.config.load_recipe; "
             "from rvq_cli import train, evaluate; import rvq_cli.training.trainer, rvq_cli.evaluation.evaluator; "
             "assert rvq_cli.train is train is rvq_cli.training.train and callable(train); "
-            "assert rvq_cli.evaluate is evaluate is rvq_cli.evaluation.evaluate and callable(evaluate)")
+            "assert rvq_cli.evaluate is evaluate is rvq_cli.evaluation.evaluate and callable(evaluate); "
+            # torch-fidelity (and torchvision with torch._dynamo) only where the metrics run: seconds a command
+            "assert 'torch_fidelity' not in sys.modules, 'rvq_cli.evaluation imports torch_fidelity'")
     import subprocess
     import sys
 

@@ -16,16 +16,15 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import torch
-import torch_fidelity
-import torch_fidelity.feature_extractor_inceptionv3 as tfi
-import torchvision
 from safetensors.torch import load_file
 from torch import Tensor
-from torch_fidelity import metric_fid, metric_isc
 
 from ..errors import RvqError, option
 
-INCEPTION_URL: str = tfi.URL_INCEPTION_V3
+# torch-fidelity (with torchvision, which pulls in torch._dynamo) takes seconds to import: it is
+# imported where the metrics run, so that `rvq eval`, `rvq compare` and the bad-input checks
+# before them do not wait for it. The URL is torch-fidelity's URL_INCEPTION_V3 (a test checks).
+INCEPTION_URL: str = "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"
 INCEPTION_FILENAME: str = os.path.basename(urlparse(INCEPTION_URL).path)
 FID_FEATURE = "2048"  # torch-fidelity's default feature layer for FID (pool3 features)
 IS_FEATURE = "logits_unbiased"  # ... and for the Inception Score
@@ -105,8 +104,9 @@ def _read_state_dict(path: Path) -> dict[str, Tensor]:
     return state
 
 
-def _build_extractor(state: dict[str, Tensor]) -> tfi.FeatureExtractorInceptionV3:
-    """torch-fidelity's extractor built around ``state`` (strict load: every key, every shape)."""
+def _build_extractor(state: dict[str, Tensor]) -> torch.nn.Module:
+    """torch-fidelity's FeatureExtractorInceptionV3 built around ``state`` (strict load: every key, every shape)."""
+    import torch_fidelity.feature_extractor_inceptionv3 as tfi
 
     def _ours(*_args, **_kwargs) -> dict[str, Tensor]:
         return state
@@ -171,6 +171,8 @@ def fid_from_features(a: Tensor, b: Tensor) -> float:
             raise ValueError(f"FID needs at least 2 feature rows (N, D) per set; {name} has shape {tuple(f.shape)}")
     if a.shape[1] != b.shape[1]:
         raise ValueError(f"FID feature sets differ in width: {a.shape[1]} vs {b.shape[1]}")
+    from torch_fidelity import metric_fid
+
     stats = [metric_fid.fid_features_to_statistics(f.detach().float().cpu()) for f in (a, b)]
     out = metric_fid.fid_statistics_to_metric(stats[0], stats[1], verbose=False)
     return float(out[metric_fid.KEY_METRIC_FID])
@@ -183,6 +185,8 @@ def inception_score(logits: Tensor, splits: int = 10) -> tuple[float, float]:
         raise ValueError(f"Inception Score needs logits of shape (N, C) with N >= 1, got {tuple(logits.shape)}")
     if splits < 1:
         raise ValueError(f"splits must be at least 1, got {splits}")
+    from torch_fidelity import metric_isc
+
     feats = logits.detach().float().cpu()
     out = metric_isc.isc_features_to_metric(feats, splits=min(splits, feats.shape[0]), shuffle=True)
     return float(out[metric_isc.KEY_METRIC_ISC_MEAN]), float(out[metric_isc.KEY_METRIC_ISC_STD])
@@ -190,5 +194,8 @@ def inception_score(logits: Tensor, splits: int = 10) -> tuple[float, float]:
 
 def library_versions() -> dict[str, str]:
     """Versions of the libraries the metrics depend on, for reports."""
+    import torch_fidelity
+    import torchvision
+
     return {"torch-fidelity": torch_fidelity.__version__, "torch": torch.__version__,
             "torchvision": torchvision.__version__}
