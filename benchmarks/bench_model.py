@@ -146,9 +146,9 @@ def conv_variants(arch: dict, batch: int, compile_: bool, fp32_only: bool = Fals
                 _sync()
                 v.compile_s = time.perf_counter() - t0
             out.append(v)
-    enc, dec = rvq_pair(arch, taming_pair(arch))  # the folded up-sampling's share
-    if not fp32_only:
-            out.append(Variant("rvq bf16, contiguous, up-sampling then 3×3 conv",
+    if not fp32_only:  # the folded up-sampling's share
+        enc, dec = rvq_pair(arch, taming_pair(arch))
+        out.append(Variant("rvq bf16, contiguous, up-sampling then 3×3 conv",
                            conv_step(enc.to(dev), unfolded_upsampling(dec.to(dev)), x, "bf16",
                                      torch.contiguous_format, fused=True)))
     return out, f"precision auto here: {default[0]}; default memory format: {default[1]}"

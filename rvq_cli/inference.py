@@ -62,7 +62,8 @@ def check_precision(precision: str | None) -> None:
 
 def inference_settings(tok: LoadedTokenizer, device: torch.device, precision: str | None = None) -> InferenceSettings:
     """The run's own ``train.precision`` and ``train.memory_format`` (``precision`` overrides the
-    former: auto, no, bf16 or fp16), resolved for ``device``; the model is put in that layout."""
+    former: auto, no, bf16 or fp16), resolved for ``device``, where ``load_tokenizer`` has already
+    put the model in that layout."""
     check_precision(precision)
     setting = tok.recipe.train.precision if precision is None else precision
     if setting is None:  # the recipe left it to Accelerate: the precision the run trained in
@@ -72,7 +73,5 @@ def inference_settings(tok: LoadedTokenizer, device: torch.device, precision: st
         choice = resolve_precision(setting, device)
         source = f"the run's train.precision {setting!r}" if precision is None else f"precision {setting} asked for"
         choice = Choice(choice.value, f"{source} ({choice.reason})" if setting == "auto" else source)
-    settings = InferenceSettings(choice, resolve_memory_format(tok.recipe.train.memory_format, tok.recipe.model.name,
-                                                               device))
-    tok.model.to(memory_format=torch_memory_format(settings.memory_format))
-    return settings
+    return InferenceSettings(choice, resolve_memory_format(tok.recipe.train.memory_format, tok.recipe.model.name,
+                                                           device))
